@@ -1,0 +1,90 @@
+"""Alembic environment: binds the tree to autopack's metadata and sets up the engine.
+
+URL: ``DATABASE_URL`` (default ``sqlite:///autopack.db``). Options (``-x key=value``):
+``busy_timeout`` (seconds SQLite waits for a lock, default 10) and ``lock_timeout`` (PostgreSQL,
+default 10s).
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import Connection, Engine
+
+from autopack.database import Base, database_url
+from autopack.migration_env import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    DEFAULT_LOCK_TIMEOUT,
+    CommandError,
+    explain,
+    migration_engine,
+    parse_url,
+    require_sqlite_file,
+    sqlite_foreign_key_check,
+)
+from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+x_args = context.get_x_argument(as_dictionary=True)
+busy_timeout_s = float(x_args.get("busy_timeout", DEFAULT_BUSY_TIMEOUT_S))
+lock_timeout = x_args.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)
+target_metadata = Base.metadata
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Tables this tree does not own (the operator's, our side tables) are never proposed for a drop."""
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
+def configure(**kwargs) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        compare_type=True,
+        compare_server_default=True,
+        include_object=include_object,
+        **kwargs,
+    )
+
+
+def run(connection: Connection) -> None:
+    configure(connection=connection, transactional_ddl=True)
+    with context.begin_transaction():
+        context.run_migrations()
+        sqlite_foreign_key_check(connection)
+
+
+def run_online() -> None:
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        run(given)
+        return
+    if isinstance(given, Engine):
+        with given.connect() as connection:
+            run(connection)
+        return
+    url = parse_url(database_url())
+    command = getattr(config.cmd_opts, "cmd", (None,))[0]
+    require_sqlite_file(url, may_create=command is None or command.__name__ == "upgrade")
+    engine = migration_engine(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+    try:
+        with engine.connect() as connection:
+            run(connection)
+    except CommandError:
+        raise
+    except Exception as error:
+        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+        if message is None:
+            raise
+        raise CommandError(message) from None
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    configure(url=parse_url(database_url()), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run_online()

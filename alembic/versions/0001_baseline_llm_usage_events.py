@@ -1,0 +1,102 @@
+"""Baseline: llm_usage_events as it was before BUILD-144.
+
+What it is: the table Autopack created before BUILD-144: ``prompt_tokens`` and ``completion_tokens``
+NOT NULL, no ``total_tokens``, with its five indexes.
+
+Existing databases: databases made by ``Base.metadata.create_all()`` or by Autopack's old standalone
+script already have the table but no ``alembic_version``. On those this revision creates nothing:
+it recognises which known state the table is in, logs it, and adopts it; BUILD-144 (0002) then does
+only what is missing. A table that matches none of the known states is refused with a message and
+nothing is changed.
+
+Downgrade: drops the table (and the BUILD-144 holdover table, if a downgrade left one): all usage
+rows are deleted. Back up first.
+
+Revision ID: 0001
+Revises:
+Create Date: 2025-12-01
+"""
+
+import logging
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import context, op
+from alembic.util import CommandError
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+log = logging.getLogger("alembic.build144")
+
+TABLE = "llm_usage_events"
+HOLDOVER = "llm_usage_events_build144_holdover"
+INDEXED = ("id", "provider", "model", "run_id", "created_at")
+BASELINE_COLUMNS = {
+    "id", "provider", "model", "run_id", "phase_id", "role", "prompt_tokens", "completion_tokens",
+    "created_at", "is_doctor_call", "doctor_model", "doctor_action",
+}  # fmt: skip
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+# The four states operators' databases are known to be in, by (has total_tokens, splits nullable).
+KNOWN_STATES = {
+    (False, False): "pre-BUILD-144 (splits NOT NULL, no total_tokens)",
+    (False, True): "intermediate release (splits nullable, no total_tokens)",
+    (True, False): "old BUILD-144 script (total_tokens added, splits still NOT NULL)",
+    (True, True): "full BUILD-144 schema made by create_all()",
+}
+
+
+def legacy_state(columns: dict[str, dict]) -> str:
+    """Name the known state of an existing, unversioned table, or refuse it with one sentence."""
+    missing = sorted(BASELINE_COLUMNS - columns.keys())
+    if missing:
+        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: missing {', '.join(missing)}; nothing was changed.")
+    not_integer = [c for c in TOKEN_COLUMNS if c in columns and not isinstance(columns[c]["type"], sa.Integer)]
+    if not_integer:
+        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: {', '.join(not_integer)} not INTEGER; nothing was changed.")
+    if "total_tokens" in columns and columns["total_tokens"]["nullable"]:
+        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: total_tokens is nullable; nothing was changed.")
+    prompt_nullable = columns["prompt_tokens"]["nullable"]
+    if prompt_nullable != columns["completion_tokens"]["nullable"]:
+        raise CommandError(
+            f"Existing {TABLE} matches no known Autopack schema: only one of prompt_tokens/completion_tokens "
+            "is nullable; nothing was changed."
+        )
+    return KNOWN_STATES[("total_tokens" in columns, bool(prompt_nullable))]
+
+
+def upgrade() -> None:
+    if not context.is_offline_mode():
+        inspector = sa.inspect(op.get_bind())
+        if inspector.has_table(TABLE):
+            columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
+            log.info("Adopting existing %s, detected state: %s", TABLE, legacy_state(columns))
+            return
+    op.create_table(
+        TABLE,
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("provider", sa.String(), nullable=False),
+        sa.Column("model", sa.String(), nullable=False),
+        sa.Column("run_id", sa.String(), nullable=True),
+        sa.Column("phase_id", sa.String(), nullable=True),
+        sa.Column("role", sa.String(), nullable=False),
+        sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+        sa.Column("completion_tokens", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("is_doctor_call", sa.Boolean(), nullable=False),
+        sa.Column("doctor_model", sa.String(), nullable=True),
+        sa.Column("doctor_action", sa.String(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
+    )
+    for column in INDEXED:
+        op.create_index(f"ix_{TABLE}_{column}", TABLE, [column])
+
+
+def downgrade() -> None:
+    op.execute(sa.text(f"DROP TABLE IF EXISTS {HOLDOVER}"))
+    for column in INDEXED:
+        op.drop_index(f"ix_{TABLE}_{column}", table_name=TABLE)
+    op.drop_table(TABLE)

@@ -1,0 +1,146 @@
+"""Engine setup and error translation for ``alembic/env.py`` (kept here so env.py stays short).
+
+SQLite: the pysqlite driver emits no BEGIN before DDL, so a batch rebuild that fails halfway would
+leave ``_alembic_tmp_*`` behind. SQLAlchemy's documented recipe fixes it: autocommit at the driver
+level, and our own ``BEGIN`` on the engine's ``begin`` event; env.py then passes
+``transactional_ddl=True``. Foreign keys are switched off on connect, before any transaction
+(``PRAGMA foreign_keys`` is a no-op inside one), so a rebuild's ``DROP TABLE`` cannot cascade.
+
+PostgreSQL: every statement runs under ``lock_timeout`` so a migration waiting behind a long
+transaction gives up with a clear message instead of freezing every reader queued behind it.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from alembic.util import CommandError
+from sqlalchemy import Connection, create_engine, event, exc
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+DEFAULT_LOCK_TIMEOUT = "10s"
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+LOCK_HOLDERS = (
+    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
+    "(DB Browser, sqlite3 CLI), then re-run"
+)
+
+
+def parse_url(raw: str) -> URL:
+    """Parse ``raw`` or fail with one sentence; the text of a bad URL is never echoed (it may hold a password)."""
+    try:
+        url = make_url(raw)
+        url.get_dialect()
+    except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as e:
+        raise CommandError(
+            f"DATABASE_URL is not a usable SQLAlchemy URL ({type(e).__name__}); "
+            "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db."
+        ) from None
+    return url
+
+
+def shown(url: URL) -> str:
+    """The URL as it may be printed: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file a SQLite URL names, or None for an in-memory database or another engine."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return Path(url.database)
+
+
+def require_sqlite_file(url: URL, *, may_create: bool) -> None:
+    """Refuse to create a SQLite file as a side effect, unless this is an upgrade of a new database.
+
+    A mistyped path would otherwise silently become an empty database that every later command
+    reports as "at base".
+    """
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    if not may_create:
+        raise CommandError(
+            f"No SQLite database at {path.resolve()}: check DATABASE_URL "
+            "(only 'alembic upgrade' creates a new database)."
+        )
+    if not path.resolve().parent.is_dir():
+        raise CommandError(
+            f"Cannot create {path.resolve()}: directory {path.resolve().parent} does not exist; check DATABASE_URL."
+        )
+
+
+def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> Engine:
+    """An engine for running migrations, set up for atomic DDL on every engine."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Connection) -> None:
+            # IMMEDIATE takes the write lock up front: a held lock is met (and waited for) before any work.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if backend == "postgresql":
+        return create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
+                "options": f"-c lock_timeout={lock_timeout}",
+            },
+        )
+    return create_engine(url, poolclass=NullPool)
+
+
+def sqlite_foreign_key_check(connection: Connection) -> None:
+    """Fail (and so roll back) if the migration left any foreign key pointing nowhere."""
+    if connection.dialect.name != "sqlite":
+        return
+    problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if problems:
+        tables = sorted({row[0] for row in problems})
+        raise CommandError(
+            f"Foreign key check failed after the migration ({len(problems)} row(s) in {', '.join(tables)}); "
+            "nothing was changed."
+        )
+
+
+def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: str) -> str | None:
+    """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback)."""
+    orig = getattr(error, "orig", error)
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    where = shown(url)
+    if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
+        return (
+            f"The database {where} is locked by another process (waited {busy_timeout_s:g}s, "
+            f"-x busy_timeout=SECONDS to wait longer): {LOCK_HOLDERS}; nothing was changed."
+        )
+    if isinstance(orig, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "corrupt" in text
+    ):
+        return f"{where} is not a SQLite database or is corrupt ({text}); nothing was changed."
+    if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
+        return f"Cannot open {where} ({text}); check DATABASE_URL and the file's permissions."
+    if getattr(orig, "sqlstate", None) == "55P03":
+        return (
+            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "
+            "session holds it (see pg_stat_activity); retry when it ends, or pass -x lock_timeout=30s; "
+            "nothing was changed."
+        )
+    if isinstance(error, exc.OperationalError) and getattr(orig, "sqlstate", None) is None and (
+        url.get_backend_name() != "sqlite"
+    ):
+        return f"Cannot connect to {where}: {text}."
+    return None

@@ -1,0 +1,101 @@
+"""Databases for the tests: a fresh SQLite file, and a fresh database on every PostgreSQL server named.
+
+PostgreSQL servers come from ``AUTOPACK_TEST_POSTGRES``: a space-separated list of server URLs
+(``postgresql://postgres@127.0.0.1:5432/postgres``) and/or the word ``pgserver`` (a throwaway
+PostgreSQL 16 started from the binaries the ``pgserver`` package bundles). Default: ``pgserver``, so
+a fresh machine with nothing but pip runs the PostgreSQL tests. When no server can be had the
+PostgreSQL tests skip with a reason, except under ``CI=true``, where they fail.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
+
+from autopack.migration_env import migration_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_SERVERS = os.environ.get("AUTOPACK_TEST_POSTGRES", "pgserver").split()
+BACKENDS = ["sqlite", *(f"postgresql-{s.split('@')[-1].split('/')[0]}" for s in PG_SERVERS)]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI: {reason}", pytrace=False)
+    pytest.skip(f"{reason} (pip install pgserver, or set AUTOPACK_TEST_POSTGRES to a server URL)")
+
+
+@pytest.fixture(scope="session")
+def pg_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, URL | str]]:
+    """Server label -> admin URL, started lazily; a server that cannot be had maps to the reason why."""
+    servers: dict[str, URL | str] = {}
+    started = []
+    for spec, backend in zip(PG_SERVERS, BACKENDS[1:], strict=True):
+        if spec != "pgserver":
+            servers[backend] = make_url(spec)
+            continue
+        try:
+            import pgserver
+
+            server = pgserver.get_server(tmp_path_factory.mktemp("pgserver"), cleanup_mode="stop")
+        except Exception as e:  # a missing package or a server that will not start: one reason, not a traceback
+            servers[backend] = f"pgserver could not start a PostgreSQL server: {type(e).__name__}: {e}"
+            continue
+        started.append(server)
+        servers[backend] = make_url(server.get_uri())
+    yield servers
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[URL]:
+    """A URL to a new, empty database on ``backend`` (SQLite: the file does not exist yet)."""
+    if backend == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'autopack.db'}")
+        return
+    server = request.getfixturevalue("pg_servers")[backend]
+    if isinstance(server, str):
+        unavailable(server)
+    host = server.host or server.query.get("host")
+    dbname = f"autopack_test_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=server.username or "postgres",
+        password=server.password,
+        host=host,
+        port=server.port or 5432,
+        dbname=dbname,
+        connection_timeout=5,
+    )
+    try:
+        janitor.init()
+    except Exception as e:
+        unavailable(f"cannot reach PostgreSQL at {server.render_as_string(hide_password=True)}: {e}")
+    try:
+        yield server.set(drivername="postgresql+psycopg", database=dbname)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def alembic_config() -> dict:
+    return {"file": str(ROOT / "alembic.ini")}
+
+
+@pytest.fixture
+def alembic_engine(db_url: URL) -> Iterator[Engine]:
+    """pytest-alembic's engine: the same engine setup env.py uses for real runs."""
+    engine = migration_engine(db_url, busy_timeout_s=5, lock_timeout="10s")
+    yield engine
+    engine.dispose()

@@ -1,0 +1,96 @@
+"""Helpers the tests share: run the real alembic CLI, seed rows with plain SQL, read rows back."""
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy.engine import URL
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2025, 11, 1, 12, 0, 0)
+TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def alembic(url: URL | str, *args: str, check: bool = True, timeout: float = 300, **env: str):
+    """Run ``python -m alembic -c alembic.ini ARGS`` against ``url`` as an operator would."""
+    environment = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"alembic {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def engine_for(url: URL | str):
+    return create_engine(url)
+
+
+def event_row(i: int, **values) -> dict:
+    """A plain usage-event row; ``values`` override the defaults."""
+    row = {
+        "provider": ["anthropic", "openai", "google"][i % 3],
+        "model": f"model-{i % 4}",
+        "run_id": f"run-{i % 5}",
+        "phase_id": None,
+        "role": "builder",
+        "created_at": T0 + timedelta(minutes=i),
+        "is_doctor_call": False,
+        "doctor_model": None,
+        "doctor_action": None,
+    }
+    row.update(values)
+    return row
+
+
+def insert_events(connection: Connection, rows: list[dict]) -> None:
+    """INSERT rows with plain SQL (the columns each row names), as an old Autopack would have."""
+    for row in rows:
+        columns = ", ".join(row)
+        params = ", ".join(f":{c}" for c in row)
+        connection.execute(text(f"INSERT INTO llm_usage_events ({columns}) VALUES ({params})"), row)
+
+
+def token_rows(url: URL | str, columns: tuple[str, ...] = TOKENS) -> dict[int, tuple]:
+    """id -> the token columns that exist now."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            present = {c["name"] for c in inspect(connection).get_columns("llm_usage_events")}
+            wanted = [c for c in columns if c in present]
+            result = connection.execute(text(f"SELECT id, {', '.join(wanted)} FROM llm_usage_events ORDER BY id"))
+            return {row[0]: tuple(row[1:]) for row in result}
+    finally:
+        engine.dispose()
+
+
+def columns_of(url: URL | str, table: str = "llm_usage_events") -> dict[str, dict]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return {c["name"]: c for c in inspect(connection).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def table_names(url: URL | str) -> set[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def index_names(url: URL | str, table: str = "llm_usage_events") -> set[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return {i["name"] for i in inspect(connection).get_indexes(table)}
+    finally:
+        engine.dispose()
