@@ -23,7 +23,9 @@ def alembic(url: URL | str, *args: str, check: bool = True, timeout: float = 300
         env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if check and result.returncode != 0:
-        raise AssertionError(f"alembic {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"alembic {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

@@ -49,22 +49,23 @@ KNOWN_STATES = {
 }
 
 
+def refuse(reason: str) -> CommandError:
+    return CommandError(f"Existing {TABLE} matches no known Autopack schema: {reason}; nothing was changed.")
+
+
 def legacy_state(columns: dict[str, dict]) -> str:
     """Name the known state of an existing, unversioned table, or refuse it with one sentence."""
     missing = sorted(BASELINE_COLUMNS - columns.keys())
     if missing:
-        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: missing {', '.join(missing)}; nothing was changed.")
+        raise refuse(f"missing {', '.join(missing)}")
     not_integer = [c for c in TOKEN_COLUMNS if c in columns and not isinstance(columns[c]["type"], sa.Integer)]
     if not_integer:
-        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: {', '.join(not_integer)} not INTEGER; nothing was changed.")
+        raise refuse(f"{', '.join(not_integer)} not INTEGER")
     if "total_tokens" in columns and columns["total_tokens"]["nullable"]:
-        raise CommandError(f"Existing {TABLE} matches no known Autopack schema: total_tokens is nullable; nothing was changed.")
+        raise refuse("total_tokens is nullable")
     prompt_nullable = columns["prompt_tokens"]["nullable"]
     if prompt_nullable != columns["completion_tokens"]["nullable"]:
-        raise CommandError(
-            f"Existing {TABLE} matches no known Autopack schema: only one of prompt_tokens/completion_tokens "
-            "is nullable; nothing was changed."
-        )
+        raise refuse("only one of prompt_tokens/completion_tokens is nullable")
     return KNOWN_STATES[("total_tokens" in columns, bool(prompt_nullable))]
 
 

@@ -139,8 +139,10 @@ def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: 
             "session holds it (see pg_stat_activity); retry when it ends, or pass -x lock_timeout=30s; "
             "nothing was changed."
         )
-    if isinstance(error, exc.OperationalError) and getattr(orig, "sqlstate", None) is None and (
-        url.get_backend_name() != "sqlite"
+    if (
+        isinstance(error, exc.OperationalError)
+        and getattr(orig, "sqlstate", None) is None
+        and (url.get_backend_name() != "sqlite")
     ):
         return f"Cannot connect to {where}: {text}."
     return None
