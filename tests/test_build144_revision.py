@@ -29,9 +29,7 @@ def seed_at_baseline(alembic_runner, alembic_engine, extra=()):
     alembic_runner.migrate_up_to("0001")
     seed = [*SEED, *extra]
     with alembic_engine.begin() as connection:
-        insert_events(
-            connection, [event_row(i, prompt_tokens=p, completion_tokens=c) for i, (p, c) in enumerate(seed)]
-        )
+        insert_events(connection, [event_row(i, prompt_tokens=p, completion_tokens=c) for i, (p, c) in enumerate(seed)])
     return seed
 
 

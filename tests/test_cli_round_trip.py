@@ -48,7 +48,9 @@ def test_cli_upgrade_of_a_baseline_database_with_rows(db_url):
 
     engine = engine_for(db_url)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id = 1"))
+        connection.execute(
+            text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id = 1")
+        )
     engine.dispose()
     alembic(db_url, "downgrade", "-1")
     alembic(db_url, "upgrade", "head")
