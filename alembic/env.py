@@ -18,6 +18,7 @@ from autopack.migration_env import (
     explain,
     migration_engine,
     parse_url,
+    require_known_revisions,
     require_sqlite_file,
     sqlite_foreign_key_check,
 )
@@ -33,8 +34,9 @@ target_metadata = Base.metadata
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
-    """Tables this tree does not own (the operator's, our side tables) are never proposed for a drop."""
-    return not (type_ == "table" and reflected and compare_to is None)
+    """What the operator added (tables, indexes, unique constraints) and our side tables are never proposed
+    for a drop: only what the models define is compared."""
+    return not (reflected and compare_to is None and type_ in ("table", "index", "unique_constraint"))
 
 
 def configure(**kwargs) -> None:
@@ -50,6 +52,7 @@ def configure(**kwargs) -> None:
 
 def run(connection: Connection) -> None:
     configure(connection=connection, transactional_ddl=True)
+    require_known_revisions(context.script, context.get_context().get_current_heads())
     with context.begin_transaction():
         context.run_migrations()
         sqlite_foreign_key_check(connection)

@@ -24,7 +24,8 @@ Create Date: 2025-12-02
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -122,6 +123,29 @@ def report_statement() -> sa.Select:
     ).select_from(events)
 
 
+@contextmanager
+def sqlite_views_and_triggers_kept() -> Iterator[None]:
+    """SQLite's table rebuild cannot rename the new table into place while a view names it, and drops the
+    table's triggers: set the operator's views and triggers aside around the rebuild and recreate them as they
+    were, in their original order."""
+    if context.is_offline_mode() or op.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    kept = (
+        op.get_bind()
+        .exec_driver_sql(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger') AND sql IS NOT NULL "
+            "ORDER BY rowid"
+        )
+        .all()
+    )
+    for kind, name, _ in reversed(kept):
+        op.execute(f'DROP {kind.upper()} "{name}"')
+    yield
+    for _, _, sql in kept:
+        op.execute(sql)
+
+
 def schema_changes(inspector: sa.Inspector | None) -> tuple[bool, bool, list[str]]:
     """(add total_tokens, add its DEFAULT 0, splits to relax) for this table; offline: the baseline's."""
     if inspector is None:
@@ -139,7 +163,7 @@ def upgrade() -> None:
     add_total, add_default, relax = schema_changes(inspector)
 
     done = []
-    with op.batch_alter_table(TABLE) as batch:
+    with sqlite_views_and_triggers_kept(), op.batch_alter_table(TABLE) as batch:
         if add_total:
             batch.add_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
             done.append("added total_tokens INTEGER NOT NULL DEFAULT 0")
@@ -197,14 +221,16 @@ def downgrade() -> None:
         )
     op.create_table(HOLDOVER, *holdover_columns)
     h = holdover.c
-    held = bind.execute(
+    bind.execute(
         holdover.insert().from_select(
             [h.event_id, h.provider, h.model, h.role, h.created_at, h.prompt_tokens, h.completion_tokens,
              h.total_tokens],
             sa.select(events.c.id, events.c.provider, events.c.model, events.c.role, events.c.created_at,
                       prompt, completion, total).where(NOT_HOLDABLE),
         )
-    ).rowcount  # fmt: skip
+    )  # fmt: skip
+    # counted, not taken from INSERT ... SELECT's rowcount, which psycopg reports as -1
+    held = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one()
     if held:
         bind.execute(
             events.update()
@@ -220,7 +246,7 @@ def downgrade() -> None:
         op.drop_table(HOLDOVER)
         log.info("No rows needed setting aside: every row's total is the sum of its splits")
 
-    with op.batch_alter_table(TABLE) as batch:
+    with sqlite_views_and_triggers_kept(), op.batch_alter_table(TABLE) as batch:
         for split in SPLITS:
             batch.alter_column(split, existing_type=sa.Integer(), existing_nullable=True, nullable=False)
         batch.drop_column("total_tokens")

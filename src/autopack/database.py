@@ -2,12 +2,15 @@
 
 The URL comes from ``DATABASE_URL`` (default ``sqlite:///autopack.db``), the same rule the Alembic
 ``env.py`` follows, so the application and its migrations always talk to the same database.
+``engine`` and ``SessionLocal`` are made on first use, so importing the models (as env.py does) neither
+parses the URL nor builds an engine.
 """
 
 import os
 from collections.abc import Iterator
+from functools import cache
 
-from sqlalchemy import MetaData, create_engine
+from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 DEFAULT_DATABASE_URL = "sqlite:///autopack.db"
@@ -34,13 +37,28 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
-engine = create_engine(database_url())
-SessionLocal = sessionmaker(bind=engine, autoflush=False, expire_on_commit=False)
+@cache
+def _engine() -> Engine:
+    return create_engine(database_url())
+
+
+@cache
+def _session_factory() -> sessionmaker[Session]:
+    return sessionmaker(bind=_engine(), autoflush=False, expire_on_commit=False)
+
+
+def __getattr__(name: str) -> object:
+    """``engine`` and ``SessionLocal``, built on first access (PEP 562)."""
+    if name == "engine":
+        return _engine()
+    if name == "SessionLocal":
+        return _session_factory()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_db() -> Iterator[Session]:
     """Yield a session and close it afterwards (a FastAPI dependency)."""
-    db = SessionLocal()
+    db = _session_factory()()
     try:
         yield db
     finally:

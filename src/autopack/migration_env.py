@@ -13,6 +13,7 @@ transaction gives up with a clear message instead of freezing every reader queue
 import sqlite3
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
@@ -117,6 +118,18 @@ def sqlite_foreign_key_check(connection: Connection) -> None:
         )
 
 
+def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
+    """Refuse a database stamped with a revision this tree does not have (a newer or foreign tree migrated it)."""
+    for head in heads:
+        try:
+            script.get_revision(head)
+        except Exception:
+            raise CommandError(
+                f"The database is at revision {head!r}, which this migrations tree does not know (a newer or "
+                "different Autopack migrated it): run that release's migrations instead; nothing was changed."
+            ) from None
+
+
 def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: str) -> str | None:
     """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback)."""
     orig = getattr(error, "orig", error)
@@ -131,6 +144,11 @@ def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: 
         "not a database" in text or "malformed" in text or "corrupt" in text
     ):
         return f"{where} is not a SQLite database or is corrupt ({text}); nothing was changed."
+    if isinstance(orig, sqlite3.OperationalError) and "disk is full" in text:
+        return (
+            f"The disk holding {where} is full: the rebuild needs free space about the size of llm_usage_events; "
+            "free some and re-run; nothing was changed."
+        )
     if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
         return f"Cannot open {where} ({text}); check DATABASE_URL and the file's permissions."
     if getattr(orig, "sqlstate", None) == "55P03":

@@ -1,0 +1,115 @@
+"""Operators' real databases (no alembic_version) through the real CLI: upgrade, downgrade, upgrade again."""
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, inspect, text
+
+from legacy import STATES, build, expected_total
+from support import alembic, table_names
+
+DETECTED = {
+    "pre_build144": "pre-BUILD-144 (splits NOT NULL, no total_tokens)",
+    "splits_nullable": "intermediate release (splits nullable, no total_tokens)",
+    "old_script": "old BUILD-144 script (total_tokens added, splits still NOT NULL)",
+    "create_all_build144": "full BUILD-144 schema made by create_all()",
+}
+
+
+def snapshot(url) -> dict:
+    """Everything an operator would not want to lose, read back as plain values."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+
+            def rows(sql):
+                return [dict(r._mapping) for r in connection.execute(text(sql))]
+
+            inspector = inspect(connection)
+            return {
+                "events": {r["id"]: r for r in rows("SELECT * FROM llm_usage_events ORDER BY id")},
+                "projects": rows("SELECT * FROM projects ORDER BY id"),
+                "annotations": rows("SELECT * FROM usage_annotations ORDER BY id"),
+                "indexes": {i["name"]: i["column_names"] for i in inspector.get_indexes("llm_usage_events")},
+                "columns": {c["name"]: c["nullable"] for c in inspector.get_columns("llm_usage_events")},
+                "view": rows("SELECT * FROM v_usage_by_provider ORDER BY provider"),
+                "child_fks": [fk["referred_table"] for fk in inspector.get_foreign_keys("usage_annotations")],
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_legacy_database_upgrades_downgrades_and_upgrades_losing_nothing(db_url, state):
+    build(db_url, state)
+    legacy = snapshot(db_url)
+
+    up = alembic(db_url, "upgrade", "head")
+    assert f"detected state: {DETECTED[state]}" in up.stderr
+    upgraded = snapshot(db_url)
+    for event_id, old in legacy["events"].items():
+        new = upgraded["events"][event_id]
+        want_total = expected_total(old["prompt_tokens"], old["completion_tokens"], old.get("total_tokens"))
+        assert new == {**old, "total_tokens": want_total}, f"row {event_id}"
+    assert upgraded["events"].keys() == legacy["events"].keys()
+    for kept in ("projects", "annotations", "child_fks", "view"):
+        assert upgraded[kept] == legacy[kept]
+    assert upgraded["indexes"] == legacy["indexes"]  # the operator's ix_ops_provider_created included
+    assert upgraded["columns"]["total_tokens"] is False
+    assert upgraded["columns"]["prompt_tokens"] and upgraded["columns"]["completion_tokens"]
+    assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
+
+    need_keeping = [
+        r for r in upgraded["events"].values()
+        if r["prompt_tokens"] is None or r["completion_tokens"] is None
+        or r["total_tokens"] != r["prompt_tokens"] + r["completion_tokens"]
+    ]  # fmt: skip
+    down = alembic(db_url, "downgrade", "-1")
+    if need_keeping:
+        assert f"Set aside {len(need_keeping)} rows" in down.stderr
+    else:
+        assert "No rows needed setting aside" in down.stderr
+    downgraded = snapshot(db_url)
+    assert "total_tokens" not in downgraded["columns"]
+    assert not downgraded["columns"]["prompt_tokens"] and not downgraded["columns"]["completion_tokens"]
+    for event_id, row in upgraded["events"].items():
+        assert downgraded["events"][event_id] == {
+            **{k: v for k, v in row.items() if k != "total_tokens"},
+            "prompt_tokens": row["prompt_tokens"] or 0,
+            "completion_tokens": row["completion_tokens"] or 0,
+        }
+    assert downgraded["annotations"] == legacy["annotations"]
+
+    again = alembic(db_url, "upgrade", "head")
+    if need_keeping:
+        assert f"Restored {len(need_keeping)} of {len(need_keeping)} rows" in again.stderr
+    assert snapshot(db_url) == upgraded
+    assert "llm_usage_events_build144_holdover" not in table_names(db_url)
+
+
+def test_a_table_matching_no_known_state_is_refused_and_left_unchanged(db_url):
+    metadata = MetaData()
+    Table(
+        "llm_usage_events",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("provider", String, nullable=False),
+        Column("prompt_tokens", Integer, nullable=False),
+        Column("completion_tokens", Integer, nullable=False),
+    )
+    engine = create_engine(db_url)
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO llm_usage_events VALUES (1, 'openai', 10, 20)"))
+    engine.dispose()
+
+    result = alembic(db_url, "upgrade", "head", check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.strip().startswith(
+        "FAILED: Existing llm_usage_events matches no known Autopack schema: missing"
+    )
+    assert "nothing was changed" in result.stdout
+    assert table_names(db_url) == {"llm_usage_events"}  # not even alembic_version
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT * FROM llm_usage_events")).all() == [(1, "openai", 10, 20)]
+    engine.dispose()
