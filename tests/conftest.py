@@ -18,10 +18,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from autopack.migration_env import migration_engine
+from support import BACKENDS, PG_SERVERS
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_SERVERS = os.environ.get("AUTOPACK_TEST_POSTGRES", "pgserver").split()
-BACKENDS = ["sqlite", *(f"postgresql-{s.split('@')[-1].split('/')[0]}" for s in PG_SERVERS)]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -10,6 +10,9 @@ from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import URL
 
 ROOT = Path(__file__).resolve().parents[1]
+PG_SERVERS = os.environ.get("AUTOPACK_TEST_POSTGRES", "pgserver").split()
+BACKENDS = ["sqlite", *(f"postgresql-{s.split('@')[-1].split('/')[0]}" for s in PG_SERVERS)]
+POSTGRES_BACKENDS = BACKENDS[1:]
 T0 = datetime(2025, 11, 1, 12, 0, 0)
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 

@@ -72,6 +72,30 @@ holdover_columns = (
 holdover = sa.table(HOLDOVER, *(sa.column(c.name, c.type) for c in holdover_columns))
 
 
+def baseline_table() -> sa.Table:
+    """The table as revision 0001 leaves it: what SQLite's batch mode copies from when it cannot reflect (--sql)."""
+    table = sa.Table(
+        TABLE,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("provider", sa.String(), nullable=False),
+        sa.Column("model", sa.String(), nullable=False),
+        sa.Column("run_id", sa.String()),
+        sa.Column("phase_id", sa.String()),
+        sa.Column("role", sa.String(), nullable=False),
+        sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+        sa.Column("completion_tokens", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("is_doctor_call", sa.Boolean(create_constraint=False), nullable=False),
+        sa.Column("doctor_model", sa.String()),
+        sa.Column("doctor_action", sa.String()),
+        sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
+    )
+    for column in ("id", "provider", "model", "run_id", "created_at"):
+        sa.Index(f"ix_{TABLE}_{column}", table.c[column])
+    return table
+
+
 def backfill_statement() -> sa.Update:
     """The backfill rule: rows with a split and no total get the sum of their splits; no other row changes."""
     return (
@@ -163,7 +187,8 @@ def upgrade() -> None:
     add_total, add_default, relax = schema_changes(inspector)
 
     done = []
-    with sqlite_views_and_triggers_kept(), op.batch_alter_table(TABLE) as batch:
+    copy_from = baseline_table() if offline else None
+    with sqlite_views_and_triggers_kept(), op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
         if add_total:
             batch.add_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
             done.append("added total_tokens INTEGER NOT NULL DEFAULT 0")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 DEFAULT_DATABASE_URL = "sqlite:///autopack.db"
@@ -33,13 +34,22 @@ def database_url() -> str:
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Drivers this project installs, for URLs that name only the engine (as the runbook's do).
+DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
+
+
+def with_driver(url: URL) -> URL:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's own default, psycopg2, is not installed)."""
+    return url.set(drivername=DEFAULT_DRIVERS.get(url.drivername, url.drivername))
+
+
 class Base(DeclarativeBase):
     metadata = metadata
 
 
 @cache
 def _engine() -> Engine:
-    return create_engine(database_url())
+    return create_engine(with_driver(make_url(database_url())))
 
 
 @cache

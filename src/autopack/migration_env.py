@@ -19,6 +19,8 @@ from sqlalchemy import Connection, create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from autopack.database import with_driver
+
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 DEFAULT_LOCK_TIMEOUT = "10s"
 DEFAULT_CONNECT_TIMEOUT_S = 10
@@ -32,7 +34,7 @@ LOCK_HOLDERS = (
 def parse_url(raw: str) -> URL:
     """Parse ``raw`` or fail with one sentence; the text of a bad URL is never echoed (it may hold a password)."""
     try:
-        url = make_url(raw)
+        url = with_driver(make_url(raw))
         url.get_dialect()
     except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as e:
         raise CommandError(

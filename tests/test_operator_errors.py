@@ -1,0 +1,140 @@
+"""Every failure an operator can cause ends in one sentence, a non-zero exit, and an unchanged database."""
+
+import sqlite3
+import threading
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from support import POSTGRES_BACKENDS, alembic, engine_for, event_row, insert_events, table_names, token_rows
+
+
+def fails(url, *args):
+    """Run alembic expecting a clean failure; return its one message line."""
+    result = alembic(url, *args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
+    assert len(failed) == 1, output
+    return failed[0].removeprefix("FAILED: ")
+
+
+def seeded_at_baseline(url):
+    alembic(url, "upgrade", "0001")
+    engine = engine_for(url)
+    with engine.begin() as connection:
+        insert_events(connection, [event_row(i, prompt_tokens=10 * i, completion_tokens=i) for i in range(5)])
+    engine.dispose()
+    return token_rows(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_locked_sqlite_database_waits_then_names_the_likely_holders(db_url):
+    before = seeded_at_baseline(db_url)
+    holder = sqlite3.connect(db_url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, as an executor would hold
+    try:
+        message = fails(db_url, "-x", "busy_timeout=0.5", "upgrade", "head")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "is locked by another process (waited 0.5s" in message
+    assert "uvicorn autopack.main:app" in message and "executor" in message and "DB Browser" in message
+    assert message.endswith("nothing was changed.")
+    assert alembic(db_url, "current").stdout.strip() == "0001"
+    assert token_rows(db_url) == before
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "command", [["current"], ["downgrade", "-1"], ["check"], ["stamp", "head"], ["upgrade", "head", "--sql"]]
+)
+def test_a_missing_sqlite_file_is_only_created_by_upgrade(db_url, command, tmp_path):
+    path = tmp_path / "autopack.db"
+    if command[-1] == "--sql":  # offline mode never touches a database: it prints SQL
+        assert "CREATE TABLE llm_usage_events" in alembic(db_url, *command).stdout
+    else:
+        message = fails(db_url, *command)
+        assert (
+            message
+            == f"No SQLite database at {path}: check DATABASE_URL (only 'alembic upgrade' creates a new database)."
+        )
+    assert not path.exists()
+    alembic(db_url, "upgrade", "head")
+    assert path.exists()
+
+
+def test_upgrade_into_a_missing_directory_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path}/no/such/dir/autopack.db"
+    message = fails(url, "upgrade", "head")
+    assert message == (
+        f"Cannot create {tmp_path}/no/such/dir/autopack.db: directory {tmp_path}/no/such/dir does not exist; "
+        "check DATABASE_URL."
+    )
+
+
+@pytest.mark.parametrize(
+    "content", [b"this is a spreadsheet, not a database" * 200, b"SQLite format 3\x00" + b"\xff" * 4000]
+)
+def test_a_file_that_is_not_a_database_is_left_untouched(tmp_path, content):
+    path = tmp_path / "autopack.db"
+    path.write_bytes(content)
+    message = fails(f"sqlite:///{path}", "upgrade", "head")
+    assert message.startswith(f"sqlite:///{path} is not a SQLite database or is corrupt (")
+    assert message.endswith("nothing was changed.")
+    assert path.read_bytes() == content
+
+
+def test_a_database_at_an_unknown_revision_is_refused(db_url):
+    before = seeded_at_baseline(db_url)
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    for command in (["upgrade", "head"], ["downgrade", "-1"]):
+        message = fails(db_url, *command)
+        assert message.startswith("The database is at revision '0099', which this migrations tree does not know")
+    assert token_rows(db_url) == before
+    assert "total_tokens" not in {c for c in before[1]}  # still the baseline's columns
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nonsense",
+        "postgresql+psycopg://ops:hunter2@db.internal:notaport/autopack",
+        "mysql+nodriver://ops:hunter2@db.internal/autopack",
+    ],
+)
+def test_a_bad_url_is_one_sentence_and_never_shows_the_password(url):
+    message = fails(url, "upgrade", "head")
+    assert message.startswith("DATABASE_URL is not a usable SQLAlchemy URL")
+    assert "hunter2" not in message
+
+
+def test_an_unreachable_server_is_one_sentence_without_the_password():
+    result = alembic("postgresql://ops:hunter2@127.0.0.1:1/autopack", "upgrade", "head", check=False)
+    assert result.returncode != 0
+    assert "hunter2" not in result.stdout + result.stderr
+    assert result.stdout.startswith("FAILED: Cannot connect to postgresql+psycopg://ops:***@127.0.0.1:1/autopack:")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_postgresql_lock_timeout_gives_up_cleanly(db_url):
+    before = seeded_at_baseline(db_url)
+    conninfo = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    released = threading.Event()
+    with psycopg.connect(conninfo) as holder:
+        # a long reader: any open transaction that touched the table blocks ALTER TABLE
+        holder.execute("SELECT count(*) FROM llm_usage_events").fetchone()
+        message = fails(db_url, "-x", "lock_timeout=500ms", "upgrade", "head")
+        released.set()
+    assert message.startswith("Could not lock llm_usage_events on postgresql+psycopg://")
+    assert "lock_timeout=500ms" in message and message.endswith("nothing was changed.")
+    assert alembic(db_url, "current").stdout.strip() == "0001"
+    assert token_rows(db_url) == before
+    assert "alembic_version" in table_names(db_url)
