@@ -1,0 +1,213 @@
+"""A migration killed, out of disk, or failing halfway leaves the previous revision whole, and a re-run works."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from autopack.migration_env import migration_engine
+from support import ROOT, alembic, engine_for, table_names
+
+ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
+KILL_AFTER_S = (0.0, 0.15, 0.35, 0.6)
+
+
+def seed_large(url, rows=ROWS):
+    """A baseline table of ``rows`` events: every 7th would be total-only once upgraded."""
+    alembic(url, "upgrade", "0001")
+    engine = engine_for(url)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text(
+                    "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
+                    " created_at, is_doctor_call) SELECT 'p' || (i % 3), 'm' || (i % 7), 'r' || (i % 100), 'builder',"
+                    " i % 1000, i % 333, TIMESTAMP '2025-01-01' + i * INTERVAL '1 second', false"
+                    " FROM generate_series(1, :n) AS i"
+                ),
+                {"n": rows},
+            )
+        else:
+            connection.connection.driver_connection.executemany(
+                "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
+                " created_at, is_doctor_call) VALUES (?, ?, ?, 'builder', ?, ?, '2025-01-01 00:00:00', 0)",
+                ((f"p{i % 3}", f"m{i % 7}", f"r{i % 100}", i % 1000, i % 333) for i in range(1, rows + 1)),
+            )
+    engine.dispose()
+
+
+def facts(url) -> dict:
+    """Revision, integrity, leftovers, row count and token sums: what a kill must not change."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            columns = "SUM(prompt_tokens), SUM(completion_tokens), COUNT(prompt_tokens), COUNT(completion_tokens)"
+            if "total_tokens" in {c for c in _columns(connection)}:
+                columns += ", SUM(total_tokens)"
+            result = {
+                "revision": connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one(),
+                "sums": tuple(connection.execute(text(f"SELECT COUNT(*), {columns} FROM llm_usage_events")).one()),
+            }
+            if connection.dialect.name == "sqlite":
+                result["integrity"] = connection.exec_driver_sql("PRAGMA integrity_check").scalar_one()
+    finally:
+        engine.dispose()
+    result["leftovers"] = sorted(t for t in table_names(url) if t.startswith("_alembic_tmp"))
+    return result
+
+
+def _columns(connection):
+    return [r[1] for r in connection.exec_driver_sql("PRAGMA table_info(llm_usage_events)")] if (
+        connection.dialect.name == "sqlite"
+    ) else [r[0] for r in connection.execute(text(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'llm_usage_events'"))]  # fmt: skip
+
+
+def kill_midway(url, args, marker, delay_s):
+    """Start ``alembic ARGS``, SIGKILL it ``delay_s`` after ``marker`` appears in its log; True if it was killed."""
+    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        env=env, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    for line in process.stderr:
+        if marker in line:
+            break
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode == -signal.SIGKILL
+
+
+def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
+    seed_large(db_url)
+    start = facts(db_url)
+    assert start["revision"] == "0001" and start.get("integrity", "ok") == "ok"
+
+    interrupted = 0
+    for delay in KILL_AFTER_S:
+        kill_midway(db_url, ["upgrade", "head"], "Running upgrade 0001 -> 0002", delay)
+        now = facts(db_url)
+        if now["revision"] == "0002":  # the kill came after the commit: then all of it is there
+            break
+        interrupted += 1
+        assert now == start, f"killed {delay}s into the upgrade"
+    assert interrupted >= 2, "no kill landed inside the upgrade: make the table larger"
+    alembic(db_url, "upgrade", "head")
+    upgraded = facts(db_url)
+    assert upgraded["revision"] == "0002" and upgraded["leftovers"] == []
+    assert upgraded["sums"][:5] == start["sums"] and upgraded["sums"][5] == start["sums"][1] + start["sums"][2]
+
+    engine = engine_for(db_url)
+    with engine.begin() as connection:  # total-only rows, so the downgrade has rows to set aside
+        connection.execute(
+            text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id % 7 = 0")
+        )
+    engine.dispose()
+    before_down = facts(db_url)
+    interrupted = 0
+    for delay in KILL_AFTER_S:
+        kill_midway(db_url, ["downgrade", "-1"], "Running downgrade 0002 -> 0001", delay)
+        now = facts(db_url)
+        if now["revision"] == "0001":
+            break
+        interrupted += 1
+        assert now == before_down, f"killed {delay}s into the downgrade"
+        assert "llm_usage_events_build144_holdover" not in table_names(db_url)
+    assert interrupted >= 2, "no kill landed inside the downgrade: make the table larger"
+    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "upgrade", "head")
+    assert facts(db_url) == before_down
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_disk_full_mid_rebuild_rolls_back_and_a_rerun_succeeds(db_url):
+    seed_large(db_url, rows=50_000)
+    start = facts(db_url)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logger"] = False
+    engine = migration_engine(db_url, busy_timeout_s=5, lock_timeout="10s")
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection  # before any BEGIN: the limit holds for this connection
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+        raw.execute(f"PRAGMA max_page_count = {pages + 50}")  # the rebuild needs about `pages` more
+        config.attributes["connection"] = connection
+        with pytest.raises(Exception, match="database or disk is full"):
+            command.upgrade(config, "head")
+    engine.dispose()
+    assert facts(db_url) == start
+    alembic(db_url, "upgrade", "head")
+    assert facts(db_url)["revision"] == "0002"
+
+
+def test_failure_after_the_rebuild_before_the_backfill_ends_rolls_everything_back(db_url):
+    seed_large(db_url, rows=20_000)
+    start = facts(db_url)
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        # fault injection with the engine's own trigger: the backfill UPDATE fails on the last row it reaches
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(
+                "CREATE FUNCTION fail_backfill() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected failure in the backfill'; END $$"
+            ))  # fmt: skip
+            connection.execute(text(
+                "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events FOR EACH ROW "
+                "WHEN (NEW.id = 20000) EXECUTE FUNCTION fail_backfill()"
+            ))  # fmt: skip
+        else:
+            connection.execute(text(
+                "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events WHEN NEW.id = 20000 "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure in the backfill'); END"
+            ))  # fmt: skip
+    engine.dispose()
+
+    result = alembic(db_url, "upgrade", "head", check=False)
+    assert result.returncode != 0
+    assert "[1/3] Schema: added total_tokens" in result.stderr  # the rebuild was done
+    assert "injected failure in the backfill" in result.stderr
+    assert "[2/3]" not in result.stderr
+    assert facts(db_url) == start
+    assert "total_tokens" not in _column_names(db_url)
+
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER fail_backfill" + (" ON llm_usage_events" if _is_pg(db_url) else "")))
+    engine.dispose()
+    alembic(db_url, "upgrade", "head")
+    done = facts(db_url)
+    assert done["revision"] == "0002" and done["sums"][5] == start["sums"][1] + start["sums"][2]
+
+
+def _is_pg(url) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
+def _column_names(url) -> list[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return _columns(connection)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_wal_database_survives_a_kill(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(f"sqlite:///{tmp_path / 'wal.db'}")
+    seed_large(url, rows=ROWS)
+    with sqlite3.connect(url.database) as connection:
+        assert connection.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    start = facts(url)
+    assert kill_midway(url, ["upgrade", "head"], "Running upgrade 0001 -> 0002", 0.2)
+    assert facts(url) == start
+    alembic(url, "upgrade", "head")
+    assert facts(url)["revision"] == "0002"
