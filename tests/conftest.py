@@ -9,7 +9,7 @@ PostgreSQL tests skip with a reason, except under ``CI=true``, where they fail.
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,32 +59,41 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[URL]:
-    """A URL to a new, empty database on ``backend`` (SQLite: the file does not exist yet)."""
-    if backend == "sqlite":
-        yield make_url(f"sqlite:///{tmp_path / 'autopack.db'}")
-        return
-    server = request.getfixturevalue("pg_servers")[backend]
-    if isinstance(server, str):
-        unavailable(server)
-    host = server.host or server.query.get("host")
-    dbname = f"autopack_test_{uuid.uuid4().hex[:12]}"
-    janitor = DatabaseJanitor(
-        user=server.username or "postgres",
-        password=server.password,
-        host=host,
-        port=server.port or 5432,
-        dbname=dbname,
-        connection_timeout=5,
-    )
-    try:
-        janitor.init()
-    except Exception as e:
-        unavailable(f"cannot reach PostgreSQL at {server.render_as_string(hide_password=True)}: {e}")
-    try:
-        yield server.set(drivername="postgresql+psycopg", database=dbname)
-    finally:
+def new_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], URL]]:
+    """A factory of new, empty databases on ``backend``, all dropped at teardown (SQLite: files not made yet)."""
+    janitors: list[DatabaseJanitor] = []
+
+    def make() -> URL:
+        name = f"autopack_test_{uuid.uuid4().hex[:12]}"
+        if backend == "sqlite":
+            return make_url(f"sqlite:///{tmp_path / name}.db")
+        server = request.getfixturevalue("pg_servers")[backend]
+        if isinstance(server, str):
+            unavailable(server)
+        janitor = DatabaseJanitor(
+            user=server.username or "postgres",
+            password=server.password,
+            host=server.host or server.query.get("host"),
+            port=server.port or 5432,
+            dbname=name,
+            connection_timeout=5,
+        )
+        try:
+            janitor.init()
+        except Exception as e:
+            unavailable(f"cannot reach PostgreSQL at {server.render_as_string(hide_password=True)}: {e}")
+        janitors.append(janitor)
+        return server.set(drivername="postgresql+psycopg", database=name)
+
+    yield make
+    for janitor in janitors:
         janitor.drop()
+
+
+@pytest.fixture
+def db_url(new_database: Callable[[], URL]) -> URL:
+    """A URL to a new, empty database on ``backend`` (SQLite: the file does not exist yet)."""
+    return new_database()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -52,8 +53,8 @@ def test_locked_sqlite_database_waits_then_names_the_likely_holders(db_url):
 @pytest.mark.parametrize(
     "command", [["current"], ["downgrade", "-1"], ["check"], ["stamp", "head"], ["upgrade", "head", "--sql"]]
 )
-def test_a_missing_sqlite_file_is_only_created_by_upgrade(db_url, command, tmp_path):
-    path = tmp_path / "autopack.db"
+def test_a_missing_sqlite_file_is_only_created_by_upgrade(db_url, command):
+    path = Path(db_url.database)
     if command[-1] == "--sql":  # offline mode never touches a database: it prints SQL
         assert "CREATE TABLE llm_usage_events" in alembic(db_url, *command).stdout
     else:
