@@ -1,7 +1,8 @@
-"""``python -m autopack verify``: check the BUILD-144 validation criteria on ``DATABASE_URL``."""
+"""``python -m autopack``: ``verify`` the BUILD-144 criteria, or ``backup`` a SQLite database, on DATABASE_URL."""
 
 import argparse
 import sys
+from pathlib import Path
 
 from alembic.util import CommandError
 
@@ -9,35 +10,49 @@ from autopack.database import database_url
 from autopack.migration_env import DEFAULT_BUSY_TIMEOUT_S, explain, migration_engine, parse_url, require_sqlite_file
 
 
+def run_verify() -> int:
+    from autopack.verify import render, verify
+
+    url = parse_url(database_url())
+    require_sqlite_file(url, may_create=False)
+    engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
+    try:
+        with engine.connect() as connection:
+            result = verify(connection)
+    except CommandError:
+        raise
+    except Exception as error:
+        message = explain(error, url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
+        if message is None:
+            raise
+        raise CommandError(message.replace("; nothing was changed.", ".")) from None
+    finally:
+        engine.dispose()
+    print(render(result, url))
+    return 0 if result.ok else 1
+
+
+def run_backup(destination: Path | None) -> int:
+    from autopack.backup import backup_sqlite
+
+    url = parse_url(database_url())
+    path, pages = backup_sqlite(url, destination, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S)
+    print(f"Backed up {url.database} to {path} ({pages} pages, a consistent snapshot including any WAL content).")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autopack")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
-    parser.parse_args(argv)
-
-    from autopack.verify import render, verify
-
+    backup = commands.add_parser("backup", help="copy the SQLite database on DATABASE_URL with SQLite's backup API")
+    backup.add_argument("--to", type=Path, help="destination file (default: the database's path + .backup)")
+    args = parser.parse_args(argv)
     try:
-        url = parse_url(database_url())
-        require_sqlite_file(url, may_create=False)
-        engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
-        try:
-            with engine.connect() as connection:
-                result = verify(connection)
-        except CommandError:
-            raise
-        except Exception as error:
-            message = explain(error, url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
-            if message is None:
-                raise
-            raise CommandError(message.replace("; nothing was changed.", ".")) from None
-        finally:
-            engine.dispose()
+        return run_verify() if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(render(result, url))
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":
