@@ -1,14 +1,15 @@
-"""The ``llm_usage_events`` model at the BUILD-144 schema.
+"""The ``llm_usage_events`` model at the BUILD-144 schema, and recording of usage events.
 
 ``total_tokens`` is always populated (NOT NULL, server default 0) and is the figure every total is
 summed from. ``prompt_tokens`` / ``completion_tokens`` are NULL when the provider reported only a
 total: a split is never guessed.
 """
 
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Integer, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from autopack.database import Base
 
@@ -40,3 +41,84 @@ class LlmUsageEvent(Base):
             f"LlmUsageEvent(id={self.id}, provider={self.provider!r}, model={self.model!r}, "
             f"prompt={self.prompt_tokens}, completion={self.completion_tokens}, total={self.total_tokens})"
         )
+
+
+@dataclass(frozen=True)
+class UsageEventData:
+    """One LLM call's usage as the provider reported it.
+
+    Give both splits (an exact split; ``total_tokens`` may be given too and must equal their sum), or
+    neither split and a ``total_tokens`` > 0 (total-only). A single split is refused: which share the
+    other half was is unknown, and a split is never guessed.
+    """
+
+    provider: str
+    model: str
+    role: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    run_id: str | None = None
+    phase_id: str | None = None
+    is_doctor_call: bool = False
+    doctor_model: str | None = None
+    doctor_action: str | None = None
+    created_at: datetime | None = None
+
+    def validated(self) -> "UsageEventData":
+        """This record with its total filled in, or ``ValueError`` saying what is wrong."""
+        for name in ("provider", "model", "role"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        prompt, completion, total = self.prompt_tokens, self.completion_tokens, self.total_tokens
+        if (prompt is None) != (completion is None):
+            raise ValueError(
+                "give both prompt_tokens and completion_tokens, or neither (total-only): a single split is "
+                "ambiguous and would not be guessed"
+            )
+        if prompt is None:
+            if total is None:
+                raise ValueError("no tokens given: an event needs both splits or a total_tokens")
+            if total == 0:
+                raise ValueError("a total-only event needs total_tokens > 0; record zero usage as splits (0, 0)")
+            return self
+        if total is not None and total != prompt + completion:
+            raise ValueError(
+                f"total_tokens={total} disagrees with prompt_tokens + completion_tokens = {prompt + completion}"
+            )
+        return replace(self, total_tokens=prompt + completion)
+
+
+def record_usage(db: Session, data: UsageEventData) -> LlmUsageEvent:
+    """Validate and store one event (exact split or total-only), committing it; nothing is written on error."""
+    valid = data.validated()
+    event = LlmUsageEvent(**{f.name: getattr(valid, f.name) for f in fields(valid) if f.name != "created_at"})
+    event.created_at = valid.created_at or utcnow()
+    db.add(event)
+    db.commit()
+    return event
+
+
+def record_exact_usage(
+    db: Session, *, provider: str, model: str, role: str, prompt_tokens: int, completion_tokens: int, **extra
+) -> LlmUsageEvent:
+    """Record a call whose provider reported both splits."""
+    return record_usage(
+        db,
+        UsageEventData(provider=provider, model=model, role=role, prompt_tokens=prompt_tokens,
+                       completion_tokens=completion_tokens, **extra),
+    )  # fmt: skip
+
+
+def record_total_only_usage(
+    db: Session, *, provider: str, model: str, role: str, total_tokens: int, **extra
+) -> LlmUsageEvent:
+    """Record a call whose provider reported only a total: splits stay NULL."""
+    return record_usage(
+        db, UsageEventData(provider=provider, model=model, role=role, total_tokens=total_tokens, **extra)
+    )

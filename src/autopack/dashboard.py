@@ -1,0 +1,53 @@
+"""NULL-safe usage aggregation for ``/dashboard/usage``.
+
+Totals are summed from ``total_tokens`` (so total-only events count in full); the splits are summed with
+NULL as 0. One SQL query per grouping: no Python loop over rows.
+"""
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from autopack.usage_recorder import LlmUsageEvent, utcnow
+
+PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
+
+
+def period_start(period: str, now: datetime | None = None) -> datetime:
+    """The first instant (naive UTC, like ``created_at``) of ``period`` ending at ``now``."""
+    if period not in PERIOD_DAYS:
+        raise ValueError(f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
+    return (now or utcnow()) - timedelta(days=PERIOD_DAYS[period])
+
+
+def _sums():
+    e = LlmUsageEvent
+    return (
+        func.coalesce(func.sum(func.coalesce(e.prompt_tokens, 0)), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(func.coalesce(e.completion_tokens, 0)), 0).label("completion_tokens"),
+        func.coalesce(func.sum(e.total_tokens), 0).label("total_tokens"),
+        func.count().label("events"),
+    )
+
+
+def usage_by_provider(db: Session, period: str, now: datetime | None = None) -> list[dict]:
+    start = period_start(period, now)
+    query = (
+        select(LlmUsageEvent.provider, *_sums())
+        .where(LlmUsageEvent.created_at >= start)
+        .group_by(LlmUsageEvent.provider)
+        .order_by(LlmUsageEvent.provider)
+    )
+    return [{**row._asdict(), "period": period} for row in db.execute(query)]
+
+
+def usage_by_model(db: Session, period: str, now: datetime | None = None) -> list[dict]:
+    start = period_start(period, now)
+    query = (
+        select(LlmUsageEvent.provider, LlmUsageEvent.model, *_sums())
+        .where(LlmUsageEvent.created_at >= start)
+        .group_by(LlmUsageEvent.provider, LlmUsageEvent.model)
+        .order_by(LlmUsageEvent.provider, LlmUsageEvent.model)
+    )
+    return [row._asdict() for row in db.execute(query)]

@@ -1,0 +1,145 @@
+"""``GET /dashboard/usage``: NULL-safe totals from the total_tokens column, on a database the real CLI made."""
+
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from autopack.dashboard import usage_by_model, usage_by_provider
+from autopack.main import app, get_db
+from autopack.usage_recorder import UsageEventData, record_usage, utcnow
+from legacy import build
+from support import alembic
+
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.fixture
+def engine(db_url):
+    alembic(db_url, "upgrade", "head")
+    engine = create_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def client(engine, monkeypatch):
+    monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
+
+    def session():
+        with Session(engine) as db:
+            yield db
+
+    app.dependency_overrides[get_db] = session
+    yield TestClient(app)
+    app.dependency_overrides.clear()
+
+
+def record(engine, *events):
+    with Session(engine) as db:
+        for provider, model, prompt, completion, total, age in events:
+            record_usage(db, UsageEventData(provider, model, "builder", prompt, completion, total,
+                                            created_at=utcnow() - age))  # fmt: skip
+
+
+MIXED = [
+    # provider, model, prompt, completion, total, age
+    ("anthropic", "claude-sonnet-4-5", 12_500, 3_200, None, timedelta(hours=1)),
+    ("anthropic", "claude-sonnet-4-5", None, None, 5_000, timedelta(days=2)),
+    ("openai", "gpt-4o", 8_400, 2_100, None, timedelta(hours=3)),
+    ("openai", "gpt-4o-mini", None, None, 2_400, timedelta(days=6)),
+    ("google", "gemini-2.5-pro", None, None, 18_500, timedelta(days=20)),
+    ("google", "gemini-2.5-pro", 100, 50, None, timedelta(days=40)),
+]
+
+
+def test_week_totals_count_total_only_events_in_full(engine, client):
+    record(engine, *MIXED)
+    response = client.get("/dashboard/usage?period=week")
+    assert response.status_code == 200
+    assert response.json() == {
+        "providers": [
+            {"provider": "anthropic", "period": "week", "prompt_tokens": 12_500, "completion_tokens": 3_200,
+             "total_tokens": 20_700, "events": 2},
+            {"provider": "openai", "period": "week", "prompt_tokens": 8_400, "completion_tokens": 2_100,
+             "total_tokens": 12_900, "events": 2},
+        ],
+        "models": [
+            {"provider": "anthropic", "model": "claude-sonnet-4-5", "prompt_tokens": 12_500,
+             "completion_tokens": 3_200, "total_tokens": 20_700, "events": 2},
+            {"provider": "openai", "model": "gpt-4o", "prompt_tokens": 8_400, "completion_tokens": 2_100,
+             "total_tokens": 10_500, "events": 1},
+            {"provider": "openai", "model": "gpt-4o-mini", "prompt_tokens": 0, "completion_tokens": 0,
+             "total_tokens": 2_400, "events": 1},
+        ],
+    }  # fmt: skip
+    day = client.get("/dashboard/usage?period=day").json()
+    assert [(p["provider"], p["total_tokens"]) for p in day["providers"]] == [("anthropic", 15_700), ("openai", 10_500)]
+    month = client.get("/dashboard/usage?period=month").json()
+    assert [(p["provider"], p["total_tokens"]) for p in month["providers"]] == [
+        ("anthropic", 20_700), ("google", 18_500), ("openai", 12_900)
+    ]  # fmt: skip
+
+
+def test_period_boundaries_are_inclusive_at_the_start(engine):
+    now = utcnow()
+    with engine.begin() as connection:
+        for i, at in enumerate([now - timedelta(days=7), now - timedelta(days=7) - MINUTE, now - timedelta(days=1)]):
+            connection.execute(
+                text("INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
+                     " VALUES ('openai', 'gpt-4o', 'builder', :t, :at, false)"),
+                {"t": 10 ** i, "at": at},
+            )  # fmt: skip
+    with Session(engine) as db:
+        assert [r["total_tokens"] for r in usage_by_provider(db, "week", now)] == [1 + 100]
+        assert [r["total_tokens"] for r in usage_by_provider(db, "day", now)] == [100]
+        assert [r["total_tokens"] for r in usage_by_model(db, "month", now)] == [111]
+
+
+def test_an_empty_database_reports_no_usage(client):
+    assert client.get("/dashboard/usage").json() == {"providers": [], "models": []}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_unknown_period_is_a_400_not_a_week(client):
+    response = client.get("/dashboard/usage?period=year")
+    assert response.status_code == 400
+    assert response.json() == {"detail": "unknown period 'year': use one of day, week, month"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_api_key_when_configured(client, monkeypatch):
+    assert client.get("/dashboard/usage").status_code == 200
+    monkeypatch.setenv("AUTOPACK_API_KEY", "s3cret-key")
+    assert client.get("/dashboard/usage").status_code == 401
+    assert client.get("/dashboard/usage", headers={"X-API-Key": "wrong"}).json() == {
+        "detail": "missing or wrong X-API-Key"
+    }
+    assert client.get("/dashboard/usage", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+
+
+def test_dashboard_after_a_real_upgrade_equals_the_token_sums_before_it(db_url, monkeypatch):
+    build(db_url, "pre_build144", rows=[(12_500, 3_200, None), (0, 0, None), (7, 700, None), (1_000, 1, None)])
+    engine = create_engine(db_url)
+    with engine.begin() as connection:  # within the period: the legacy rows were written just now
+        connection.execute(text("UPDATE llm_usage_events SET created_at = :now"), {"now": utcnow() - MINUTE})
+        before = connection.execute(
+            text("SELECT provider, SUM(prompt_tokens + completion_tokens) FROM llm_usage_events GROUP BY provider")
+        ).all()
+    alembic(db_url, "upgrade", "head")
+    monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
+
+    def session():
+        with Session(engine) as db:
+            yield db
+
+    app.dependency_overrides[get_db] = session
+    try:
+        providers = TestClient(app).get("/dashboard/usage?period=day").json()["providers"]
+    finally:
+        app.dependency_overrides.clear()
+        engine.dispose()
+    assert {p["provider"]: p["total_tokens"] for p in providers} == dict(before)
+    assert sum(p["total_tokens"] for p in providers) == 12_500 + 3_200 + 7 + 700 + 1_000 + 1

@@ -1,0 +1,94 @@
+"""Recording exact-split and total-only usage: what is stored, and bad input refused with nothing written."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from autopack.models import LlmUsageEvent
+from autopack.usage_recorder import UsageEventData, record_exact_usage, record_total_only_usage, record_usage
+from support import ROOT, alembic
+
+
+@pytest.fixture
+def db(db_url):
+    alembic(db_url, "upgrade", "head")
+    engine = create_engine(db_url)
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
+
+
+def stored(db):
+    return db.execute(
+        select(LlmUsageEvent.provider, LlmUsageEvent.prompt_tokens, LlmUsageEvent.completion_tokens,
+               LlmUsageEvent.total_tokens).order_by(LlmUsageEvent.id)
+    ).all()  # fmt: skip
+
+
+def test_exact_and_total_only_events_are_stored_as_reported(db):
+    record_exact_usage(db, provider="anthropic", model="claude-sonnet-4-5", role="builder",
+                       prompt_tokens=12_500, completion_tokens=3_200)  # fmt: skip
+    record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="auditor", total_tokens=18_500)
+    record_usage(db, UsageEventData("openai", "gpt-4o", "builder", prompt_tokens=0, completion_tokens=0))
+    record_usage(db, UsageEventData("openai", "gpt-4o", "builder", prompt_tokens=8_400, completion_tokens=2_100,
+                                    total_tokens=10_500, run_id="run-1", is_doctor_call=True))  # fmt: skip
+    assert stored(db) == [
+        ("anthropic", 12_500, 3_200, 15_700),
+        ("google", None, None, 18_500),
+        ("openai", 0, 0, 0),
+        ("openai", 8_400, 2_100, 10_500),
+    ]
+    doctor = db.scalars(select(LlmUsageEvent).where(LlmUsageEvent.run_id == "run-1")).one()
+    assert doctor.is_doctor_call is True and doctor.created_at is not None
+
+
+BAD = [
+    (dict(prompt_tokens=-1, completion_tokens=5), "prompt_tokens must be a non-negative integer or None, got -1"),
+    (dict(total_tokens=-10), "total_tokens must be a non-negative integer or None, got -10"),
+    (dict(prompt_tokens=1.5, completion_tokens=2), "prompt_tokens must be a non-negative integer or None, got 1.5"),
+    (dict(prompt_tokens=True, completion_tokens=2), "prompt_tokens must be a non-negative integer or None, got True"),
+    (dict(prompt_tokens=100, completion_tokens=50, total_tokens=160),
+     "total_tokens=160 disagrees with prompt_tokens + completion_tokens = 150"),
+    (dict(prompt_tokens=100), "give both prompt_tokens and completion_tokens, or neither"),
+    (dict(completion_tokens=100, total_tokens=300), "give both prompt_tokens and completion_tokens, or neither"),
+    (dict(), "no tokens given"),
+    (dict(total_tokens=0), "a total-only event needs total_tokens > 0"),
+    (dict(provider="", total_tokens=5), "provider must be a non-empty string"),
+    (dict(model="  ", total_tokens=5), "model must be a non-empty string"),
+    (dict(role=None, total_tokens=5), "role must be a non-empty string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(("values", "message"), BAD)
+def test_bad_input_is_refused_and_nothing_is_written(db, values, message):
+    data = {"provider": "openai", "model": "gpt-4o", "role": "builder", **values}
+    with pytest.raises(ValueError, match="^" + message.replace("+", r"\+").replace("(", r"\(").replace(")", r"\)")):
+        record_usage(db, UsageEventData(**data))
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
+
+
+def test_total_only_recording_refuses_a_guess(db):
+    with pytest.raises(TypeError):
+        record_total_only_usage(db, provider="openai", model="gpt-4o", role="builder")  # no total: no event
+    assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
+
+
+def test_the_readme_recording_example_runs_as_written(db_url):
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"\*\*Record usage\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    alembic(db_url, "upgrade", "head")
+    env = {**os.environ, "DATABASE_URL": db_url.render_as_string(hide_password=False)}
+    result = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(db_url)
+    with Session(engine) as db:
+        assert stored(db) == [("anthropic", 12_500, 3_200, 15_700), ("google", None, None, 18_500),
+                              ("openai", 8_400, 2_100, 10_500)]  # fmt: skip
+    engine.dispose()
