@@ -16,7 +16,9 @@ from autopack.migration_env import migration_engine
 from support import ROOT, alembic, engine_for, table_names
 
 ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
-KILL_AFTER_S = (0.0, 0.15, 0.35, 0.6)
+# where to SIGKILL: so long after the migration logs this line (the first two land mid-migration for sure)
+UPGRADE_KILLS = (("Running upgrade 0001 -> 0002", 0.0), ("[1/3] Schema", 0.0), ("[1/3] Schema", 0.1), ("[2/3]", 0.0))
+DOWNGRADE_KILLS = (("Running downgrade 0002 -> 0001", 0.0), ("Set aside", 0.0), ("Set aside", 0.1), ("Set aside", 0.3))
 
 
 def seed_large(url, rows=ROWS):
@@ -92,13 +94,13 @@ def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
     assert start["revision"] == "0001" and start.get("integrity", "ok") == "ok"
 
     interrupted = 0
-    for delay in KILL_AFTER_S:
-        kill_midway(db_url, ["upgrade", "head"], "Running upgrade 0001 -> 0002", delay)
+    for marker, delay in UPGRADE_KILLS:
+        kill_midway(db_url, ["upgrade", "head"], marker, delay)
         now = facts(db_url)
         if now["revision"] == "0002":  # the kill came after the commit: then all of it is there
             break
         interrupted += 1
-        assert now == start, f"killed {delay}s into the upgrade"
+        assert now == start, f"killed {delay}s after {marker!r}"
     assert interrupted >= 2, "no kill landed inside the upgrade: make the table larger"
     alembic(db_url, "upgrade", "head")
     upgraded = facts(db_url)
@@ -113,16 +115,17 @@ def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
     engine.dispose()
     before_down = facts(db_url)
     interrupted = 0
-    for delay in KILL_AFTER_S:
-        kill_midway(db_url, ["downgrade", "-1"], "Running downgrade 0002 -> 0001", delay)
+    for marker, delay in DOWNGRADE_KILLS:
+        kill_midway(db_url, ["downgrade", "-1"], marker, delay)
         now = facts(db_url)
         if now["revision"] == "0001":
             break
         interrupted += 1
-        assert now == before_down, f"killed {delay}s into the downgrade"
+        assert now == before_down, f"killed {delay}s after {marker!r}"
         assert "llm_usage_events_build144_holdover" not in table_names(db_url)
     assert interrupted >= 2, "no kill landed inside the downgrade: make the table larger"
-    alembic(db_url, "downgrade", "-1")
+    if now["revision"] == "0002":
+        alembic(db_url, "downgrade", "-1")
     alembic(db_url, "upgrade", "head")
     assert facts(db_url) == before_down
 
@@ -207,7 +210,7 @@ def test_sqlite_wal_database_survives_a_kill(tmp_path):
     with sqlite3.connect(url.database) as connection:
         assert connection.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
     start = facts(url)
-    assert kill_midway(url, ["upgrade", "head"], "Running upgrade 0001 -> 0002", 0.2)
+    assert kill_midway(url, ["upgrade", "head"], "[1/3] Schema", 0.0)
     assert facts(url) == start
     alembic(url, "upgrade", "head")
     assert facts(url)["revision"] == "0002"

@@ -24,7 +24,10 @@ def snapshot(url) -> dict:
                 return [dict(r._mapping) for r in connection.execute(text(sql))]
 
             inspector = inspect(connection)
+            integrity = connection.exec_driver_sql("PRAGMA integrity_check").scalar() if (
+                connection.dialect.name == "sqlite") else "ok"  # fmt: skip
             return {
+                "integrity": integrity,
                 "events": {r["id"]: r for r in rows("SELECT * FROM llm_usage_events ORDER BY id")},
                 "projects": rows("SELECT * FROM projects ORDER BY id"),
                 "annotations": rows("SELECT * FROM usage_annotations ORDER BY id"),
@@ -112,4 +115,65 @@ def test_a_table_matching_no_known_state_is_refused_and_left_unchanged(db_url):
     engine = create_engine(db_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT * FROM llm_usage_events")).all() == [(1, "openai", 10, 20)]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_definition_the_in_place_edit_does_not_recognise_is_rebuilt_keeping_everything(db_url):
+    """``INT`` instead of ``INTEGER``: still a known state, but not text the in-place edit will touch."""
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        for statement in (
+            "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR NOT NULL, model VARCHAR NOT NULL,"
+            " run_id VARCHAR, phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INT NOT NULL,"
+            " completion_tokens INT NOT NULL, created_at DATETIME NOT NULL, is_doctor_call BOOLEAN NOT NULL,"
+            " doctor_model VARCHAR, doctor_action VARCHAR)",
+            "CREATE INDEX ix_big_prompts ON llm_usage_events (prompt_tokens) WHERE prompt_tokens > 1000",
+            "CREATE TABLE usage_annotations (id INTEGER PRIMARY KEY,"
+            " event_id INTEGER NOT NULL REFERENCES llm_usage_events (id) ON DELETE CASCADE, note VARCHAR)",
+            "CREATE TABLE audit (event_id INTEGER)",
+            "CREATE TRIGGER audit_insert AFTER INSERT ON llm_usage_events BEGIN INSERT INTO audit VALUES (new.id); END",
+            "CREATE VIEW v_usage_by_provider AS SELECT provider, SUM(prompt_tokens) AS prompt_sum"
+            " FROM llm_usage_events GROUP BY provider",
+            "INSERT INTO llm_usage_events VALUES (1, 'openai', 'gpt-4o', NULL, NULL, 'builder', 5000, 70,"
+            " '2025-01-01 00:00:00', 0, NULL, NULL), (2, 'google', 'gemini', NULL, NULL, 'builder', 3, 4,"
+            " '2025-01-01 00:00:00', 0, NULL, NULL)",
+            "INSERT INTO usage_annotations (event_id, note) VALUES (1, 'a'), (2, 'b')",
+            "DELETE FROM audit",
+        ):
+            connection.execute(text(statement))
+    engine.dispose()
+
+    up = alembic(db_url, "upgrade", "head")
+    assert "llm_usage_events is rebuilt (drop NOT NULL on prompt_tokens: found 0 matching column definitions)" in (
+        up.stderr
+    )
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT id, total_tokens FROM llm_usage_events ORDER BY id")).all() == [
+            (1, 5070), (2, 7)
+        ]  # fmt: skip
+        assert connection.execute(text("SELECT COUNT(*) FROM usage_annotations")).scalar() == 2
+        objects = dict(
+            connection.execute(text("SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")).all()
+        )
+        assert {k: objects.get(k) for k in ("ix_big_prompts", "audit_insert", "v_usage_by_provider")} == {
+            "ix_big_prompts": "index", "audit_insert": "trigger", "v_usage_by_provider": "view"
+        }  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
+            " VALUES ('google', 'gemini', 'builder', 900, '2025-01-02 00:00:00', 0)"
+        ))  # fmt: skip
+        assert connection.execute(text("SELECT event_id FROM audit")).all() == [(3,)]  # the trigger still fires
+    engine.dispose()
+
+    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "upgrade", "head")
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text(
+            "SELECT id, prompt_tokens, completion_tokens, total_tokens FROM llm_usage_events ORDER BY id"
+        )).all() == [(1, 5000, 70, 5070), (2, 3, 4, 7), (3, None, None, 900)]  # fmt: skip
+        assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        assert connection.execute(text("SELECT COUNT(*) FROM usage_annotations")).scalar() == 2
     engine.dispose()
