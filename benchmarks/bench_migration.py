@@ -4,7 +4,8 @@ For each engine and size N it builds a pre-BUILD-144 table (Autopack's columns a
 rows once, then, alternating and repeating, measures from a fresh copy of it:
 
 - ``alembic upgrade head`` and then ``alembic downgrade -1``: whole processes, as an operator runs them,
-  with each process's peak RSS (from wait4);
+  with each process's peak RSS (from wait4); and ``alembic current`` on the same database, the start-up
+  cost every command pays, so that time per row can be compared across sizes without it;
 - the floor, timed inside one connection: on SQLite one hand-written copy into the new table computing
   total_tokens in the same INSERT ... SELECT, then the index rebuild, in one transaction; on PostgreSQL
   one bare full-table UPDATE (after the catalog-only ADD COLUMN, which is not timed).
@@ -105,9 +106,10 @@ def sqlite_round(seed: Path, work: Path) -> dict:
     floor = sqlite_floor(work)
     shutil.copyfile(seed, work)
     url = f"sqlite:///{work}"
+    startup, _ = alembic(url, "current")
     up, up_rss = alembic(url, "upgrade", "head")
     down, down_rss = alembic(url, "downgrade", "-1")
-    return {"floor": floor, "upgrade": up, "downgrade": down, "rss": max(up_rss, down_rss)}
+    return {"floor": floor, "upgrade": up, "downgrade": down, "startup": startup, "rss": max(up_rss, down_rss)}
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------
@@ -174,31 +176,32 @@ def pg_floor(url: str) -> float:
 def pg_round(admin: str, seed: str) -> dict:
     floor = pg_floor(pg_fresh(admin, seed))
     url = pg_fresh(admin, seed)
+    startup, _ = alembic(url, "current")
     up, up_rss = alembic(url, "upgrade", "head")
     down, down_rss = alembic(url, "downgrade", "-1")
-    return {"floor": floor, "upgrade": up, "downgrade": down, "rss": max(up_rss, down_rss)}
+    return {"floor": floor, "upgrade": up, "downgrade": down, "startup": startup, "rss": max(up_rss, down_rss)}
 
 
 # --- report ------------------------------------------------------------------------------------------
 
 
 def summarize(engine: str, rows: int, rounds: list[dict]) -> dict:
-    median = {k: statistics.median(r[k] for r in rounds) for k in ("floor", "upgrade", "downgrade")}
+    median = {k: statistics.median(r[k] for r in rounds) for k in ("floor", "upgrade", "downgrade", "startup")}
     return {
         "engine": engine, "rows": rows, **median, "rss": max(r["rss"] for r in rounds),
         "ratio": median["upgrade"] / median["floor"], "down_ratio": median["downgrade"] / median["upgrade"],
-        "s_per_m": median["upgrade"] / rows * 1e6,
+        "s_per_m": median["upgrade"] / rows * 1e6, "work_s_per_m": (median["upgrade"] - median["startup"]) / rows * 1e6,
     }  # fmt: skip
 
 
 def print_table(results: list[dict]) -> None:
     print("| engine | rows | floor s | upgrade s | downgrade s | upgrade / floor | downgrade / upgrade |"
-          " upgrade s per 1M rows | peak RSS MiB |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          " upgrade s per 1M rows | (upgrade - start-up) s per 1M rows | peak RSS MiB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['engine']} | {r['rows']:,} | {r['floor']:.2f} | {r['upgrade']:.2f} | {r['downgrade']:.2f} | "
-              f"{r['ratio']:.2f}x | {r['down_ratio']:.2f}x | {r['s_per_m']:.2f} | {r['rss']} |",
-              flush=True)  # fmt: skip
+              f"{r['ratio']:.2f}x | {r['down_ratio']:.2f}x | {r['s_per_m']:.2f} | {r['work_s_per_m']:.2f} | "
+              f"{r['rss']} |", flush=True)  # fmt: skip
 
 
 def main() -> None:

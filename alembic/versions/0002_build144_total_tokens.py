@@ -38,6 +38,7 @@ from alembic import context, op
 from alembic.util import CommandError
 
 from autopack.migration_ops import (
+    PROGRESS_EVERY_S,
     NotEditableInPlace,
     Progress,
     add_default_zero,
@@ -106,6 +107,7 @@ def options() -> dict:
         "batch_rows": int(x.get("batch_rows", 20_000 if online else 100_000)),
         "online_lock_timeout": x.get("online_lock_timeout", "500ms"),
         "online_retries": int(x.get("online_retries", 20)),
+        "progress_every": float(x.get("progress_every", PROGRESS_EVERY_S)),
     }
 
 
@@ -211,13 +213,13 @@ def sqlite_schema_change(bind, add_total: bool, add_default: bool, relax: list[s
         op.add_column(TABLE, sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
 
 
-def backfill(execute: Callable[[sa.Update, dict], int], first, last, rows: int, batch_rows: int) -> int:
-    progress = Progress(log, "backfill", rows)
+def backfill(execute: Callable[[sa.Update, dict], int], first, last, rows: int, opts: dict) -> int:
+    progress = Progress(log, "backfill", rows, opts["progress_every"])
     filled = 0
     statement = backfill_batch()
-    for low, high in id_batches(first, last, batch_rows):
+    for low, high in id_batches(first, last, opts["batch_rows"]):
         filled += execute(statement, {"low": low, "high": high})
-        progress.advance(high - low)
+        progress.at((high - first + 1) / (last - first + 1))
     return filled
 
 
@@ -254,9 +256,7 @@ def upgrade() -> None:
         else:
             batch_schema_change(add_total, add_default, relax)
         log.info("[1/3] Schema: %s", describe(add_total, add_default, relax))
-        filled = backfill(
-            lambda s, p: bind.execute(s, p).rowcount, stats.first, stats.last, stats.rows, opts["batch_rows"]
-        )
+        filled = backfill(lambda s, p: bind.execute(s, p).rowcount, stats.first, stats.last, stats.rows, opts)
         log_backfilled(filled)
         restored = restore_held_over(bind) if inspector.has_table(HOLDOVER) else 0
         if bind.dialect.name == "postgresql":  # left by an interrupted online run
@@ -347,7 +347,7 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
         log.info("[1/3] Schema (online, committed): %s", describe(add_total, add_default, relax))
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
-        filled = backfill(lambda s, p: connection.execute(s, p).rowcount, first, last, stats.rows, opts["batch_rows"])
+        filled = backfill(lambda s, p: connection.execute(s, p).rowcount, first, last, stats.rows, opts)
         log_backfilled(filled)
         restored = restore_held_over(connection) if sa.inspect(connection).has_table(HOLDOVER) else 0
         with_lock_retries(

@@ -17,24 +17,27 @@ PROGRESS_EVERY_S = 2.0
 
 
 class Progress:
-    """Logs ``done / total rows (percent), elapsed, rate`` at most every ``every_s`` seconds."""
+    """Logs ``rows done / total (percent), elapsed, rate`` at most every ``every_s`` seconds.
+
+    Work advances over primary-key ranges, so rows done are estimated from how much of the id span is done.
+    """
 
     def __init__(self, log: logging.Logger, what: str, total: int, every_s: float = PROGRESS_EVERY_S) -> None:
         self.log, self.what, self.total, self.every_s = log, what, total, every_s
-        self.done = 0
         self.start = self.last = time.monotonic()
 
-    def advance(self, rows: int) -> None:
-        self.done += rows
+    def at(self, fraction: float) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            elapsed = now - self.start
-            share = min(100.0, 100 * self.done / self.total) if self.total else 100.0
-            self.log.info(
-                "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s",
-                self.what, f"{self.done:,}", f"{self.total:,}", share, elapsed, f"{self.done / elapsed:,.0f}",
-            )  # fmt: skip
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        done = round(self.total * min(fraction, 1.0))
+        elapsed = now - self.start
+        self.log.info(
+            "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s",
+            self.what, f"{done:,}", f"{self.total:,}", 100 * min(fraction, 1.0), elapsed,
+            f"{done / elapsed:,.0f}" if elapsed else "-",
+        )  # fmt: skip
 
 
 def id_batches(first: int | None, last: int | None, size: int) -> Iterator[tuple[int, int]]:
