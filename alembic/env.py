@@ -51,7 +51,8 @@ def configure(**kwargs) -> None:
 
 
 def run(connection: Connection) -> None:
-    configure(connection=connection, transactional_ddl=True)
+    # SQLite: really transactional with migration_engine's BEGIN; MySQL's DDL commits implicitly whatever we say
+    configure(connection=connection, **({"transactional_ddl": True} if connection.dialect.name == "sqlite" else {}))
     require_known_revisions(context.script, context.get_context().get_current_heads())
     with context.begin_transaction():
         context.run_migrations()
@@ -86,7 +87,11 @@ def run_online() -> None:
 
 
 if context.is_offline_mode():
-    configure(url=parse_url(database_url()), literal_binds=True)
+    offline_url = parse_url(database_url())
+    sqlite = offline_url.get_backend_name() == "sqlite"
+    configure(url=offline_url, literal_binds=True, **({"transactional_ddl": True} if sqlite else {}))
+    if sqlite:  # a rebuild's DROP TABLE must not cascade into child tables; PRAGMA is a no-op inside BEGIN
+        context.execute("PRAGMA foreign_keys = OFF")
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -3,8 +3,9 @@
 PostgreSQL servers come from ``AUTOPACK_TEST_POSTGRES``: a space-separated list of server URLs
 (``postgresql://postgres@127.0.0.1:5432/postgres``) and/or the word ``pgserver`` (a throwaway
 PostgreSQL 16 started from the binaries the ``pgserver`` package bundles). Default: ``pgserver``, so
-a fresh machine with nothing but pip runs the PostgreSQL tests. When no server can be had the
-PostgreSQL tests skip with a reason, except under ``CI=true``, where they fail.
+a fresh machine with nothing but pip runs the PostgreSQL tests. MariaDB/MySQL servers come from
+``AUTOPACK_TEST_MYSQL`` (default ``mysql://root@127.0.0.1:3306``). When no server can be had those
+tests skip with a reason, except under ``CI=true``, where they fail.
 """
 
 import os
@@ -14,20 +15,20 @@ from pathlib import Path
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 from autopack.migration_env import migration_engine
-from support import BACKENDS, PG_SERVERS
+from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str, how: str = "pip install pgserver, or set AUTOPACK_TEST_POSTGRES to a server URL") -> None:
     if IN_CI:
-        pytest.fail(f"PostgreSQL is required in CI: {reason}", pytrace=False)
-    pytest.skip(f"{reason} (pip install pgserver, or set AUTOPACK_TEST_POSTGRES to a server URL)")
+        pytest.fail(f"required in CI: {reason}", pytrace=False)
+    pytest.skip(f"{reason} ({how})")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def pg_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, U
     """Server label -> admin URL, started lazily; a server that cannot be had maps to the reason why."""
     servers: dict[str, URL | str] = {}
     started = []
-    for spec, backend in zip(PG_SERVERS, BACKENDS[1:], strict=True):
+    for spec, backend in zip(PG_SERVERS, POSTGRES_BACKENDS, strict=True):
         if spec != "pgserver":
             servers[backend] = make_url(spec)
             continue
@@ -62,11 +63,24 @@ def backend(request: pytest.FixtureRequest) -> str:
 def new_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], URL]]:
     """A factory of new, empty databases on ``backend``, all dropped at teardown (SQLite: files not made yet)."""
     janitors: list[DatabaseJanitor] = []
+    mysql_databases: list[URL] = []
 
     def make() -> URL:
         name = f"autopack_test_{uuid.uuid4().hex[:12]}"
         if backend == "sqlite":
             return make_url(f"sqlite:///{tmp_path / name}.db")
+        if backend in MYSQL_BACKENDS:
+            server = make_url(MYSQL_SERVERS[MYSQL_BACKENDS.index(backend)]).set(drivername="mysql+pymysql")
+            try:
+                with create_engine(server.set(database=None)).connect() as admin:
+                    admin.exec_driver_sql(f"CREATE DATABASE {name}")
+            except Exception as e:
+                unavailable(
+                    f"cannot reach MariaDB/MySQL at {server.render_as_string(hide_password=True)}: {type(e).__name__}",
+                    "set AUTOPACK_TEST_MYSQL to a server URL, e.g. mysql://root@127.0.0.1:3306",
+                )
+            mysql_databases.append(server.set(database=name))
+            return server.set(database=name)
         server = request.getfixturevalue("pg_servers")[backend]
         if isinstance(server, str):
             unavailable(server)
@@ -88,6 +102,11 @@ def new_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     yield make
     for janitor in janitors:
         janitor.drop()
+    for url in mysql_databases:
+        engine = create_engine(url.set(database=None))
+        with engine.connect() as admin:
+            admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {url.database}")
+        engine.dispose()
 
 
 @pytest.fixture

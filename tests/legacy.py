@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL
 from support import event_row, insert_events
 
 STATES = ("pre_build144", "splits_nullable", "old_script", "create_all_build144")
+# Autopack declared VARCHAR without a length; on MySQL/MariaDB a length is required.
+Varchar = String().with_variant(String(255), "mysql", "mariadb")
 
 
 def old_model(*, splits_nullable: bool, total_tokens: bool) -> MetaData:
@@ -20,17 +22,17 @@ def old_model(*, splits_nullable: bool, total_tokens: bool) -> MetaData:
     metadata = MetaData()
     columns = [
         Column("id", Integer, primary_key=True, index=True),
-        Column("provider", String, nullable=False, index=True),
-        Column("model", String, nullable=False, index=True),
-        Column("run_id", String, nullable=True, index=True),
-        Column("phase_id", String, nullable=True),
-        Column("role", String, nullable=False),
+        Column("provider", Varchar, nullable=False, index=True),
+        Column("model", Varchar, nullable=False, index=True),
+        Column("run_id", Varchar, nullable=True, index=True),
+        Column("phase_id", Varchar, nullable=True),
+        Column("role", Varchar, nullable=False),
         Column("prompt_tokens", Integer, nullable=splits_nullable),
         Column("completion_tokens", Integer, nullable=splits_nullable),
         Column("created_at", DateTime, nullable=False, default=datetime.utcnow, index=True),
         Column("is_doctor_call", Boolean, nullable=False, default=False),
-        Column("doctor_model", String, nullable=True),
-        Column("doctor_action", String, nullable=True),
+        Column("doctor_model", Varchar, nullable=True),
+        Column("doctor_action", Varchar, nullable=True),
     ]
     if total_tokens:
         columns.insert(8, Column("total_tokens", Integer, nullable=False, default=0))
@@ -72,13 +74,13 @@ def build(url: URL, state: str, rows: list[tuple] | None = None) -> None:
         "old_script": old_model(splits_nullable=False, total_tokens=False),
         "create_all_build144": old_model(splits_nullable=True, total_tokens=True),
     }[state]
-    Table("projects", metadata, Column("id", Integer, primary_key=True), Column("name", String, nullable=False))
+    Table("projects", metadata, Column("id", Integer, primary_key=True), Column("name", Varchar, nullable=False))
     Table(
         "usage_annotations",
         metadata,
         Column("id", Integer, primary_key=True),
         Column("event_id", Integer, ForeignKey("llm_usage_events.id", ondelete="CASCADE"), nullable=False),
-        Column("note", String),
+        Column("note", Varchar),
     )
     engine = create_engine(url)
     try:

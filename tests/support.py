@@ -11,8 +11,18 @@ from sqlalchemy.engine import URL
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SERVERS = os.environ.get("AUTOPACK_TEST_POSTGRES", "pgserver").split()
-BACKENDS = ["sqlite", *(f"postgresql-{s.split('@')[-1].split('/')[0]}" for s in PG_SERVERS)]
-POSTGRES_BACKENDS = BACKENDS[1:]
+MYSQL_SERVERS = os.environ.get("AUTOPACK_TEST_MYSQL", "mysql://root@127.0.0.1:3306").split()
+
+
+def _label(engine: str, spec: str) -> str:
+    return f"{engine}-{spec.split('@')[-1].split('/')[0]}"
+
+
+POSTGRES_BACKENDS = [_label("postgresql", s) for s in PG_SERVERS]
+MYSQL_BACKENDS = [_label("mariadb", s) for s in MYSQL_SERVERS]
+# engines whose DDL is transactional: a failed or killed migration leaves nothing behind
+TRANSACTIONAL_BACKENDS = ["sqlite", *POSTGRES_BACKENDS]
+BACKENDS = [*TRANSACTIONAL_BACKENDS, *MYSQL_BACKENDS]
 T0 = datetime(2025, 11, 1, 12, 0, 0)
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 

@@ -10,10 +10,10 @@ import time
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from autopack.migration_env import migration_engine
-from support import ROOT, alembic, engine_for, table_names
+from support import MYSQL_BACKENDS, ROOT, TRANSACTIONAL_BACKENDS, alembic, engine_for, table_names
 
 ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
 # where to SIGKILL: so long after the migration logs this line (the first two land mid-migration for sure)
@@ -36,12 +36,14 @@ def seed_large(url, rows=ROWS):
                 ),
                 {"n": rows},
             )
-        else:
-            connection.connection.driver_connection.executemany(
-                "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
-                " created_at, is_doctor_call) VALUES (?, ?, ?, 'builder', ?, ?, '2025-01-01 00:00:00', 0)",
-                ((f"p{i % 3}", f"m{i % 7}", f"r{i % 100}", i % 1000, i % 333) for i in range(1, rows + 1)),
-            )
+        else:  # SQLite, MySQL: executemany (PyMySQL turns it into multi-row INSERTs)
+            values = [{"p": f"p{i % 3}", "m": f"m{i % 7}", "r": f"r{i % 100}", "pt": i % 1000, "ct": i % 333}
+                      for i in range(1, rows + 1)]  # fmt: skip
+            for chunk in range(0, rows, 50_000):
+                connection.execute(text(
+                    "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
+                    " created_at, is_doctor_call) VALUES (:p, :m, :r, 'builder', :pt, :ct, '2025-01-01 00:00:00', 0)"
+                ), values[chunk:chunk + 50_000])  # fmt: skip
     engine.dispose()
 
 
@@ -65,11 +67,8 @@ def facts(url) -> dict:
     return result
 
 
-def _columns(connection):
-    return [r[1] for r in connection.exec_driver_sql("PRAGMA table_info(llm_usage_events)")] if (
-        connection.dialect.name == "sqlite"
-    ) else [r[0] for r in connection.execute(text(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'llm_usage_events'"))]  # fmt: skip
+def _columns(connection) -> list[str]:
+    return [c["name"] for c in inspect(connection).get_columns("llm_usage_events")]
 
 
 def kill_midway(url, args, marker, delay_s):
@@ -88,6 +87,7 @@ def kill_midway(url, args, marker, delay_s):
     return process.returncode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("backend", TRANSACTIONAL_BACKENDS)
 def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
     seed_large(db_url)
     start = facts(db_url)
@@ -150,6 +150,7 @@ def test_disk_full_mid_rebuild_rolls_back_and_a_rerun_succeeds(db_url):
     assert facts(db_url)["revision"] == "0002"
 
 
+@pytest.mark.parametrize("backend", TRANSACTIONAL_BACKENDS)
 def test_failure_after_the_rebuild_before_the_backfill_ends_rolls_everything_back(db_url):
     seed_large(db_url, rows=20_000)
     start = facts(db_url)
@@ -214,3 +215,28 @@ def test_sqlite_wal_database_survives_a_kill(tmp_path):
     assert facts(url) == start
     alembic(url, "upgrade", "head")
     assert facts(url)["revision"] == "0002"
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_mysql_killed_midway_converges_on_rerun(db_url):
+    """MySQL's DDL commits as it goes, so a kill can leave the schema changed at the old revision: the revision
+    only does what is missing, so re-running finishes the job with every row right, both directions."""
+    seed_large(db_url, rows=100_000)
+    start = facts(db_url)
+    kill_midway(db_url, ["upgrade", "head"], "[1/3] Schema", 0.0)
+    alembic(db_url, "upgrade", "head")
+    upgraded = facts(db_url)
+    assert upgraded["revision"] == "0002"
+    assert upgraded["sums"][:5] == start["sums"] and upgraded["sums"][5] == start["sums"][1] + start["sums"][2]
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id % 7 = 0")
+        )
+    engine.dispose()
+    before_down = facts(db_url)
+    kill_midway(db_url, ["downgrade", "-1"], "Set aside", 0.0)
+    if facts(db_url)["revision"] == "0002":
+        alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "upgrade", "head")
+    assert facts(db_url) == before_down

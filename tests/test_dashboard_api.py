@@ -84,14 +84,10 @@ def test_week_totals_count_total_only_events_in_full(engine, client):
 
 
 def test_period_boundaries_are_inclusive_at_the_start(engine):
-    now = utcnow()
-    with engine.begin() as connection:
+    now = utcnow().replace(microsecond=0)  # MySQL's DATETIME keeps whole seconds
+    with Session(engine) as db:  # written as the application writes them, so stored in its format
         for i, at in enumerate([now - timedelta(days=7), now - timedelta(days=7) - MINUTE, now - timedelta(days=1)]):
-            connection.execute(
-                text("INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
-                     " VALUES ('openai', 'gpt-4o', 'builder', :t, :at, false)"),
-                {"t": 10 ** i, "at": at},
-            )  # fmt: skip
+            record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=10**i, created_at=at))
     with Session(engine) as db:
         assert [r["total_tokens"] for r in usage_by_provider(db, "week", now)] == [1 + 100]
         assert [r["total_tokens"] for r in usage_by_provider(db, "day", now)] == [100]

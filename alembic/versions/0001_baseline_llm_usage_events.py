@@ -39,6 +39,8 @@ BASELINE_COLUMNS = {
     "created_at", "is_doctor_call", "doctor_model", "doctor_action",
 }  # fmt: skip
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
+VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 
 # The four states operators' databases are known to be in, by (has total_tokens, splits nullable).
 KNOWN_STATES = {
@@ -79,17 +81,17 @@ def upgrade() -> None:
     op.create_table(
         TABLE,
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("provider", sa.String(), nullable=False),
-        sa.Column("model", sa.String(), nullable=False),
-        sa.Column("run_id", sa.String(), nullable=True),
-        sa.Column("phase_id", sa.String(), nullable=True),
-        sa.Column("role", sa.String(), nullable=False),
+        sa.Column("provider", VARCHAR, nullable=False),
+        sa.Column("model", VARCHAR, nullable=False),
+        sa.Column("run_id", VARCHAR, nullable=True),
+        sa.Column("phase_id", VARCHAR, nullable=True),
+        sa.Column("role", VARCHAR, nullable=False),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("is_doctor_call", sa.Boolean(), nullable=False),
-        sa.Column("doctor_model", sa.String(), nullable=True),
-        sa.Column("doctor_action", sa.String(), nullable=True),
+        sa.Column("doctor_model", VARCHAR, nullable=True),
+        sa.Column("doctor_action", VARCHAR, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
     )
     for column in INDEXED:

@@ -59,6 +59,8 @@ log = logging.getLogger("alembic.build144")
 TABLE = "llm_usage_events"
 HOLDOVER = "llm_usage_events_build144_holdover"
 SPLITS = ("prompt_tokens", "completion_tokens")
+# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
+VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 TRIGGER = "llm_usage_events_build144_fill_total"
 
 events = sa.table(
@@ -86,17 +88,21 @@ NEEDS_TOTAL = sa.and_(total == 0, split_sum != 0)
 # Rows the pre-BUILD-144 schema cannot hold as they are.
 NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), total != prompt + completion)
 
-holdover_columns = (
-    sa.Column("event_id", sa.Integer(), primary_key=True),
-    sa.Column("provider", sa.String(), nullable=False),
-    sa.Column("model", sa.String(), nullable=False),
-    sa.Column("role", sa.String(), nullable=False),
-    sa.Column("created_at", sa.DateTime(), nullable=False),
-    sa.Column("prompt_tokens", sa.Integer(), nullable=True),
-    sa.Column("completion_tokens", sa.Integer(), nullable=True),
-    sa.Column("total_tokens", sa.Integer(), nullable=False),
-)
-holdover = sa.table(HOLDOVER, *(sa.column(c.name, c.type) for c in holdover_columns))
+
+def holdover_columns() -> tuple[sa.Column, ...]:
+    return (
+        sa.Column("event_id", sa.Integer(), primary_key=True),
+        sa.Column("provider", VARCHAR, nullable=False),
+        sa.Column("model", VARCHAR, nullable=False),
+        sa.Column("role", VARCHAR, nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("prompt_tokens", sa.Integer(), nullable=True),
+        sa.Column("completion_tokens", sa.Integer(), nullable=True),
+        sa.Column("total_tokens", sa.Integer(), nullable=False),
+    )
+
+
+holdover = sa.table(HOLDOVER, *(sa.column(c.name, c.type) for c in holdover_columns()))
 
 
 def options() -> dict:
@@ -187,10 +193,16 @@ def batch_schema_change(add_total: bool, add_default: bool, relax: list[str], co
             batch.add_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
         if add_default:
             batch.alter_column(
-                "total_tokens", existing_type=sa.Integer(), existing_nullable=False, server_default=sa.text("0")
+                "total_tokens",
+                existing_type=sa.Integer(),
+                existing_nullable=False,
+                existing_server_default=None,
+                server_default=sa.text("0"),
             )
-        for split in relax:
-            batch.alter_column(split, existing_type=sa.Integer(), existing_nullable=False, nullable=True)
+        for split in relax:  # existing_*: MySQL's MODIFY COLUMN restates the whole column
+            batch.alter_column(
+                split, existing_type=sa.Integer(), existing_nullable=False, existing_server_default=None, nullable=True
+            )
 
 
 def sqlite_schema_change(bind, add_total: bool, add_default: bool, relax: list[str]) -> None:
@@ -365,17 +377,17 @@ def baseline_table() -> sa.Table:
         TABLE,
         sa.MetaData(),
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("provider", sa.String(), nullable=False),
-        sa.Column("model", sa.String(), nullable=False),
-        sa.Column("run_id", sa.String()),
-        sa.Column("phase_id", sa.String()),
-        sa.Column("role", sa.String(), nullable=False),
+        sa.Column("provider", VARCHAR, nullable=False),
+        sa.Column("model", VARCHAR, nullable=False),
+        sa.Column("run_id", VARCHAR),
+        sa.Column("phase_id", VARCHAR),
+        sa.Column("role", VARCHAR, nullable=False),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("is_doctor_call", sa.Boolean(create_constraint=False), nullable=False),
-        sa.Column("doctor_model", sa.String()),
-        sa.Column("doctor_action", sa.String()),
+        sa.Column("doctor_model", VARCHAR),
+        sa.Column("doctor_action", VARCHAR),
         sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
     )
     for column in ("id", "provider", "model", "run_id", "created_at"):
@@ -383,40 +395,75 @@ def baseline_table() -> sa.Table:
     return table
 
 
+def build144_table() -> sa.Table:
+    """The table as this revision leaves it: what an offline SQLite downgrade copies from."""
+    table = baseline_table()
+    table.c.prompt_tokens.nullable = table.c.completion_tokens.nullable = True
+    table.append_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
+    return table
+
+
 def offline_upgrade() -> None:
-    """A script for the baseline schema: the change, then the rule as one plain UPDATE."""
+    """A script for any database at 0001: plain SQL, no reads in Python. The holdover table may or may not be
+    there (an earlier downgrade leaves it only when it set rows aside), so it is created if missing, consumed
+    and dropped."""
     batch_schema_change(True, False, list(SPLITS), copy_from=baseline_table())
     op.execute(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum))
+    op.create_table(HOLDOVER, *holdover_columns(), if_not_exists=True)
+    op.execute(restore_statement())
+    op.drop_table(HOLDOVER)
 
 
 # --- downgrade -----------------------------------------------------------------------------------------
 
 
+def hold_over_statement() -> sa.Insert:
+    """Copy the rows the old schema cannot hold, skipping any a resumed downgrade already holds."""
+    h = holdover.c
+    return holdover.insert().from_select(
+        [h.event_id, h.provider, h.model, h.role, h.created_at, h.prompt_tokens, h.completion_tokens, h.total_tokens],
+        sa.select(events.c.id, events.c.provider, events.c.model, events.c.role, events.c.created_at,
+                  prompt, completion, total)
+        .where(NOT_HOLDABLE, ~sa.exists().where(h.event_id == events.c.id)),
+    )  # fmt: skip
+
+
+def placeholders_statement() -> sa.Update:
+    """NULL splits of held-over rows read 0 in the old schema (never a guessed split)."""
+    return (
+        events.update()
+        .where(events.c.id.in_(sa.select(holdover.c.event_id)), sa.or_(prompt.is_(None), completion.is_(None)))
+        .values(prompt_tokens=sa.func.coalesce(prompt, 0), completion_tokens=sa.func.coalesce(completion, 0))
+    )
+
+
+def downgrade_schema(copy_from=None) -> None:
+    with op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
+        for split in SPLITS:
+            batch.alter_column(
+                split, existing_type=sa.Integer(), existing_nullable=True, existing_server_default=None, nullable=False
+            )
+        batch.drop_column("total_tokens")
+
+
 def downgrade() -> None:
+    if context.is_offline_mode():
+        op.create_table(HOLDOVER, *holdover_columns(), if_not_exists=True)
+        op.execute(hold_over_statement())
+        op.execute(placeholders_statement())
+        downgrade_schema(copy_from=build144_table())
+        return
     bind = op.get_bind()
     if sa.inspect(bind).has_table(HOLDOVER):
-        raise CommandError(
-            f"{HOLDOVER} already exists (left by an earlier downgrade): run 'alembic upgrade head' to restore "
-            "its rows first; nothing was changed."
-        )
-    op.create_table(HOLDOVER, *holdover_columns)
-    h = holdover.c
-    bind.execute(
-        holdover.insert().from_select(
-            [h.event_id, h.provider, h.model, h.role, h.created_at, h.prompt_tokens, h.completion_tokens,
-             h.total_tokens],
-            sa.select(events.c.id, events.c.provider, events.c.model, events.c.role, events.c.created_at,
-                      prompt, completion, total).where(NOT_HOLDABLE),
-        )
-    )  # fmt: skip
+        # only an interrupted downgrade on an engine whose DDL is not transactional (MySQL) leaves one at 0002
+        log.info("Resuming an interrupted downgrade: %s already holds rows", HOLDOVER)
+    else:
+        op.create_table(HOLDOVER, *holdover_columns())
+    bind.execute(hold_over_statement())
     # counted, not taken from INSERT ... SELECT's rowcount, which psycopg reports as -1
     held = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one()
     if held:
-        bind.execute(
-            events.update()
-            .where(events.c.id.in_(sa.select(h.event_id)), sa.or_(prompt.is_(None), completion.is_(None)))
-            .values(prompt_tokens=sa.func.coalesce(prompt, 0), completion_tokens=sa.func.coalesce(completion, 0))
-        )
+        bind.execute(placeholders_statement())
         log.info(
             "Set aside %d rows the pre-BUILD-144 schema cannot hold (NULL splits or a total that is not their sum) "
             "in %s; their NULL splits read 0 until 'alembic upgrade head' restores them",
@@ -425,14 +472,10 @@ def downgrade() -> None:
     else:
         op.drop_table(HOLDOVER)
         log.info("No rows needed setting aside: every row's total is the sum of its splits")
-
     if bind.dialect.name == "sqlite":
         sqlite_downgrade_schema(bind)
-        return
-    with op.batch_alter_table(TABLE) as batch:
-        for split in SPLITS:
-            batch.alter_column(split, existing_type=sa.Integer(), existing_nullable=True, nullable=False)
-        batch.drop_column("total_tokens")
+    else:
+        downgrade_schema()
 
 
 def sqlite_downgrade_schema(bind) -> None:
@@ -443,10 +486,5 @@ def sqlite_downgrade_schema(bind) -> None:
         return
     except (NotEditableInPlace, sa.exc.OperationalError) as reason:
         log.info("      %s is rebuilt (%s)", TABLE, str(reason).splitlines()[0])
-    with (
-        sqlite_objects_kept(bind, TABLE, log, dropped_columns=("total_tokens",)),
-        op.batch_alter_table(TABLE) as batch,
-    ):
-        for split in SPLITS:
-            batch.alter_column(split, existing_type=sa.Integer(), existing_nullable=True, nullable=False)
-        batch.drop_column("total_tokens")
+    with sqlite_objects_kept(bind, TABLE, log, dropped_columns=("total_tokens",)):
+        downgrade_schema()

@@ -6,7 +6,7 @@ NULL as 0. One SQL query per grouping: no Python loop over rows.
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
 from autopack.usage_recorder import LlmUsageEvent, utcnow
@@ -21,12 +21,17 @@ def period_start(period: str, now: datetime | None = None) -> datetime:
     return (now or utcnow()) - timedelta(days=PERIOD_DAYS[period])
 
 
+def _sum(column) -> object:
+    # CAST: MySQL's SUM is DECIMAL, which JSON would render as a float
+    return cast(func.coalesce(func.sum(column), 0), BigInteger)
+
+
 def _sums():
     e = LlmUsageEvent
     return (
-        func.coalesce(func.sum(func.coalesce(e.prompt_tokens, 0)), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(func.coalesce(e.completion_tokens, 0)), 0).label("completion_tokens"),
-        func.coalesce(func.sum(e.total_tokens), 0).label("total_tokens"),
+        _sum(func.coalesce(e.prompt_tokens, 0)).label("prompt_tokens"),
+        _sum(func.coalesce(e.completion_tokens, 0)).label("completion_tokens"),
+        _sum(e.total_tokens).label("total_tokens"),
         func.count().label("events"),
     )
 

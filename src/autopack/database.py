@@ -35,11 +35,12 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 # Drivers this project installs, for URLs that name only the engine (as the runbook's do).
-DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
+DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 
 
 def with_driver(url: URL) -> URL:
-    """``postgresql://`` means psycopg 3 here (SQLAlchemy's own default, psycopg2, is not installed)."""
+    """``postgresql://`` means psycopg 3 and ``mysql://`` / ``mariadb://`` PyMySQL here (SQLAlchemy's own
+    defaults, psycopg2 and mysqlclient, are not installed)."""
     return url.set(drivername=DEFAULT_DRIVERS.get(url.drivername, url.drivername))
 
 

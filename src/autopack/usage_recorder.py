@@ -13,6 +13,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from autopack.database import Base
 
+# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
+Varchar = String().with_variant(String(255), "mysql", "mariadb")
+
 
 def utcnow() -> datetime:
     """Naive UTC, as Autopack has always stored ``created_at``."""
@@ -23,18 +26,18 @@ class LlmUsageEvent(Base):
     __tablename__ = "llm_usage_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
-    provider: Mapped[str] = mapped_column(String, index=True)
-    model: Mapped[str] = mapped_column(String, index=True)
-    run_id: Mapped[str | None] = mapped_column(String, index=True)
-    phase_id: Mapped[str | None] = mapped_column(String)
-    role: Mapped[str] = mapped_column(String)
+    provider: Mapped[str] = mapped_column(Varchar, index=True)
+    model: Mapped[str] = mapped_column(Varchar, index=True)
+    run_id: Mapped[str | None] = mapped_column(Varchar, index=True)
+    phase_id: Mapped[str | None] = mapped_column(Varchar)
+    role: Mapped[str] = mapped_column(Varchar)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     is_doctor_call: Mapped[bool] = mapped_column(default=False)
-    doctor_model: Mapped[str | None] = mapped_column(String)
-    doctor_action: Mapped[str | None] = mapped_column(String)
+    doctor_model: Mapped[str | None] = mapped_column(Varchar)
+    doctor_action: Mapped[str | None] = mapped_column(Varchar)
 
     def __repr__(self) -> str:
         return (

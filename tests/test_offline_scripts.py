@@ -1,0 +1,95 @@
+"""``alembic upgrade/downgrade --sql``: scripts for DBAs, applied with each engine's own driver to a database
+seeded at the old revision, must give the same rows as the online path, in both directions."""
+
+import sqlite3
+
+import psycopg
+import pymysql
+from pymysql.constants import CLIENT
+from sqlalchemy import create_engine, text
+
+from support import alembic, event_row, insert_events
+
+SEED = [(12_500, 3_200), (0, 0), (7, 0), (1_000_000_000, 999_999_999)]
+LATER = [(None, None, 18_500), (40, None, 40), (10, 5, 100), (None, None, 0)]  # written once at 0002
+
+
+def rows(url):
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        result = [dict(r._mapping) for r in connection.execute(text("SELECT * FROM llm_usage_events ORDER BY id"))]
+    engine.dispose()
+    return result
+
+
+def apply_script(url, script: str) -> None:
+    """Feed the script to the engine's own driver, as a DBA's client would."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        connection = sqlite3.connect(url.database)
+        connection.executescript(script)
+        connection.close()
+    elif backend == "postgresql":
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(False), autocommit=True) as connection:
+            connection.execute(script)
+    else:
+        connection = pymysql.connect(
+            host=url.host, port=url.port or 3306, user=url.username, password=url.password or "",
+            database=url.database, client_flag=CLIENT.MULTI_STATEMENTS, autocommit=True,
+        )  # fmt: skip
+        with connection.cursor() as cursor:
+            cursor.execute(script)
+            while cursor.nextset():
+                pass
+        connection.close()
+
+
+def seeded_pair(new_database):
+    """Two identical databases at 0001 with rows: one for the online path, one for the scripts."""
+    pair = []
+    for _ in range(2):
+        url = new_database()
+        alembic(url, "upgrade", "0001")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            insert_events(
+                connection, [event_row(i, prompt_tokens=p, completion_tokens=c) for i, (p, c) in enumerate(SEED)]
+            )
+        engine.dispose()
+        pair.append(url)
+    return pair
+
+
+def add_later_rows(url):
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        insert_events(connection, [event_row(10 + i, prompt_tokens=p, completion_tokens=c, total_tokens=t)
+                                   for i, (p, c, t) in enumerate(LATER)])  # fmt: skip
+    engine.dispose()
+
+
+def script(url, *args) -> str:
+    result = alembic(url, *args, "--sql")
+    return result.stdout
+
+
+def test_offline_scripts_give_the_online_rows_both_ways(new_database):
+    online, offline = seeded_pair(new_database)
+
+    alembic(online, "upgrade", "head")
+    apply_script(offline, script(offline, "upgrade", "0001:0002"))
+    assert rows(offline) == rows(online)
+    assert alembic(offline, "current").stdout.strip() == "0002 (head)"
+    assert [r["total_tokens"] for r in rows(offline)] == [p + c for p, c in SEED]
+
+    for url in (online, offline):
+        add_later_rows(url)
+    upgraded = rows(online)
+    alembic(online, "downgrade", "-1")
+    apply_script(offline, script(offline, "downgrade", "0002:0001"))
+    assert rows(offline) == rows(online)
+    assert alembic(offline, "current").stdout.strip() == "0001"
+
+    alembic(online, "upgrade", "head")
+    apply_script(offline, script(offline, "upgrade", "0001:0002"))
+    assert rows(offline) == rows(online) == upgraded  # the set-aside rows came back exactly
