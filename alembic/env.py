@@ -14,9 +14,8 @@ from autopack.database import Base, database_url
 from autopack.migration_env import (
     DEFAULT_BUSY_TIMEOUT_S,
     DEFAULT_LOCK_TIMEOUT,
-    CommandError,
-    explain,
     migration_engine,
+    one_sentence_errors,
     parse_url,
     require_known_revisions,
     require_sqlite_file,
@@ -73,15 +72,11 @@ def run_online() -> None:
     require_sqlite_file(url, may_create=command is None or command.__name__ == "upgrade")
     engine = migration_engine(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
     try:
-        with engine.connect() as connection:
+        with (
+            one_sentence_errors(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout),
+            engine.connect() as connection,
+        ):
             run(connection)
-    except CommandError:
-        raise
-    except Exception as error:
-        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
-        if message is None:
-            raise
-        raise CommandError(message) from None
     finally:
         engine.dispose()
 

@@ -7,7 +7,13 @@ from pathlib import Path
 from alembic.util import CommandError
 
 from autopack.database import database_url
-from autopack.migration_env import DEFAULT_BUSY_TIMEOUT_S, explain, migration_engine, parse_url, require_sqlite_file
+from autopack.migration_env import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    migration_engine,
+    one_sentence_errors,
+    parse_url,
+    require_sqlite_file,
+)
 
 
 def run_verify() -> int:
@@ -17,15 +23,11 @@ def run_verify() -> int:
     require_sqlite_file(url, may_create=False)
     engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
     try:
-        with engine.connect() as connection:
+        with (
+            one_sentence_errors(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s", writes=False),
+            engine.connect() as connection,
+        ):
             result = verify(connection)
-    except CommandError:
-        raise
-    except Exception as error:
-        message = explain(error, url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
-        if message is None:
-            raise
-        raise CommandError(message.replace("; nothing was changed.", ".")) from None
     finally:
         engine.dispose()
     print(render(result, url))

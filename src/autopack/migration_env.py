@@ -11,6 +11,8 @@ transaction gives up with a clear message instead of freezing every reader queue
 """
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
@@ -166,3 +168,18 @@ def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: 
     ):
         return f"Cannot connect to {where}: {text}."
     return None
+
+
+@contextmanager
+def one_sentence_errors(url: URL, *, busy_timeout_s: float, lock_timeout: str, writes: bool = True) -> Iterator[None]:
+    """Turn a failure an operator can act on into a CommandError of one sentence; bugs keep their traceback.
+    ``writes=False`` for read-only commands, which have nothing to leave unchanged."""
+    try:
+        yield
+    except CommandError:
+        raise
+    except Exception as error:
+        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+        if message is None:
+            raise
+        raise CommandError(message if writes else message.replace("; nothing was changed.", ".")) from None
