@@ -100,12 +100,3 @@ def table_names(url: URL | str) -> set[str]:
             return set(inspect(connection).get_table_names())
     finally:
         engine.dispose()
-
-
-def index_names(url: URL | str, table: str = "llm_usage_events") -> set[str]:
-    engine = engine_for(url)
-    try:
-        with engine.connect() as connection:
-            return {i["name"] for i in inspect(connection).get_indexes(table)}
-    finally:
-        engine.dispose()
