@@ -130,9 +130,25 @@ def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
     assert facts(db_url) == before_down
 
 
+def as_int_typed(url) -> None:
+    """Re-create the table with ``INT`` splits: still a known state, but one the in-place edit will not touch,
+    so the upgrade takes the rebuild path."""
+    with sqlite3.connect(url.database) as connection:
+        (sql,) = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'llm_usage_events'").fetchone()
+        connection.execute("ALTER TABLE llm_usage_events RENAME TO old_events")
+        connection.execute(sql.replace("prompt_tokens INTEGER", "prompt_tokens INT"))
+        connection.execute("INSERT INTO llm_usage_events SELECT * FROM old_events")
+        connection.execute("DROP TABLE old_events")
+    with sqlite3.connect(url.database) as connection:
+        connection.execute("VACUUM")  # no free pages left over for the rebuild to reuse
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_disk_full_mid_rebuild_rolls_back_and_a_rerun_succeeds(db_url):
+@pytest.mark.parametrize("path", ["in place", "rebuild"])
+def test_disk_full_midway_rolls_back_and_a_rerun_succeeds(db_url, path):
     seed_large(db_url, rows=50_000)
+    if path == "rebuild":
+        as_int_typed(db_url)
     start = facts(db_url)
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["configure_logger"] = False
@@ -140,14 +156,16 @@ def test_disk_full_mid_rebuild_rolls_back_and_a_rerun_succeeds(db_url):
     with engine.connect() as connection:
         raw = connection.connection.driver_connection  # before any BEGIN: the limit holds for this connection
         pages = raw.execute("PRAGMA page_count").fetchone()[0]
-        raw.execute(f"PRAGMA max_page_count = {pages + 50}")  # the rebuild needs about `pages` more
+        raw.execute(f"PRAGMA max_page_count = {pages + 50}")  # the backfill or the rebuild needs far more
         config.attributes["connection"] = connection
         with pytest.raises(Exception, match="database or disk is full"):
             command.upgrade(config, "head")
     engine.dispose()
     assert facts(db_url) == start
-    alembic(db_url, "upgrade", "head")
-    assert facts(db_url)["revision"] == "0002"
+    up = alembic(db_url, "upgrade", "head")
+    assert ("is rebuilt" in up.stderr) == (path == "rebuild")
+    done = facts(db_url)
+    assert done["revision"] == "0002" and done["sums"][5] == start["sums"][1] + start["sums"][2]
 
 
 @pytest.mark.parametrize("backend", TRANSACTIONAL_BACKENDS)
