@@ -1,10 +1,7 @@
 """A migration killed, out of disk, or failing halfway leaves the previous revision whole, and a re-run works."""
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import inspect, text
 
 from autopack.migration_env import migration_engine
-from support import MYSQL_BACKENDS, ROOT, TRANSACTIONAL_BACKENDS, alembic, engine_for, table_names
+from support import MYSQL_BACKENDS, ROOT, TRANSACTIONAL_BACKENDS, alembic, engine_for, start_alembic, table_names
 
 ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
 # where to SIGKILL: so long after the migration logs this line (the first two land mid-migration for sure)
@@ -73,11 +70,7 @@ def _columns(connection) -> list[str]:
 
 def kill_midway(url, args, marker, delay_s):
     """Start ``alembic ARGS``, SIGKILL it ``delay_s`` after ``marker`` appears in its log; True if it was killed."""
-    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
-        env=env, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    process = start_alembic(url, *args)
     for line in process.stderr:
         if marker in line:
             break

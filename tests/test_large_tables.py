@@ -1,10 +1,7 @@
 """Large-table paths: progress lines, and PostgreSQL's online mode (committed batches, resume after a kill,
 concurrent writers). Timing lives in benchmarks/, not here: these tests check rows, revisions and locks."""
 
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from test_atomicity import kill_midway, seed_large
 
-from support import POSTGRES_BACKENDS, ROOT, alembic, engine_for, table_names
+from support import POSTGRES_BACKENDS, alembic, engine_for, start_alembic, table_names
 
 ROWS = 60_000
 
@@ -157,12 +154,7 @@ def table_columns(connection) -> set[str]:
 
 def run_online_to_the_end(url, stop: threading.Event) -> bool:
     """Run the online upgrade to its end; stop the writer once the backfill is done (before the trigger goes)."""
-    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "-x", "online=true", "-x",
-         "batch_rows=2000", "upgrade", "head"],
-        env=env, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    process = start_alembic(url, "-x", "online=true", "-x", "batch_rows=2000", "upgrade", "head")
     seen = False
     output = []
     for line in process.stderr:

@@ -89,6 +89,11 @@ NEEDS_TOTAL = sa.and_(total == 0, split_sum != 0)
 NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), total != prompt + completion)
 
 
+def total_tokens_column() -> sa.Column:
+    """BUILD-144's column: INTEGER NOT NULL DEFAULT 0 (a server default, so old code's INSERTs still work)."""
+    return sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0"))
+
+
 def holdover_columns() -> tuple[sa.Column, ...]:
     return (
         sa.Column("event_id", sa.Integer(), primary_key=True),
@@ -190,7 +195,7 @@ def batch_schema_change(add_total: bool, add_default: bool, relax: list[str], co
     """The change as Alembic operations: ALTERs on PostgreSQL and MySQL, a table rebuild on SQLite."""
     with op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
         if add_total:
-            batch.add_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
+            batch.add_column(total_tokens_column())
         if add_default:
             batch.alter_column(
                 "total_tokens",
@@ -222,7 +227,7 @@ def sqlite_schema_change(bind, add_total: bool, add_default: bool, relax: list[s
             batch_schema_change(add_total, add_default, relax)
         return
     if add_total:
-        op.add_column(TABLE, sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
+        op.add_column(TABLE, total_tokens_column())
 
 
 def backfill(execute: Callable[[sa.Update, dict], int], first, last, rows: int, opts: dict) -> int:
@@ -399,7 +404,7 @@ def build144_table() -> sa.Table:
     """The table as this revision leaves it: what an offline SQLite downgrade copies from."""
     table = baseline_table()
     table.c.prompt_tokens.nullable = table.c.completion_tokens.nullable = True
-    table.append_column(sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0")))
+    table.append_column(total_tokens_column())
     return table
 
 

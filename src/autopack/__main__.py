@@ -9,6 +9,7 @@ from alembic.util import CommandError
 from autopack.database import database_url
 from autopack.migration_env import (
     DEFAULT_BUSY_TIMEOUT_S,
+    DEFAULT_LOCK_TIMEOUT,
     migration_engine,
     one_sentence_errors,
     parse_url,
@@ -21,10 +22,12 @@ def run_verify() -> int:
 
     url = parse_url(database_url())
     require_sqlite_file(url, may_create=False)
-    engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s")
+    engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT)
     try:
         with (
-            one_sentence_errors(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout="10s", writes=False),
+            one_sentence_errors(
+                url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT, writes=False
+            ),
             engine.connect() as connection,
         ):
             result = verify(connection)
