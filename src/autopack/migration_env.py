@@ -27,6 +27,7 @@ DEFAULT_BUSY_TIMEOUT_S = 10.0
 DEFAULT_LOCK_TIMEOUT = "10s"
 DEFAULT_CONNECT_TIMEOUT_S = 10
 
+WAIT_HINT = "-x busy_timeout=SECONDS to wait longer"
 LOCK_HOLDERS = (
     "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
     "(DB Browser, sqlite3 CLI), then re-run"
@@ -134,15 +135,18 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
             ) from None
 
 
-def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: str) -> str | None:
-    """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback)."""
+def explain(
+    error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: str, wait_hint: str | None = WAIT_HINT
+) -> str | None:
+    """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
+    ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option."""
     orig = getattr(error, "orig", error)
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     where = shown(url)
     if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
         return (
-            f"The database {where} is locked by another process (waited {busy_timeout_s:g}s, "
-            f"-x busy_timeout=SECONDS to wait longer): {LOCK_HOLDERS}; nothing was changed."
+            f"The database {where} is locked by another process (waited {busy_timeout_s:g}s"
+            f"{', ' + wait_hint if wait_hint else ''}): {LOCK_HOLDERS}; nothing was changed."
         )
     if isinstance(orig, sqlite3.DatabaseError) and (
         "not a database" in text or "malformed" in text or "corrupt" in text
@@ -171,15 +175,18 @@ def explain(error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: 
 
 
 @contextmanager
-def one_sentence_errors(url: URL, *, busy_timeout_s: float, lock_timeout: str, writes: bool = True) -> Iterator[None]:
+def one_sentence_errors(
+    url: URL, *, busy_timeout_s: float, lock_timeout: str, writes: bool = True, wait_hint: str | None = WAIT_HINT
+) -> Iterator[None]:
     """Turn a failure an operator can act on into a CommandError of one sentence; bugs keep their traceback.
-    ``writes=False`` for read-only commands, which have nothing to leave unchanged."""
+    ``writes=False`` for read-only commands, which have nothing to leave unchanged; ``wait_hint=None`` for
+    commands that take no ``-x busy_timeout``."""
     try:
         yield
     except CommandError:
         raise
     except Exception as error:
-        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout, wait_hint=wait_hint)
         if message is None:
             raise
         raise CommandError(message if writes else message.replace("; nothing was changed.", ".")) from None
