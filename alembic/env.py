@@ -1,8 +1,8 @@
 """Alembic environment: binds the tree to autopack's metadata and sets up the engine.
 
-URL: ``DATABASE_URL`` (default ``sqlite:///autopack.db``). Options (``-x key=value``):
-``busy_timeout`` (seconds SQLite waits for a lock, default 10) and ``lock_timeout`` (PostgreSQL,
-default 10s).
+URL: ``DATABASE_URL`` (default ``sqlite:///autopack.db``). Options (``-x key=value``) are checked by
+``autopack.migration_options`` before anything runs: ``busy_timeout`` (seconds SQLite waits for a lock,
+default 10), ``lock_timeout`` (PostgreSQL and MariaDB, default 10s) and the revision's own.
 """
 
 from logging.config import fileConfig
@@ -12,8 +12,7 @@ from sqlalchemy import Connection, Engine
 
 from autopack.database import Base, database_url
 from autopack.migration_env import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    DEFAULT_LOCK_TIMEOUT,
+    connected,
     migration_engine,
     one_sentence_errors,
     parse_url,
@@ -21,14 +20,14 @@ from autopack.migration_env import (
     require_sqlite_file,
     sqlite_foreign_key_check,
 )
+from autopack.migration_options import parse_options, require_mode_fits
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
-x_args = context.get_x_argument(as_dictionary=True)
-busy_timeout_s = float(x_args.get("busy_timeout", DEFAULT_BUSY_TIMEOUT_S))
-lock_timeout = x_args.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)
+options = parse_options(context.get_x_argument(as_dictionary=True))
+busy_timeout_s, lock_timeout = options.busy_timeout, options.lock_timeout
 target_metadata = Base.metadata
 
 
@@ -51,6 +50,7 @@ def configure(**kwargs) -> None:
 
 def run(connection: Connection) -> None:
     # SQLite: really transactional with migration_engine's BEGIN; MySQL's DDL commits implicitly whatever we say
+    require_mode_fits(options, connection.dialect.name)
     configure(connection=connection, **({"transactional_ddl": True} if connection.dialect.name == "sqlite" else {}))
     require_known_revisions(context.script, context.get_context().get_current_heads())
     with context.begin_transaction():
@@ -74,7 +74,7 @@ def run_online() -> None:
     try:
         with (
             one_sentence_errors(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout),
-            engine.connect() as connection,
+            connected(engine, url) as connection,
         ):
             run(connection)
     finally:
@@ -83,6 +83,7 @@ def run_online() -> None:
 
 if context.is_offline_mode():
     offline_url = parse_url(database_url())
+    require_mode_fits(options, offline_url.get_dialect().name)
     sqlite = offline_url.get_backend_name() == "sqlite"
     configure(url=offline_url, literal_binds=True, **({"transactional_ddl": True} if sqlite else {}))
     if sqlite:  # a rebuild's DROP TABLE must not cascade into child tables; PRAGMA is a no-op inside BEGIN

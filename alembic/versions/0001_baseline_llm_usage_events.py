@@ -9,8 +9,10 @@ it recognises which known state the table is in, logs it, and adopts it; BUILD-1
 only what is missing. A table that matches none of the known states is refused with a message and
 nothing is changed.
 
-Downgrade: drops the table (and the BUILD-144 holdover table, if a downgrade left one): all usage
-rows are deleted. Back up first.
+Downgrade: drops the table it created (and an empty BUILD-144 holdover table), and only while it holds no
+rows: with rows in either it refuses in one sentence and changes nothing. A failed 0002 upgrade on MariaDB or
+in PostgreSQL online mode leaves the database at 0001, where ``alembic downgrade -1`` would otherwise delete
+every usage row; this baseline never drops data it did not create.
 
 Revision ID: 0001
 Revises:
@@ -73,11 +75,18 @@ def legacy_state(columns: dict[str, dict]) -> str:
 
 def upgrade() -> None:
     if not context.is_offline_mode():
-        inspector = sa.inspect(op.get_bind())
+        bind = op.get_bind()
+        inspector = sa.inspect(bind)
         if inspector.has_table(TABLE):
             columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
             log.info("Adopting existing %s, detected state: %s", TABLE, legacy_state(columns))
             return
+        if bind.dialect.name != "sqlite":  # a search_path or database the operator did not expect shows here
+            where = bind.exec_driver_sql(
+                "SELECT current_schema()" if bind.dialect.name == "postgresql" else "SELECT DATABASE()"
+            ).scalar()
+            log.info("No %s found: creating it in %s %s", TABLE, "schema" if bind.dialect.name == "postgresql"
+                     else "database", where)  # fmt: skip
     op.create_table(
         TABLE,
         sa.Column("id", sa.Integer(), nullable=False),
@@ -99,7 +108,24 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if not context.is_offline_mode():
+        refuse_to_drop_rows(op.get_bind())
     op.execute(sa.text(f"DROP TABLE IF EXISTS {HOLDOVER}"))
     for column in INDEXED:
         op.drop_index(f"ix_{TABLE}_{column}", table_name=TABLE)
     op.drop_table(TABLE)
+
+
+def refuse_to_drop_rows(bind: sa.Connection) -> None:
+    inspector = sa.inspect(bind)
+    for table in (TABLE, HOLDOVER):
+        if not inspector.has_table(table):
+            continue
+        rows = bind.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
+        if rows:
+            raise CommandError(
+                f"{table} holds {rows} rows and the baseline's downgrade would delete them all, so it refuses: "
+                "if an upgrade to 0002 failed, fix its cause and re-run 'alembic upgrade head' (see the README's "
+                "troubleshooting); to remove the table on purpose, back it up and drop it yourself; "
+                "nothing was changed."
+            )

@@ -38,15 +38,21 @@ from alembic import context, op
 from alembic.util import CommandError
 
 from autopack.migration_ops import (
-    PROGRESS_EVERY_S,
     NotEditableInPlace,
     Progress,
     add_default_zero,
     add_not_null,
     drop_not_null,
-    id_batches,
     sqlite_edit_definition,
     sqlite_objects_kept,
+    sqlite_rebuild_losses,
+)
+from autopack.migration_options import Options, parse_options
+from autopack.migration_preflight import (
+    integer_limit,
+    refuse_checks_forbidding_total_only,
+    refuse_objects_reading_total_tokens,
+    refuse_totals_that_overflow,
 )
 
 revision: str = "0002"
@@ -76,6 +82,10 @@ events = sa.table(
 )
 prompt, completion, total = events.c.prompt_tokens, events.c.completion_tokens, events.c.total_tokens
 split_sum = sa.func.coalesce(prompt, 0) + sa.func.coalesce(completion, 0)
+# the same sum in 64 bits, for reading: on PostgreSQL an int4 + int4 past 2^31 is an error, not a number
+wide_split_sum = sa.cast(sa.func.coalesce(prompt, 0), sa.BigInteger) + sa.cast(
+    sa.func.coalesce(completion, 0), sa.BigInteger
+)
 
 
 def new_total(old_total: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
@@ -94,40 +104,58 @@ def total_tokens_column() -> sa.Column:
     return sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0"))
 
 
-def holdover_columns() -> tuple[sa.Column, ...]:
-    return (
-        sa.Column("event_id", sa.Integer(), primary_key=True),
-        sa.Column("provider", VARCHAR, nullable=False),
-        sa.Column("model", VARCHAR, nullable=False),
-        sa.Column("role", VARCHAR, nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("prompt_tokens", sa.Integer(), nullable=True),
-        sa.Column("completion_tokens", sa.Integer(), nullable=True),
-        sa.Column("total_tokens", sa.Integer(), nullable=False),
-    )
+HELD = ("event_id", "provider", "model", "role", "created_at", "prompt_tokens", "completion_tokens", "total_tokens")
+holdover = sa.table(HOLDOVER, *(sa.column(name) for name in HELD))
 
 
-holdover = sa.table(HOLDOVER, *(sa.column(c.name, c.type) for c in holdover_columns()))
+def create_holdover(dialect: str) -> list[str]:
+    """The set-aside table, made from the source table itself (CREATE TABLE ... AS SELECT with no rows): each
+    column has the source column's exact type, length, precision, time zone, charset and collation, so the
+    rows it holds compare equal to their event again on restore. Kept if it is already there."""
+    select = f"SELECT id AS event_id, {', '.join(HELD[1:])} FROM {TABLE}"
+    if dialect in ("mysql", "mariadb"):
+        return [f"CREATE TABLE IF NOT EXISTS {HOLDOVER} (PRIMARY KEY (event_id)) {select} WHERE 1 = 0"]
+    no_rows = "WITH NO DATA" if dialect == "postgresql" else "WHERE 0"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {HOLDOVER} AS {select} {no_rows}",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {HOLDOVER}_event_id ON {HOLDOVER} (event_id)",
+    ]
 
 
-def options() -> dict:
-    x = context.get_x_argument(as_dictionary=True)
-    online = x.get("online", "false").lower() in ("1", "true", "yes", "on")
-    return {
-        "online": online,
-        "batch_rows": int(x.get("batch_rows", 20_000 if online else 100_000)),
-        "online_lock_timeout": x.get("online_lock_timeout", "500ms"),
-        "online_retries": int(x.get("online_retries", 20)),
-        "progress_every": float(x.get("progress_every", PROGRESS_EVERY_S)),
-    }
+def options() -> Options:
+    return parse_options(context.get_x_argument(as_dictionary=True))
 
 
 def backfill_batch() -> sa.Update:
-    """The backfill rule applied to one primary-key range ``(low, high]``, to the rows it changes only."""
+    """The backfill rule applied to the rows of one primary-key range ``[low, high]`` that it changes."""
     return (
         events.update()
-        .where(events.c.id > sa.bindparam("low"), events.c.id <= sa.bindparam("high"), NEEDS_TOTAL)
+        .where(events.c.id >= sa.bindparam("low"), events.c.id <= sa.bindparam("high"), NEEDS_TOTAL)
         .values(total_tokens=split_sum)
+    )
+
+
+def batch_end(rows: int) -> sa.Select:
+    """The id that ends the batch starting at ``low``: ``batch_rows`` actual rows on, however sparse the ids."""
+    ids = (
+        sa.select(events.c.id)
+        .where(events.c.id >= sa.bindparam("low"), events.c.id <= sa.bindparam("stop"))
+        .order_by(events.c.id)
+        .limit(rows)
+        .subquery()
+    )
+    return sa.select(sa.func.max(ids.c.id))
+
+
+def same_event() -> sa.ColumnElement[bool]:
+    """A held row's event is still there, not deleted and its id not reused for another event."""
+    h = holdover.c
+    return sa.and_(
+        h.event_id == events.c.id,
+        h.provider == events.c.provider,
+        h.model == events.c.model,
+        h.role == events.c.role,
+        h.created_at == events.c.created_at,
     )
 
 
@@ -138,18 +166,14 @@ def restore_statement() -> sa.Update:
     def held(column: sa.ColumnElement) -> sa.ScalarSelect:
         return sa.select(column).where(h.event_id == events.c.id).scalar_subquery()
 
-    same_event = sa.exists().where(
-        h.event_id == events.c.id,
-        h.provider == events.c.provider,
-        h.model == events.c.model,
-        h.role == events.c.role,
-        h.created_at == events.c.created_at,
+    untouched = sa.exists().where(
+        same_event(),
         prompt == sa.func.coalesce(h.prompt_tokens, 0),
         completion == sa.func.coalesce(h.completion_tokens, 0),
     )
     return (
         events.update()
-        .where(same_event)
+        .where(untouched)
         .values(
             prompt_tokens=held(h.prompt_tokens),
             completion_tokens=held(h.completion_tokens),
@@ -158,9 +182,26 @@ def restore_statement() -> sa.Update:
     )
 
 
+def held_rows_by_outcome() -> sa.Select:
+    """After the restore, each held row's outcome, read from the table: restored (its event holds exactly the
+    held values), superseded (the event was deleted or its id reused), or changed since the downgrade."""
+    h = holdover.c
+    restored = sa.exists().where(
+        same_event(),
+        prompt.is_not_distinct_from(h.prompt_tokens),
+        completion.is_not_distinct_from(h.completion_tokens),
+        total == h.total_tokens,
+    )
+    outcome = sa.case((restored, "restored"), (~sa.exists().where(same_event()), "superseded"), else_="changed").label(
+        "outcome"
+    )
+    return sa.select(h.event_id, outcome).order_by(h.event_id)
+
+
 def survey(has_total: bool) -> sa.Select:
     """One scan for everything the upgrade reports and batches by, with the rule applied to the totals."""
-    totals = new_total(total if has_total else sa.literal(0))
+    old_total = total if has_total else sa.literal(0)
+    totals = sa.case((old_total == 0, wide_split_sum), else_=sa.cast(old_total, sa.BigInteger))
     both_null = sa.and_(prompt.is_(None), completion.is_(None))
 
     def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -177,6 +218,12 @@ def survey(has_total: bool) -> sa.Select:
     ).select_from(events)
 
 
+def overflowing(has_total: bool, limit: int) -> sa.Select:
+    """Rows whose backfilled total would not fit the column."""
+    needs = total == 0 if has_total else sa.true()
+    return sa.select(events.c.id).where(needs, sa.or_(wide_split_sum > limit, wide_split_sum < -limit - 1))
+
+
 def changes_needed(columns: dict[str, dict]) -> tuple[bool, bool, list[str]]:
     """(add total_tokens, add its DEFAULT 0, splits to relax) for this table."""
     has_total = "total_tokens" in columns
@@ -191,22 +238,33 @@ def describe(add_total: bool, add_default: bool, relax: list[str]) -> str:
     return "; ".join(done) or "already BUILD-144, nothing to change"
 
 
-def batch_schema_change(add_total: bool, add_default: bool, relax: list[str], copy_from=None) -> None:
-    """The change as Alembic operations: ALTERs on PostgreSQL and MySQL, a table rebuild on SQLite."""
+def batch_schema_change(
+    add_total: bool, add_default: bool, relax: list[str], columns: dict[str, dict] | None = None, copy_from=None
+) -> None:
+    """The change as Alembic operations: ALTERs on PostgreSQL and MySQL, a table rebuild on SQLite. ``columns``
+    (reflected) restates each split as it is — type, default, comment — since MySQL's MODIFY COLUMN rewrites the
+    whole column: a BIGINT split stays BIGINT."""
     with op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
         if add_total:
             batch.add_column(total_tokens_column())
         if add_default:
             batch.alter_column(
                 "total_tokens",
-                existing_type=sa.Integer(),
+                existing_type=columns["total_tokens"]["type"] if columns else sa.Integer(),
                 existing_nullable=False,
                 existing_server_default=None,
                 server_default=sa.text("0"),
             )
-        for split in relax:  # existing_*: MySQL's MODIFY COLUMN restates the whole column
+        for split in relax:
+            existing = (columns or {}).get(split, {})
+            default = existing.get("default")
             batch.alter_column(
-                split, existing_type=sa.Integer(), existing_nullable=False, existing_server_default=None, nullable=True
+                split,
+                existing_type=existing.get("type", sa.Integer()),
+                existing_nullable=False,
+                existing_server_default=sa.text(default) if default is not None else None,
+                existing_comment=existing.get("comment"),
+                nullable=True,
             )
 
 
@@ -218,40 +276,65 @@ def sqlite_schema_change(bind, add_total: bool, add_default: bool, relax: list[s
             sql = drop_not_null(sql, split)
         return add_default_zero(sql, "total_tokens") if add_default else sql
 
+    wanted = {split: {"notnull": 0} for split in relax} | ({"total_tokens": {"dflt_value": "0"}} if add_default else {})
     try:
         if add_default or relax:
-            sqlite_edit_definition(bind, TABLE, edit)
+            sqlite_edit_definition(bind, TABLE, edit, wanted)
     except NotEditableInPlace as reason:
-        log.info("      %s is rebuilt (%s)", TABLE, reason)
-        with sqlite_objects_kept(bind, TABLE, log):
-            batch_schema_change(add_total, add_default, relax)
+        sqlite_rebuild(bind, str(reason), lambda: batch_schema_change(add_total, add_default, relax))
         return
     if add_total:
         op.add_column(TABLE, total_tokens_column())
 
 
-def backfill(execute: Callable[[sa.Update, dict], int], first, last, rows: int, opts: dict) -> int:
-    progress = Progress(log, "backfill", rows, opts["progress_every"])
-    filled = 0
-    statement = backfill_batch()
-    for low, high in id_batches(first, last, opts["batch_rows"]):
-        filled += execute(statement, {"low": low, "high": high})
-        progress.at((high - first + 1) / (last - first + 1))
+def backfill(execute: Callable[[sa.Executable, dict], sa.CursorResult], first, last, rows: int, opts: Options) -> int:
+    """The rule over ``first..last`` in batches of ``batch_rows`` actual rows (keyset on id, so a sparse or huge
+    id range costs no more than a dense one); returns the rows whose total it wrote."""
+    progress = Progress(log, "backfill", rows, opts.progress_every)
+    filled = done = 0
+    low, next_end = first, batch_end(opts.rows_per_batch)
+    while low is not None and low <= last:
+        high = execute(next_end, {"low": low, "stop": last}).scalar()
+        if high is None:
+            break
+        filled += execute(backfill_batch(), {"low": low, "high": high}).rowcount
+        done = min(rows, done + opts.rows_per_batch)
+        progress.at(done / rows if rows else 1.0)
+        low = high + 1 if high < last else None
     return filled
 
 
 def restore_held_over(bind) -> int:
-    held = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one()
-    restored = bind.execute(restore_statement()).rowcount
-    bind.exec_driver_sql(f"DROP TABLE {HOLDOVER}")
-    log.info("      Restored %d of %d rows set aside by the BUILD-144 downgrade", restored, held)
-    if restored != held:
+    """Restore what an earlier downgrade set aside; the held table goes only when no row in it is left unexplained."""
+    bind.execute(restore_statement())
+    outcomes: dict[str, list[int]] = {"restored": [], "superseded": [], "changed": []}
+    for event_id, outcome in bind.execute(held_rows_by_outcome()):
+        outcomes[outcome].append(event_id)
+    held = sum(len(ids) for ids in outcomes.values())
+    log.info("      Restored %d of %d rows set aside by the BUILD-144 downgrade", len(outcomes["restored"]), held)
+    if outcomes["superseded"]:
         log.warning(
-            "      %d set-aside rows were not restored: their event was changed or its id reused after the "
-            "downgrade; they keep their current values",
-            held - restored,
-        )
-    return restored
+            "      %d set-aside rows were not restored because their event was deleted or its id reused for another "
+            "event after the downgrade (ids %s)",
+            len(outcomes["superseded"]), some(outcomes["superseded"]),
+        )  # fmt: skip
+    done = outcomes["restored"] + outcomes["superseded"]
+    for start in range(0, len(done), 500):
+        bind.execute(holdover.delete().where(holdover.c.event_id.in_(done[start : start + 500])))
+    if outcomes["changed"]:
+        log.warning(
+            "      %d set-aside rows stay in %s: pre-BUILD-144 code changed their event after the downgrade "
+            "(ids %s), so neither value is dropped; compare each with llm_usage_events, fix the event by hand if "
+            "the held values are right, then delete the row from %s",
+            len(outcomes["changed"]), HOLDOVER, some(outcomes["changed"]), HOLDOVER,
+        )  # fmt: skip
+    else:
+        bind.exec_driver_sql(f"DROP TABLE {HOLDOVER}")
+    return len(outcomes["restored"])
+
+
+def some(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
 
 
 def upgrade() -> None:
@@ -263,24 +346,29 @@ def upgrade() -> None:
     inspector = sa.inspect(bind)
     columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
     add_total, add_default, relax = changes_needed(columns)
+    # before any change: what would make the change wrong or fail halfway is refused in one sentence
+    limit = integer_limit(bind.dialect.name, columns.get("total_tokens", {}).get("type"))
+    refuse_totals_that_overflow(bind, overflowing(not add_total, limit), limit)
+    refuse_checks_forbidding_total_only(bind)
     stats = bind.execute(survey(has_total=not add_total)).one()
 
-    if opts["online"] and bind.dialect.name == "postgresql":
-        filled, restored = online_upgrade(add_total, add_default, relax, stats, opts)
+    if opts.online:
+        online_upgrade(add_total, add_default, relax, stats, opts)
     else:
         if bind.dialect.name == "sqlite":
             sqlite_schema_change(bind, add_total, add_default, relax)
         else:
-            batch_schema_change(add_total, add_default, relax)
+            batch_schema_change(add_total, add_default, relax, columns)
         log.info("[1/3] Schema: %s", describe(add_total, add_default, relax))
-        filled = backfill(lambda s, p: bind.execute(s, p).rowcount, stats.first, stats.last, stats.rows, opts)
+        filled = backfill(bind.execute, stats.first, stats.last, stats.rows, opts)
         log_backfilled(filled)
-        restored = restore_held_over(bind) if inspector.has_table(HOLDOVER) else 0
+        if inspector.has_table(HOLDOVER):
+            restore_held_over(bind)
         if bind.dialect.name == "postgresql":  # left by an interrupted online run
             bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}")
             bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {TRIGGER}()")
-    if restored or opts["online"]:  # the survey no longer describes every row
-        stats = bind.execute(survey(has_total=True)).one()
+    # the report reads the table as it is now, not what the statements meant to do
+    stats = bind.execute(survey(has_total=True)).one()
     log.info(
         "[3/3] Verification: total rows %d, exact splits %d, total-only (NULL splits) %d, sum of total_tokens %d",
         stats.rows, stats.exact, stats.total_only, stats.token_sum,
@@ -319,13 +407,13 @@ END $$
 """
 
 
-def with_lock_retries(connection, statements: list[str], opts: dict) -> None:
+def with_lock_retries(connection, statements: list[str], opts: Options, changed: str = "nothing was changed") -> None:
     """Run ``statements`` in one short transaction that gives up on a lock after ``online_lock_timeout``, so
     readers and writers never queue behind it for long; retry a few times, then fail with one sentence."""
-    for attempt in range(1, opts["online_retries"] + 1):
+    for attempt in range(1, opts.online_retries + 1):
         try:
             connection.exec_driver_sql("BEGIN")
-            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{opts['online_lock_timeout']}'")
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{opts.online_lock_timeout}'")
             for statement in statements:
                 connection.exec_driver_sql(statement)
             connection.exec_driver_sql("COMMIT")
@@ -334,15 +422,15 @@ def with_lock_retries(connection, statements: list[str], opts: dict) -> None:
             connection.exec_driver_sql("ROLLBACK")
             if getattr(error.orig, "sqlstate", None) != "55P03":
                 raise
-            log.info("      lock not granted within %s (attempt %d), retrying", opts["online_lock_timeout"], attempt)
+            log.info("      lock not granted within %s (attempt %d), retrying", opts.online_lock_timeout, attempt)
             time.sleep(min(0.2 * attempt, 2.0))
     raise CommandError(
-        f"Could not lock {TABLE} within online_lock_timeout={opts['online_lock_timeout']} in "
-        f"{opts['online_retries']} attempts: a long transaction holds it (see pg_stat_activity); nothing was changed."
+        f"Could not lock {TABLE} within online_lock_timeout={opts.online_lock_timeout} in "
+        f"{opts.online_retries} attempts: a long transaction holds it (see pg_stat_activity); {changed}."
     )
 
 
-def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, opts: dict) -> tuple[int, int]:
+def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, opts: Options) -> None:
     """Schema change committed at once, backfill in committed batches; the version is stamped afterwards, so
     a run killed midway is resumed by the next one (the rule skips rows already done)."""
     alter = []
@@ -364,13 +452,17 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
         log.info("[1/3] Schema (online, committed): %s", describe(add_total, add_default, relax))
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
-        filled = backfill(lambda s, p: connection.execute(s, p).rowcount, first, last, stats.rows, opts)
+        filled = backfill(connection.execute, first, last, stats.rows, opts)
         log_backfilled(filled)
-        restored = restore_held_over(connection) if sa.inspect(connection).has_table(HOLDOVER) else 0
+        if sa.inspect(connection).has_table(HOLDOVER):
+            restore_held_over(connection)
         with_lock_retries(
-            connection, [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"], opts
+            connection,
+            [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"],
+            opts,
+            changed="every row is backfilled but the revision is still 0001 and the fill trigger stays: "
+            "re-run the same command to finish",
         )
-    return filled, restored
 
 
 # --- offline (--sql) -----------------------------------------------------------------------------------
@@ -414,7 +506,8 @@ def offline_upgrade() -> None:
     and dropped."""
     batch_schema_change(True, False, list(SPLITS), copy_from=baseline_table())
     op.execute(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum))
-    op.create_table(HOLDOVER, *holdover_columns(), if_not_exists=True)
+    for statement in create_holdover(context.get_context().dialect.name):
+        op.execute(statement)
     op.execute(restore_statement())
     op.drop_table(HOLDOVER)
 
@@ -442,54 +535,91 @@ def placeholders_statement() -> sa.Update:
     )
 
 
-def downgrade_schema(copy_from=None) -> None:
+def downgrade_schema(columns: dict[str, dict] | None = None, copy_from=None) -> None:
     with op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
         for split in SPLITS:
+            existing = (columns or {}).get(split, {})
+            default = existing.get("default")
             batch.alter_column(
-                split, existing_type=sa.Integer(), existing_nullable=True, existing_server_default=None, nullable=False
+                split,
+                existing_type=existing.get("type", sa.Integer()),
+                existing_nullable=True,
+                existing_server_default=sa.text(default) if default is not None else None,
+                existing_comment=existing.get("comment"),
+                nullable=False,
             )
         batch.drop_column("total_tokens")
 
 
 def downgrade() -> None:
+    dialect = context.get_context().dialect.name
     if context.is_offline_mode():
-        op.create_table(HOLDOVER, *holdover_columns(), if_not_exists=True)
+        for statement in create_holdover(dialect):
+            op.execute(statement)
         op.execute(hold_over_statement())
         op.execute(placeholders_statement())
         downgrade_schema(copy_from=build144_table())
         return
     bind = op.get_bind()
-    if sa.inspect(bind).has_table(HOLDOVER):
-        # only an interrupted downgrade on an engine whose DDL is not transactional (MySQL) leaves one at 0002
-        log.info("Resuming an interrupted downgrade: %s already holds rows", HOLDOVER)
-    else:
-        op.create_table(HOLDOVER, *holdover_columns())
+    inspector = sa.inspect(bind)
+    columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
+    if "total_tokens" not in columns:
+        raise CommandError(
+            f"{TABLE} has no total_tokens although the database is stamped 0002 (stamped without being migrated?): "
+            "there is nothing to downgrade; run 'python -m autopack verify' for the commands that fix it; "
+            "nothing was changed."
+        )
+    refuse_objects_reading_total_tokens(bind, TRIGGER)
+    held_before = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one() if (
+        inspector.has_table(HOLDOVER)) else 0  # fmt: skip
+    for statement in create_holdover(dialect):
+        bind.exec_driver_sql(statement)
     bind.execute(hold_over_statement())
     # counted, not taken from INSERT ... SELECT's rowcount, which psycopg reports as -1
     held = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one()
+    if held_before:
+        log.info("%s already held %d rows (an interrupted downgrade, or rows an upgrade kept)", HOLDOVER, held_before)
     if held:
         bind.execute(placeholders_statement())
         log.info(
             "Set aside %d rows the pre-BUILD-144 schema cannot hold (NULL splits or a total that is not their sum) "
             "in %s; their NULL splits read 0 until 'alembic upgrade head' restores them",
-            held, HOLDOVER,
+            held - held_before, HOLDOVER,
         )  # fmt: skip
     else:
         op.drop_table(HOLDOVER)
         log.info("No rows needed setting aside: every row's total is the sum of its splits")
-    if bind.dialect.name == "sqlite":
+    if dialect == "sqlite":
         sqlite_downgrade_schema(bind)
     else:
-        downgrade_schema()
+        downgrade_schema(columns)
 
 
 def sqlite_downgrade_schema(bind) -> None:
     """NOT NULL back in place (no row holds a NULL split any more) and DROP COLUMN; else a rebuild."""
     try:
-        sqlite_edit_definition(bind, TABLE, lambda sql: add_not_null(add_not_null(sql, SPLITS[0]), SPLITS[1]))
+        sqlite_edit_definition(
+            bind,
+            TABLE,
+            lambda sql: add_not_null(add_not_null(sql, SPLITS[0]), SPLITS[1]),
+            {split: {"notnull": 1} for split in SPLITS},
+        )
         bind.exec_driver_sql(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
         return
     except (NotEditableInPlace, sa.exc.OperationalError) as reason:
-        log.info("      %s is rebuilt (%s)", TABLE, str(reason).splitlines()[0])
-    with sqlite_objects_kept(bind, TABLE, log, dropped_columns=("total_tokens",)):
-        downgrade_schema()
+        sqlite_rebuild(bind, str(reason).splitlines()[0], downgrade_schema, dropped_columns=("total_tokens",))
+
+
+def sqlite_rebuild(bind, reason: str, change: Callable[[], None], dropped_columns: tuple[str, ...] = ()) -> None:
+    """Alembic's batch rebuild, with the operator's indexes, views and triggers kept; refused in one sentence
+    when the table's definition holds what a rebuild cannot carry over."""
+    losses = sqlite_rebuild_losses(bind, TABLE)
+    if losses:
+        raise CommandError(
+            f"{TABLE} cannot be changed in place ({reason}) and rebuilding it would lose {' and '.join(losses)} "
+            "from its definition: write prompt_tokens and completion_tokens as plain 'INTEGER NOT NULL' columns in "
+            "its CREATE TABLE (or make the change by hand), then re-run; nothing was changed."
+        )
+    log.info("      %s is rebuilt (%s)", TABLE, reason)
+    with sqlite_objects_kept(bind, TABLE, log, dropped_columns=dropped_columns):
+        change()

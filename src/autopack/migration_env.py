@@ -10,6 +10,7 @@ PostgreSQL: every statement runs under ``lock_timeout`` so a migration waiting b
 transaction gives up with a clear message instead of freezing every reader queued behind it.
 """
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from autopack.database import with_driver
+from autopack.migration_options import interval_seconds
 
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 DEFAULT_LOCK_TIMEOUT = "10s"
@@ -38,11 +40,19 @@ def parse_url(raw: str) -> URL:
     """Parse ``raw`` or fail with one sentence; the text of a bad URL is never echoed (it may hold a password)."""
     try:
         url = with_driver(make_url(raw))
-        url.get_dialect()
+        dialect = url.get_dialect()
     except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as e:
         raise CommandError(
             f"DATABASE_URL is not a usable SQLAlchemy URL ({type(e).__name__}); "
             "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db."
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise CommandError(
+            f"DATABASE_URL asks for the driver {url.drivername!r}, whose module {e.name or 'it needs'} is not "
+            "installed: write postgresql:// (psycopg 3) or mysql:// (PyMySQL), which this project installs, or "
+            "pip install that driver; nothing was changed."
         ) from None
     return url
 
@@ -99,15 +109,24 @@ def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> E
 
         return engine
     if backend == "postgresql":
+        # merged with the URL's own options (a search_path, say), never replacing them
+        options = " ".join(filter(None, [url.query.get("options"), f"-c lock_timeout={lock_timeout}"]))
         return create_engine(
-            url,
+            url.difference_update_query(["options"]),
             poolclass=NullPool,
-            connect_args={
-                "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
-                "options": f"-c lock_timeout={lock_timeout}",
-            },
+            connect_args={"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S, "options": options},
         )
-    return create_engine(url, poolclass=NullPool)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _mysql_connect(dbapi_connection, _record: object) -> None:
+        # strict: an overflow is an error, never a clamped number; a metadata lock is waited for as long as
+        # lock_timeout, not MariaDB's default of a day
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')")
+            cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, math.ceil(interval_seconds(lock_timeout)))}")
+
+    return engine
 
 
 def sqlite_foreign_key_check(connection: Connection) -> None:
@@ -157,6 +176,21 @@ def explain(
             f"The disk holding {where} is full: the rebuild needs free space about the size of llm_usage_events; "
             "free some and re-run; nothing was changed."
         )
+    if isinstance(orig, sqlite3.OperationalError) and "readonly" in text:
+        return (
+            f"{where} cannot be written ({text}): the file, its directory (SQLite writes a journal beside it) or "
+            "the mount is read-only for this user; run as the user that owns it; nothing was changed."
+        )
+    if getattr(orig, "sqlstate", None) == "25006" or "--read-only" in text:
+        return (
+            f"{where} accepts no writes ({text}): it is a hot standby or the connection is read-only "
+            "(default_transaction_read_only); run the migration against the primary; nothing was changed."
+        )
+    if getattr(orig, "sqlstate", None) == "42501" or (orig.args[:1] and orig.args[0] in (1142, 1143, 1227)):
+        return (
+            f"The role connected to {where} lacks a privilege the migration needs ({text}): connect as the owner "
+            "of llm_usage_events (ALTER, CREATE, UPDATE); nothing was changed."
+        )
     if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
         return f"Cannot open {where} ({text}); check DATABASE_URL and the file's permissions."
     if getattr(orig, "sqlstate", None) == "55P03":
@@ -172,6 +206,25 @@ def explain(
     ):
         return f"Cannot connect to {where}: {text}."
     return None
+
+
+@contextmanager
+def connected(engine: Engine, url: URL) -> Iterator[Connection]:
+    """``engine.connect()``, where any failure to get a connection (server down, wrong password, unknown
+    database) is one sentence naming the server, never the password."""
+    try:
+        connection = engine.connect()
+    except exc.DBAPIError as error:
+        if url.get_backend_name() == "sqlite":
+            raise
+        orig = getattr(error, "orig", error)
+        text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+        raise CommandError(
+            f"Cannot connect to {shown(url)}: {text}; check DATABASE_URL and that the server is up; "
+            "nothing was changed."
+        ) from None
+    with connection:
+        yield connection
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from sqlalchemy import Connection
@@ -38,16 +38,6 @@ class Progress:
             self.what, f"{done:,}", f"{self.total:,}", 100 * min(fraction, 1.0), elapsed,
             f"{done / elapsed:,.0f}" if elapsed else "-",
         )  # fmt: skip
-
-
-def id_batches(first: int | None, last: int | None, size: int) -> Iterator[tuple[int, int]]:
-    """Half-open ``(low, high]`` primary-key ranges covering ``first..last`` in steps of ``size``."""
-    if first is None or last is None:
-        return
-    low = first - 1
-    while low < last:
-        yield low, min(low + size, last)
-        low += size
 
 
 # --- SQLite: in-place edits of a table's definition ---------------------------------------------------
@@ -86,13 +76,17 @@ def _table_info(connection: sqlite3.Connection, table: str) -> list[tuple]:
     return connection.execute(f'PRAGMA table_info("{table}")').fetchall()
 
 
-def sqlite_edit_definition(connection: Connection, table: str, edit: Callable[[str], str]) -> None:
+def sqlite_edit_definition(
+    connection: Connection, table: str, edit: Callable[[str], str], wanted: dict[str, dict[str, object]]
+) -> None:
     """Change ``table``'s stored CREATE TABLE text by ``edit``, with SQLite's documented procedure for removing
     NOT NULL constraints and changing defaults (https://www.sqlite.org/lang_altertable.html#otheralter).
 
-    The edited text is first created in a scratch in-memory database and must come out with the same columns,
-    types and primary key: only NOT NULL and DEFAULT may differ. Anything else raises NotEditableInPlace before
-    a byte is written. Runs inside the caller's transaction, so it commits or rolls back with the migration.
+    The edited text is first created in a scratch in-memory database and must come out with every column as
+    ``wanted`` says (``{"prompt_tokens": {"notnull": 0}}``: PRAGMA table_info's fields) and every other property
+    of every column unchanged. Anything else — a text the edit misread, such as a comment that repeats a column
+    definition — raises NotEditableInPlace before a byte is written. Runs inside the caller's transaction, so
+    it commits or rolls back with the migration; the real table is checked again after the edit.
     """
     raw = connection.connection.driver_connection
     (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
@@ -105,9 +99,9 @@ def sqlite_edit_definition(connection: Connection, table: str, edit: Callable[[s
         raise NotEditableInPlace(f"the edited definition does not parse: {error}") from None
     finally:
         scratch.close()
-    before = _table_info(raw, table)
-    if [(c[0], c[1], c[2], c[5]) for c in before] != [(c[0], c[1], c[2], c[5]) for c in after]:
-        raise NotEditableInPlace("the edit would change more than NOT NULL and DEFAULT")
+    expected = [_as_wanted(c, wanted.get(c[1], {})) for c in _table_info(raw, table)]
+    if [tuple(c) for c in after] != expected:
+        raise NotEditableInPlace("the edited definition does not come out as intended")
     (version,) = raw.execute("PRAGMA schema_version").fetchone()
     raw.execute("PRAGMA writable_schema = ON")
     try:
@@ -117,8 +111,33 @@ def sqlite_edit_definition(connection: Connection, table: str, edit: Callable[[s
         raise NotEditableInPlace(f"the schema cannot be edited here: {error}") from None
     finally:
         raw.execute("PRAGMA writable_schema = OFF")
-    if [tuple(c) for c in _table_info(raw, table)] != [tuple(c) for c in after]:
+    if [tuple(c) for c in _table_info(raw, table)] != expected:
         raise RuntimeError(f"{table}'s definition did not take the edit; rolling back")
+
+
+FIELDS = ("cid", "name", "type", "notnull", "dflt_value", "pk")
+
+
+def _as_wanted(column: tuple, wanted: dict[str, object]) -> tuple:
+    return tuple(wanted.get(field, value) for field, value in zip(FIELDS, column, strict=True))
+
+
+# What Alembic's batch rebuild of a reflected SQLite table does not carry over.
+REBUILD_LOSES = {
+    "a CHECK constraint": r"\bCHECK\s*\(",
+    "AUTOINCREMENT": r"\bAUTOINCREMENT\b",
+    "a COLLATE clause": r"\bCOLLATE\b",
+    "a generated column": r"\bGENERATED\b|\bAS\s*\(",
+}
+
+
+def sqlite_rebuild_losses(connection: Connection, table: str) -> list[str]:
+    """What a rebuild would drop from ``table``'s definition (comments and string literals aside)."""
+    (sql,) = connection.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).one()
+    code = re.sub(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", " ", sql, flags=re.DOTALL)
+    return [what for what, pattern in REBUILD_LOSES.items() if re.search(pattern, code, re.IGNORECASE)]
 
 
 @contextmanager

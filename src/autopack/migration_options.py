@@ -1,0 +1,113 @@
+"""The ``-x key=value`` options of this migrations tree, checked before anything runs.
+
+An unknown key or a value outside its documented range is refused in one sentence that lists what is
+accepted: a typo such as ``-x onlne=true`` must never quietly run the single-transaction mode the operator
+asked to avoid, and ``-x batch_rows=0`` must never loop forever holding the write lock.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alembic.util import CommandError
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
+INTERVAL_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Options:
+    busy_timeout: float = 10.0  # SQLite: seconds to wait for another process's lock
+    lock_timeout: str = "10s"  # PostgreSQL lock_timeout / MariaDB lock_wait_timeout of every statement
+    online: bool = False  # PostgreSQL only: committed batches instead of one transaction
+    batch_rows: int | None = None  # rows per backfill batch (default 100,000; online 20,000)
+    online_lock_timeout: str = "500ms"
+    online_retries: int = 20
+    progress_every: float = 2.0  # seconds between progress lines (0: every batch)
+
+    @property
+    def rows_per_batch(self) -> int:
+        return self.batch_rows or (20_000 if self.online else 100_000)
+
+
+def _positive_number(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+def _non_negative_number(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError
+    return number
+
+
+def _interval(value: str) -> str:
+    if not INTERVAL.match(value.strip()) or interval_seconds(value) <= 0:
+        raise ValueError
+    return value.strip()
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in TRUE:
+        return True
+    if value.lower() in FALSE:
+        return False
+    raise ValueError
+
+
+# key -> (parser, what a valid value looks like)
+PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
+    "busy_timeout": (_positive_number, "seconds > 0, e.g. 30"),
+    "lock_timeout": (_interval, "a duration > 0 such as 500ms, 10s or 1min"),
+    "online": (_boolean, "true or false"),
+    "batch_rows": (_positive_int, "a whole number of rows >= 1"),
+    "online_lock_timeout": (_interval, "a duration > 0 such as 500ms or 2s"),
+    "online_retries": (_positive_int, "a whole number >= 1"),
+    "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
+}
+
+
+def interval_seconds(value: str) -> float:
+    """``"500ms"`` -> 0.5; a bare number is milliseconds, as PostgreSQL reads it."""
+    match = INTERVAL.match(value.strip())
+    if not match:
+        raise ValueError(value)
+    number = float(value.strip()[: match.start(2)] if match.group(2) else value.strip())
+    return number * INTERVAL_SECONDS[match.group(2)] if match.group(2) else number / 1000
+
+
+def parse_options(x_arguments: dict[str, str]) -> Options:
+    """``-x`` arguments -> Options, or a CommandError of one sentence naming what is accepted."""
+    values: dict[str, object] = {}
+    for key, raw in x_arguments.items():
+        if key not in PARSERS:
+            raise CommandError(
+                f"Unknown option -x {key}: this tree accepts -x {', -x '.join(PARSERS)} (see the README); "
+                "nothing was changed."
+            )
+        parser, expected = PARSERS[key]
+        try:
+            values[key] = parser(raw)
+        except ValueError:
+            raise CommandError(f"-x {key}={raw} is not valid: expected {expected}; nothing was changed.") from None
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def require_mode_fits(options: Options, dialect: str) -> None:
+    """``-x online=true`` is the PostgreSQL online mode: on another engine it is refused, never ignored."""
+    if options.online and dialect != "postgresql":
+        raise CommandError(
+            f"-x online=true is the PostgreSQL online mode and does not apply to {dialect}: run without it "
+            "(see the README's Large tables section); nothing was changed."
+        )

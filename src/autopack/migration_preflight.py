@@ -1,0 +1,165 @@
+"""Checks run before the BUILD-144 revision changes anything, each ending in one refusal sentence.
+
+The table an operator has is not always the one this tree would have made: a CHECK constraint may still
+forbid NULL splits, a split may sum past what ``total_tokens`` can hold, a view or trigger may read the
+column a downgrade drops. Each check here reads the table as it really is and, when it would go wrong,
+raises ``CommandError`` naming the object and the fix, before a byte is written.
+"""
+
+import re
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+TABLE = "llm_usage_events"
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def integer_limit(dialect: str, total_type: sa.types.TypeEngine | None) -> int:
+    """The largest total ``total_tokens`` can hold: SQLite and BIGINT columns 64-bit, INTEGER 32-bit."""
+    if dialect == "sqlite" or isinstance(total_type, sa.BigInteger):
+        return INT64_MAX
+    return INT32_MAX
+
+
+def refuse_totals_that_overflow(bind: sa.Connection, needing_total: sa.Select, limit: int) -> None:
+    """``needing_total`` selects (id, the total the backfill would write): refuse when one exceeds ``limit``."""
+    rows = bind.execute(needing_total.order_by(sa.text("1")).limit(5)).all()
+    if rows:
+        ids = ", ".join(str(r[0]) for r in rows)
+        raise CommandError(
+            f"Rows of {TABLE} whose prompt_tokens + completion_tokens exceed what total_tokens INTEGER can hold "
+            f"({limit:,}), ids {ids}{' and more' if len(rows) == 5 else ''}: correct their splits (they are "
+            "likely corrupt) and re-run; nothing was changed."
+        )
+
+
+def _probe_row(bind: sa.Connection, columns: list[str], has_total: bool) -> str:
+    """SQL for one row as a total-only event would look: the first row's other values (or NULLs), NULL splits."""
+    dialect = bind.dialect
+    quote = dialect.identifier_preparer.quote
+    null_int = sa.cast(sa.null(), sa.Integer).compile(dialect=dialect)
+    values = []
+    for name in columns:
+        if name in ("prompt_tokens", "completion_tokens"):
+            values.append(f"{null_int} AS {quote(name)}")
+        elif name == "total_tokens" and has_total:
+            values.append(f"COALESCE(NULLIF(e.{quote(name)}, 0), 1) AS {quote(name)}")
+        else:
+            values.append(f"e.{quote(name)} AS {quote(name)}")
+    first = f"SELECT * FROM {quote(TABLE)} ORDER BY 1 LIMIT 1"
+    return f"SELECT {', '.join(values)} FROM (SELECT 1 AS one) d LEFT JOIN ({first}) e ON 1 = 1"
+
+
+def check_constraints(bind: sa.Connection) -> list[tuple[str, str]]:
+    """(name, expression) of every CHECK constraint on the table (column-level ones included on MariaDB)."""
+    if bind.dialect.name in ("mysql", "mariadb"):
+        return [
+            (name, clause)
+            for name, clause in bind.exec_driver_sql(
+                "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                (TABLE,),
+            )
+        ]
+    return [(c["name"] or "(unnamed)", c["sqltext"]) for c in sa.inspect(bind).get_check_constraints(TABLE)]
+
+
+def checks_forbidding_total_only(bind: sa.Connection) -> list[str]:
+    """CHECK constraints that a total-only row (NULL splits, a positive total) would violate, as 'name (expr)'.
+
+    Each constraint's own expression is evaluated on such a row, inside a SAVEPOINT-free read: a CHECK fails
+    only when its expression is FALSE, so ``prompt_tokens >= 0`` passes a NULL and ``prompt_tokens IS NOT
+    NULL`` does not."""
+    columns = [c["name"] for c in sa.inspect(bind).get_columns(TABLE)]
+    probe = _probe_row(bind, columns, "total_tokens" in columns)
+    forbidding = []
+    for name, expression in check_constraints(bind):
+        if not re.search(r"\b(prompt_tokens|completion_tokens)\b", expression):
+            continue
+        sql = f"SELECT COUNT(*) FROM ({probe}) probe WHERE NOT ({expression})"
+        if bind.dialect.name == "postgresql":
+            with bind.begin_nested():
+                violated = bind.exec_driver_sql(sql).scalar()
+        else:
+            violated = bind.exec_driver_sql(sql.replace("%", "%%") if "mysql" in bind.dialect.name else sql).scalar()
+        if violated:
+            forbidding.append(f"{name} ({expression})")
+    return forbidding
+
+
+def refuse_checks_forbidding_total_only(bind: sa.Connection) -> None:
+    forbidding = checks_forbidding_total_only(bind)
+    if forbidding:
+        raise CommandError(
+            f"{TABLE} has CHECK constraint {', '.join(forbidding)}, which still forbids total-only rows (NULL "
+            "splits) after the splits become nullable: drop or relax it "
+            f"(PostgreSQL/MariaDB: ALTER TABLE {TABLE} DROP CONSTRAINT <name>) and re-run; nothing was changed."
+        )
+
+
+# --- objects that read total_tokens (the downgrade drops it) -----------------------------------------------
+
+PG_READERS = """
+SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid)
+FROM pg_depend d
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)
+  AND d.refobjsubid = (SELECT attnum FROM pg_attribute
+                       WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens')
+  AND d.deptype = 'n'
+  AND d.classid <> 'pg_class'::regclass  -- indexes on the column go with it, harmlessly
+UNION
+SELECT DISTINCT 'trigger ' || t.tgname || ' (function ' || p.proname || ')'
+FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE t.tgrelid = CAST(:table AS regclass) AND NOT t.tgisinternal AND t.tgname <> :own_trigger
+  AND p.prosrc ~ '\\mtotal_tokens\\M'
+"""
+
+MYSQL_READERS = """
+SELECT CONCAT('view ', TABLE_NAME) FROM information_schema.VIEWS
+WHERE TABLE_SCHEMA = DATABASE() AND VIEW_DEFINITION LIKE '%%total_tokens%%'
+UNION ALL
+SELECT CONCAT('trigger ', TRIGGER_NAME) FROM information_schema.TRIGGERS
+WHERE TRIGGER_SCHEMA = DATABASE() AND ACTION_STATEMENT LIKE '%%total_tokens%%'
+UNION ALL
+SELECT CONCAT('generated column ', COLUMN_NAME) FROM information_schema.COLUMNS
+WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND GENERATION_EXPRESSION LIKE '%%total_tokens%%'
+UNION ALL
+SELECT CONCAT('CHECK constraint ', CONSTRAINT_NAME) FROM information_schema.CHECK_CONSTRAINTS
+WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND CHECK_CLAUSE LIKE '%%total_tokens%%'
+"""
+
+
+def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[str]:
+    """Views, triggers (WHEN, body, trigger function), rules, generated columns and CHECKs that refer to
+    ``total_tokens``: after the downgrade drops it, each would break the old code's writes or reads."""
+    word = re.compile(r"\btotal_tokens\b", re.IGNORECASE)
+    if bind.dialect.name == "sqlite":
+        found = [
+            f"{kind} {name}"
+            for kind, name, sql in bind.exec_driver_sql(
+                "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger') AND sql IS NOT NULL"
+            )
+            if word.search(sql)
+        ]
+        (table_sql,) = bind.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+        ).one()
+        if len(word.findall(table_sql)) > 1:  # besides its own definition: a CHECK or a generated column
+            found.append(f"a CHECK constraint or generated column in {TABLE}'s definition")
+        return found
+    if bind.dialect.name == "postgresql":
+        return [r[0] for r in bind.execute(sa.text(PG_READERS), {"table": TABLE, "own_trigger": own_trigger})]
+    return [r[0] for r in bind.exec_driver_sql(MYSQL_READERS, (TABLE, TABLE))]
+
+
+def refuse_objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> None:
+    readers = objects_reading_total_tokens(bind, own_trigger)
+    if readers:
+        raise CommandError(
+            f"The downgrade drops total_tokens, which {'; '.join(readers)} still read"
+            f"{'s' if len(readers) == 1 else ''}: the pre-BUILD-144 code's writes would then fail on "
+            f"{'it' if len(readers) == 1 else 'them'}; drop or rewrite {'it' if len(readers) == 1 else 'them'} "
+            "first and re-run; nothing was changed."
+        )
