@@ -77,6 +77,18 @@ def kill_midway(url, args, marker, delay_s):
     time.sleep(delay_s)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if url.get_backend_name() == "postgresql":  # the killed client's server process rolls back on its own time
+        engine = engine_for(url)
+        with engine.connect() as connection:
+            for _ in range(100):
+                others = connection.execute(text(
+                    "SELECT COUNT(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )).scalar()  # fmt: skip
+                if not others:
+                    break
+                time.sleep(0.1)
+        engine.dispose()
     return process.returncode == -signal.SIGKILL
 
 

@@ -55,6 +55,8 @@ def test_backfill_logs_progress_lines_up_to_every_row(db_url):
     assert done == [10_000 * i for i in range(1, 7)]
     assert {t for _, t, *_ in lines} == {f"{ROWS:,}"}
     assert [float(p) for _, _, p, *_ in lines][-1] == 100.0
+    etas = re.findall(r"rows/s, about (\d+)s left", up.stderr)
+    assert len(etas) == len(lines) and etas[-1] == "0"
     assert assert_totals_right(db_url) == ROWS
 
 

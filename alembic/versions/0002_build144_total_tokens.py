@@ -182,20 +182,23 @@ def restore_statement() -> sa.Update:
     )
 
 
-def held_rows_by_outcome() -> sa.Select:
-    """After the restore, each held row's outcome, read from the table: restored (its event holds exactly the
-    held values), superseded (the event was deleted or its id reused), or changed since the downgrade."""
+def is_restored() -> sa.ColumnElement[bool]:
+    """A held row whose event now holds exactly the held values."""
     h = holdover.c
-    restored = sa.exists().where(
+    return sa.exists().where(
         same_event(),
         prompt.is_not_distinct_from(h.prompt_tokens),
         completion.is_not_distinct_from(h.completion_tokens),
         total == h.total_tokens,
     )
-    outcome = sa.case((restored, "restored"), (~sa.exists().where(same_event()), "superseded"), else_="changed").label(
-        "outcome"
-    )
-    return sa.select(h.event_id, outcome).order_by(h.event_id)
+
+
+def held_rows_by_outcome() -> sa.Select:
+    """After the restore, each held row's outcome, read from the table: restored, superseded (the event was
+    deleted or its id reused), or changed since the downgrade."""
+    superseded = ~sa.exists().where(same_event())
+    outcome = sa.case((is_restored(), "restored"), (superseded, "superseded"), else_="changed").label("outcome")
+    return sa.select(holdover.c.event_id, outcome).order_by(holdover.c.event_id)
 
 
 def survey(has_total: bool) -> sa.Select:
@@ -501,15 +504,86 @@ def build144_table() -> sa.Table:
 
 
 def offline_upgrade() -> None:
-    """A script for any database at 0001: plain SQL, no reads in Python. The holdover table may or may not be
-    there (an earlier downgrade leaves it only when it set rows aside), so it is created if missing, consumed
-    and dropped."""
-    batch_schema_change(True, False, list(SPLITS), copy_from=baseline_table())
+    """A script for a database at 0001: plain SQL, no reads in Python. The set-aside table may or may not be
+    there (an earlier downgrade leaves it only when it set rows aside), so it is created if missing; the rows
+    it restores or finds superseded are deleted from it and the table is kept (plain SQL cannot drop it only
+    when empty): a row the old code changed after the downgrade stays there for the operator."""
+    dialect = context.get_context().dialect.name
+    if dialect == "sqlite":
+        sqlite_offline_schema_change()
+    else:
+        batch_schema_change(True, False, list(SPLITS), copy_from=baseline_table())
     op.execute(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum))
-    for statement in create_holdover(context.get_context().dialect.name):
+    for statement in create_holdover(dialect):
         op.execute(statement)
     op.execute(restore_statement())
-    op.drop_table(HOLDOVER)
+    op.execute(holdover.delete().where(sa.or_(is_restored(), ~sa.exists().where(same_event()))))
+
+
+# --- SQLite offline scripts: in place, stamped only if the table really ended as intended ----------------
+# A SQL file applied with plain `sqlite3 DB < FILE` carries on after an error and commits at the end; so the
+# scripts never rebuild the table (no RENAME that a view can break, no operator index or trigger dropped),
+# and the stamp itself is guarded: a TEMP trigger on alembic_version rolls the whole transaction back when
+# the table is not in the state the new revision promises at the moment Alembic's UPDATE stamps it.
+
+STATE_0002 = f"""(SELECT count(*) FROM pragma_table_info('{TABLE}')
+      WHERE name = 'total_tokens' AND "notnull" = 1 AND dflt_value = '0') = 1
+  AND (SELECT count(*) FROM pragma_table_info('{TABLE}')
+      WHERE name IN ('prompt_tokens', 'completion_tokens') AND "notnull" = 0) = 2
+  AND NOT EXISTS (SELECT 1 FROM {TABLE}
+      WHERE total_tokens = 0 AND COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) <> 0)"""
+STATE_0001 = f"""NOT EXISTS (SELECT 1 FROM pragma_table_info('{TABLE}') WHERE name = 'total_tokens')
+  AND (SELECT count(*) FROM pragma_table_info('{TABLE}')
+      WHERE name IN ('prompt_tokens', 'completion_tokens') AND "notnull" = 1) = 2
+  AND NOT EXISTS (SELECT 1 FROM {TABLE} WHERE prompt_tokens IS NULL OR completion_tokens IS NULL)"""
+
+
+def sqlite_stamp_guard(version: str, state: str) -> None:
+    op.execute(
+        f"CREATE TEMP TRIGGER IF NOT EXISTS build144_stamp_guard_{version} BEFORE UPDATE ON main.alembic_version "
+        f"WHEN NEW.version_num = '{version}' AND NOT ({state}) BEGIN SELECT RAISE(ROLLBACK, "
+        f"'BUILD-144 script: {TABLE} did not end in the state of revision {version} (see the script header); "
+        "everything this script did is rolled back'); END"
+    )
+
+
+def sqlite_offline_edit(*replacements: tuple[str, str], unless: str = "") -> None:
+    """SQLite's documented writable_schema edit of the table's CREATE text; then this connection and every other
+    re-read the schema, so nothing that follows (ALTER TABLE's offsets, the stamp guard) sees a stale one."""
+    text = "sql"
+    for old, new in replacements:
+        text = f"replace({text}, '{old}', '{new}')"
+    op.execute("PRAGMA writable_schema = ON")
+    op.execute(f"UPDATE sqlite_master SET sql = {text} WHERE type = 'table' AND name = '{TABLE}'{unless}")
+    op.execute("PRAGMA writable_schema = RESET")  # this connection re-reads the schema (and the flag goes off)
+    op.execute("CREATE TABLE build144_schema_reload (x INTEGER)")  # a schema change: every other connection too
+    op.execute("DROP TABLE build144_schema_reload")
+
+
+SQLITE_SCRIPT_HEADER = """-- BUILD-144 {direction} script for SQLite, for a database at revision {start}.
+-- Needs SQLite >= 3.35 and no other process using the database. Changes llm_usage_events in place (ALTER TABLE and
+-- SQLite's documented writable_schema edit of its definition): the table is never copied, and your indexes, views
+-- and triggers on it stay as they are. Apply with `sqlite3 DB < FILE`, `sqlite3 -bail DB < FILE` or Python's
+-- executescript: the final stamp is guarded, so unless the table ends in the state of revision {end}, everything
+-- the script did is rolled back (an error printed before it says why) and the database stays at {start}."""
+
+
+def sqlite_offline_schema_change() -> None:
+    op.get_context().impl.static_output(SQLITE_SCRIPT_HEADER.format(direction="upgrade", start="0001", end="0002"))
+    sqlite_stamp_guard("0002", STATE_0002)
+    op.execute(f"ALTER TABLE {TABLE} ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0")
+    sqlite_offline_edit(*((f"{s} INTEGER NOT NULL", f"{s} INTEGER") for s in SPLITS))
+    sqlite_offline_edit(  # a BUILD-144 table made by create_all() has the column without its DEFAULT 0
+        ("total_tokens INTEGER NOT NULL", "total_tokens INTEGER NOT NULL DEFAULT 0"),
+        unless=" AND sql NOT LIKE '%total_tokens INTEGER NOT NULL DEFAULT%'",
+    )
+
+
+def sqlite_offline_downgrade_schema() -> None:
+    op.get_context().impl.static_output(SQLITE_SCRIPT_HEADER.format(direction="downgrade", start="0002", end="0001"))
+    sqlite_stamp_guard("0001", STATE_0001)
+    op.execute(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
+    sqlite_offline_edit(*((f"{s} INTEGER,", f"{s} INTEGER NOT NULL,") for s in SPLITS))
 
 
 # --- downgrade -----------------------------------------------------------------------------------------
@@ -558,7 +632,10 @@ def downgrade() -> None:
             op.execute(statement)
         op.execute(hold_over_statement())
         op.execute(placeholders_statement())
-        downgrade_schema(copy_from=build144_table())
+        if dialect == "sqlite":
+            sqlite_offline_downgrade_schema()
+        else:
+            downgrade_schema(copy_from=build144_table())
         return
     bind = op.get_bind()
     inspector = sa.inspect(bind)

@@ -33,10 +33,11 @@ class Progress:
         self.last = now
         done = round(self.total * min(fraction, 1.0))
         elapsed = now - self.start
+        rate = done / elapsed if elapsed else 0.0
+        eta = f"about {(self.total - done) / rate:.0f}s left" if rate else "time left unknown"
         self.log.info(
-            "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s",
-            self.what, f"{done:,}", f"{self.total:,}", 100 * min(fraction, 1.0), elapsed,
-            f"{done / elapsed:,.0f}" if elapsed else "-",
+            "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s, %s",
+            self.what, f"{done:,}", f"{self.total:,}", 100 * min(fraction, 1.0), elapsed, f"{rate:,.0f}", eta,
         )  # fmt: skip
 
 
