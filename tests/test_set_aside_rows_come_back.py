@@ -129,6 +129,7 @@ READERS = {
         "CREATE VIEW daily_totals AS SELECT provider, SUM(total_tokens) AS n FROM llm_usage_events GROUP BY provider",
         "CREATE TRIGGER alert_big_calls AFTER INSERT ON llm_usage_events WHEN NEW.total_tokens > 100000 "
         "BEGIN SELECT 1; END",
+        "CREATE INDEX ix_big_calls ON llm_usage_events (created_at) WHERE total_tokens > 100000",
     ],
     **{
         b: [
@@ -137,6 +138,8 @@ READERS = {
             "CREATE FUNCTION alert_big() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.total_tokens > 100000 "
             "THEN RAISE NOTICE 'big'; END IF; RETURN NEW; END $$",
             "CREATE TRIGGER alert_big_calls AFTER INSERT ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION alert_big()",
+            "CREATE INDEX ix_big_calls ON llm_usage_events ((total_tokens / 1000))",
+            "ALTER TABLE llm_usage_events ADD CONSTRAINT ck_total_sane CHECK (total_tokens < 1000000000)",
         ]
         for b in POSTGRES_BACKENDS
     },
@@ -146,6 +149,7 @@ READERS = {
             "GROUP BY provider",
             "CREATE TRIGGER alert_big_calls AFTER INSERT ON llm_usage_events FOR EACH ROW "
             "SET @big = NEW.total_tokens > 100000",
+            "ALTER TABLE llm_usage_events ADD CONSTRAINT ck_total_sane CHECK (total_tokens < 1000000000)",
         ]
         for b in MYSQL_BACKENDS
     },
@@ -160,6 +164,8 @@ def test_a_downgrade_refuses_while_a_view_or_trigger_reads_total_tokens(db_url, 
     message = fails(db_url, "downgrade", "-1")
     assert message.startswith("The downgrade drops total_tokens, which ")
     assert "daily_totals" in message and "alert_big_calls" in message
+    for name in ("ix_big_calls", "ck_total_sane"):
+        assert name in message or name not in " ".join(READERS[backend])
     assert message.endswith("nothing was changed.")
     assert alembic(db_url, "current").stdout.strip().startswith("0002")
     assert token_rows(db_url) == before

@@ -46,6 +46,11 @@ def parse_url(raw: str) -> URL:
             f"DATABASE_URL is not a usable SQLAlchemy URL ({type(e).__name__}); "
             "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db."
         ) from None
+    if url.host and "@" in url.host:
+        raise CommandError(
+            "DATABASE_URL's host contains '@': a password or user name holding '@' must be percent-encoded "
+            "('@' as %40, ':' as %3A, '/' as %2F), e.g. postgresql://app:p%40ss@db:5432/autopack; nothing was changed."
+        )
     try:
         dialect.import_dbapi()
     except ImportError as e:
@@ -57,9 +62,15 @@ def parse_url(raw: str) -> URL:
     return url
 
 
+# query parameters that carry a secret, in libpq, psycopg and PyMySQL spelling
+SECRET_PARAMETERS = {"password", "passwd", "sslpassword", "ssl_password", "sslkey_password", "passfile"}
+
+
 def shown(url: URL) -> str:
-    """The URL as it may be printed: never with its password."""
-    return url.render_as_string(hide_password=True)
+    """The URL as it may be printed: never with its password, in the userinfo or in a query parameter."""
+    secrets = {key: "HIDDEN" for key in url.query if key.lower() in SECRET_PARAMETERS}
+    rendered = (url.update_query_dict(secrets) if secrets else url).render_as_string(hide_password=True)
+    return rendered.replace("=HIDDEN", "=***")
 
 
 def sqlite_path(url: URL) -> Path | None:

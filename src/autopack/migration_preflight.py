@@ -107,8 +107,14 @@ FROM pg_depend d
 WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)
   AND d.refobjsubid = (SELECT attnum FROM pg_attribute
                        WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens')
-  AND d.deptype = 'n'
-  AND d.classid <> 'pg_class'::regclass  -- indexes on the column go with it, harmlessly
+  AND d.deptype = 'n'  -- views, rules, trigger WHEN clauses, CHECKs, generated columns, BEGIN ATOMIC functions
+UNION
+SELECT DISTINCT 'index ' || c.relname || ' (an expression or partial index)'
+FROM pg_depend d JOIN pg_index i ON i.indexrelid = d.objid JOIN pg_class c ON c.oid = d.objid
+WHERE d.classid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)
+  AND d.refobjsubid = (SELECT attnum FROM pg_attribute
+                       WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens')
+  AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
 UNION
 SELECT DISTINCT 'trigger ' || t.tgname || ' (function ' || p.proname || ')'
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
@@ -143,6 +149,12 @@ def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[
             )
             if word.search(sql)
         ]
+        for name, sql in bind.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (TABLE,)
+        ):
+            expression = any(c[1] == -2 for c in bind.exec_driver_sql(f"PRAGMA index_xinfo(\"{name}\")"))
+            if word.search(sql) and (expression or re.search(r"\bWHERE\b", sql, re.IGNORECASE)):
+                found.append(f"index {name} (an expression or partial index)")
         (table_sql,) = bind.exec_driver_sql(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
         ).one()

@@ -1,0 +1,122 @@
+"""No password is ever printed, and a role or server that cannot make the change ends in one sentence with the
+database unchanged."""
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, columns_of, engine_for, event_row, insert_events
+
+SECRET = "S3cret-Tok3n-xyz"
+
+
+def everything_printed(url: str, *args: str) -> tuple[int, str]:
+    result = alembic(url, *args, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def autopack(url: str, *args: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "autopack", *args],
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url, "PYTHONPATH": str(ROOT / "src")},
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app@127.0.0.1:1/autopack?password={SECRET}",  # libpq and psycopg accept it
+        f"postgresql://app@127.0.0.1:1/autopack?sslpassword={SECRET}",
+        f"postgresql://app:{SECRET}@127.0.0.1:1/autopack",
+        f"postgresql://app:p@ss-{SECRET}@127.0.0.1:1/autopack",  # an unescaped @ in the password
+        f"mysql://app:{SECRET}@127.0.0.1:1/autopack",
+        f"mysql://app@127.0.0.1:1/autopack?password={SECRET}",
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [("upgrade", "head"), ("downgrade", "-1"), ("current",), ("upgrade", "head", "--sql")]
+)
+def test_no_command_prints_a_password_wherever_the_url_carries_it(url, command):
+    status, printed = everything_printed(url, *command)
+    assert SECRET not in printed and "ss-" not in printed.replace("ss-word", ""), printed
+    if command[-1] != "--sql":
+        assert status != 0 and "Traceback" not in printed, printed
+    if "p@ss" in url and command[-1] != "--sql":
+        assert "must be percent-encoded" in printed
+
+
+def test_verify_never_prints_a_password():
+    for url in (f"postgresql://app@127.0.0.1:1/autopack?password={SECRET}", f"postgresql://app:{SECRET}@127.0.0.1:1/x"):
+        status, printed = autopack(url, "verify")
+        assert status == 2 and SECRET not in printed and "Traceback" not in printed, printed
+
+
+def seeded(url):
+    alembic(url, "upgrade", "0001")
+    engine = engine_for(url)
+    with engine.begin() as connection:
+        insert_events(connection, [event_row(i, prompt_tokens=10 * i, completion_tokens=i) for i in range(3)])
+    engine.dispose()
+
+
+def one_failure(url, *args) -> str:
+    result = alembic(url, *args, check=False)
+    printed = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in printed, printed
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
+    return line.removeprefix("FAILED: ")
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+@pytest.mark.parametrize("online", [False, True])
+def test_the_application_role_gets_one_sentence_and_no_change_on_postgresql(db_url, online):
+    seeded(db_url)
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+    try:
+        message = one_failure(db_url.set(username=role), *(["-x", "online=true"] if online else []), "upgrade", "head")
+        assert message.startswith("The role connected to") and "lacks a privilege" in message, message
+        assert "connect as the owner of llm_usage_events" in message and message.endswith("nothing was changed.")
+        assert "total_tokens" not in columns_of(db_url)
+        assert alembic(db_url, "current").stdout.strip() == "0001"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP OWNED BY {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_read_only_connection_gets_one_sentence_on_postgresql(db_url):
+    seeded(db_url)
+    read_only = db_url.update_query_dict({"options": "-c default_transaction_read_only=on"})
+    for args in (("upgrade", "head"), ("-x", "online=true", "upgrade", "head")):
+        message = one_failure(read_only, *args)
+        assert "accepts no writes" in message and "run the migration against the primary" in message, message
+    assert "total_tokens" not in columns_of(db_url)
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_a_mariadb_user_without_alter_gets_one_sentence(db_url):
+    seeded(db_url)
+    user = f"app_{uuid.uuid4().hex[:8]}"
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
+        connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {db_url.database}.* TO '{user}'@'%'"))
+    try:
+        message = one_failure(db_url.set(username=user, password="pw"), "upgrade", "head")
+        assert message.startswith("The role connected to") and "lacks a privilege" in message, message
+        assert "total_tokens" not in columns_of(db_url)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP USER '{user}'@'%'"))
+        engine.dispose()
