@@ -5,10 +5,12 @@ import sqlite3
 
 import psycopg
 import pymysql
+import pytest
 from pymysql.constants import CLIENT
 from sqlalchemy import create_engine, text
 
-from support import alembic, event_row, insert_events
+from legacy import build
+from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, event_row, insert_events, token_rows
 
 SEED = [(12_500, 3_200), (0, 0), (7, 0), (1_000_000_000, 999_999_999)]
 LATER = [(None, None, 18_500), (40, None, 40), (10, 5, 100), (None, None, 0)]  # written once at 0002
@@ -93,3 +95,15 @@ def test_offline_scripts_give_the_online_rows_both_ways(new_database):
     alembic(online, "upgrade", "head")
     apply_script(offline, script(offline, "upgrade", "0001:0002"))
     assert rows(offline) == rows(online) == upgraded  # the set-aside rows came back exactly
+
+
+@pytest.mark.parametrize("backend", [*POSTGRES_BACKENDS, *MYSQL_BACKENDS])
+@pytest.mark.parametrize("state", ["old_script", "create_all_build144"])
+def test_a_server_script_on_an_adopted_table_with_total_tokens_fails_before_changing_anything(db_url, state):
+    build(db_url, state)
+    alembic(db_url, "upgrade", "0001")  # adopted: at 0001, but total_tokens is already there
+    before = token_rows(db_url)
+    with pytest.raises((psycopg.Error, pymysql.Error), match="total_tokens"):
+        apply_script(db_url, script(db_url, "upgrade", "0001:0002"))
+    assert token_rows(db_url) == before
+    assert alembic(db_url, "current").stdout.strip() == "0001"
