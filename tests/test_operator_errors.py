@@ -1,5 +1,6 @@
 """Every failure an operator can cause ends in one sentence, a non-zero exit, and an unchanged database."""
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -33,16 +34,27 @@ def seeded_at_baseline(url):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_locked_sqlite_database_waits_then_names_the_likely_holders(db_url):
+@pytest.mark.parametrize(
+    "hold",
+    [
+        "BEGIN IMMEDIATE",  # another process's write transaction, as an executor would hold
+        "BEGIN; SELECT count(*) FROM llm_usage_events",  # a reader: a DB viewer, an in-flight API request
+    ],
+)
+def test_locked_sqlite_database_waits_then_names_the_likely_holders(db_url, hold):
     before = seeded_at_baseline(db_url)
     holder = sqlite3.connect(db_url.database, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, as an executor would hold
+    for statement in hold.split("; "):
+        holder.execute(statement)
     try:
         message = fails(db_url, "-x", "busy_timeout=0.5", "upgrade", "head")
+        log = alembic(db_url, "-x", "busy_timeout=0.5", "upgrade", "head", check=False).stderr
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert "is locked by another process (waited 0.5s" in message
+    assert "[1/3]" not in log, log  # met before any work, not at the commit after all of it
+    waited = re.search(r"is locked by another process \(waited ([\d.]+)s", message)
+    assert waited and 0.5 <= float(waited.group(1)) < 5, message  # the time really waited, met before any work
     assert "uvicorn autopack.main:app" in message and "executor" in message and "DB Browser" in message
     assert message.endswith("nothing was changed.")
     assert alembic(db_url, "current").stdout.strip() == "0001"
@@ -139,3 +151,20 @@ def test_postgresql_lock_timeout_gives_up_cleanly(db_url):
     assert alembic(db_url, "current").stdout.strip() == "0001"
     assert token_rows(db_url) == before
     assert "alembic_version" in table_names(db_url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_long_reader_in_wal_mode_does_not_stop_the_upgrade(db_url):
+    before = seeded_at_baseline(db_url)
+    setup = sqlite3.connect(db_url.database)
+    setup.execute("PRAGMA journal_mode = WAL")
+    setup.close()
+    reader = sqlite3.connect(db_url.database, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM llm_usage_events").fetchone() == (len(before),)
+    try:
+        alembic(db_url, "-x", "busy_timeout=0.5", "upgrade", "head")
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    assert {i: r[2] for i, r in token_rows(db_url).items()} == {i: p + c for i, (p, c) in before.items()}

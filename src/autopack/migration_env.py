@@ -12,6 +12,7 @@ transaction gives up with a clear message instead of freezing every reader queue
 
 import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,8 +116,11 @@ def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> E
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection: Connection) -> None:
-            # IMMEDIATE takes the write lock up front: a held lock is met (and waited for) before any work.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # EXCLUSIVE takes every lock up front, so a held lock is met (and waited for) before any work: in the
+            # rollback-journal mode IMMEDIATE would not wait for another connection's open read transaction, and
+            # the migration would meet it only at its first cache spill, after all the work. In WAL mode readers
+            # never block a writer and EXCLUSIVE acts as IMMEDIATE.
+            connection.exec_driver_sql("BEGIN EXCLUSIVE")
 
         return engine
     if backend == "postgresql":
@@ -166,7 +170,13 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
 
 
 def explain(
-    error: Exception, url: URL, *, busy_timeout_s: float, lock_timeout: str, wait_hint: str | None = WAIT_HINT
+    error: Exception,
+    url: URL,
+    *,
+    busy_timeout_s: float,
+    lock_timeout: str,
+    wait_hint: str | None = WAIT_HINT,
+    waited_s: float | None = None,
 ) -> str | None:
     """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
     ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option."""
@@ -175,7 +185,7 @@ def explain(
     where = shown(url)
     if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
         return (
-            f"The database {where} is locked by another process (waited {busy_timeout_s:g}s"
+            f"The database {where} is locked by another process (waited {waited_s or busy_timeout_s:.1f}s"
             f"{', ' + wait_hint if wait_hint else ''}): {LOCK_HOLDERS}; nothing was changed."
         )
     if isinstance(orig, sqlite3.DatabaseError) and (
@@ -245,12 +255,20 @@ def one_sentence_errors(
     """Turn a failure an operator can act on into a CommandError of one sentence; bugs keep their traceback.
     ``writes=False`` for read-only commands, which have nothing to leave unchanged; ``wait_hint=None`` for
     commands that take no ``-x busy_timeout``."""
+    started = time.monotonic()
     try:
         yield
     except CommandError:
         raise
     except Exception as error:
-        message = explain(error, url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout, wait_hint=wait_hint)
+        message = explain(
+            error,
+            url,
+            busy_timeout_s=busy_timeout_s,
+            lock_timeout=lock_timeout,
+            wait_hint=wait_hint,
+            waited_s=time.monotonic() - started,
+        )
         if message is None:
             raise
         raise CommandError(message if writes else message.replace("; nothing was changed.", ".")) from None
