@@ -120,3 +120,44 @@ def test_a_mariadb_user_without_alter_gets_one_sentence(db_url):
         with engine.begin() as connection:
             connection.execute(text(f"DROP USER '{user}'@'%'"))
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_row_level_security_never_hides_rows_from_the_migration(db_url):
+    seeded(db_url)  # three rows: providers anthropic, openai, google
+    owner = f"owner_{uuid.uuid4().hex[:8]}"
+    engine = engine_for(db_url)
+    with engine.begin() as connection:
+        for statement in (
+            f"CREATE ROLE {owner} LOGIN",
+            f"GRANT CREATE ON SCHEMA public TO {owner}",
+            f"ALTER TABLE llm_usage_events OWNER TO {owner}",
+            f"ALTER TABLE alembic_version OWNER TO {owner}",
+            "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY",
+            "ALTER TABLE llm_usage_events FORCE ROW LEVEL SECURITY",
+            "CREATE POLICY tenant ON llm_usage_events USING (provider = 'anthropic')",
+        ):
+            connection.execute(text(statement))
+    try:
+        as_owner = db_url.set(username=owner)
+        message = one_failure(as_owner, "upgrade", "head")
+        assert message.startswith("llm_usage_events on") and "has row-level security that would hide rows" in message
+        assert "BYPASSRLS" in message and message.endswith("nothing was changed.")
+        assert "total_tokens" not in columns_of(db_url)
+
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER ROLE {owner} BYPASSRLS"))
+        alembic(as_owner, "upgrade", "head")
+        with engine.connect() as connection:  # as the superuser: every row, hidden ones included, has its total
+            totals = connection.execute(text(
+                "SELECT provider, total_tokens, prompt_tokens + completion_tokens FROM llm_usage_events ORDER BY id"
+            )).all()  # fmt: skip
+        assert len(totals) == 3 and all(t == s for _, t, s in totals)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP POLICY IF EXISTS tenant ON llm_usage_events"))
+            connection.execute(text("ALTER TABLE llm_usage_events OWNER TO CURRENT_USER"))
+            connection.execute(text("ALTER TABLE alembic_version OWNER TO CURRENT_USER"))
+            connection.execute(text(f"DROP OWNED BY {owner}"))
+            connection.execute(text(f"DROP ROLE {owner}"))
+        engine.dispose()

@@ -124,8 +124,10 @@ def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> E
 
         return engine
     if backend == "postgresql":
-        # merged with the URL's own options (a search_path, say), never replacing them
-        options = " ".join(filter(None, [url.query.get("options"), f"-c lock_timeout={lock_timeout}"]))
+        # merged with the URL's own options (a search_path, say), never replacing them; row_security=off makes a
+        # table whose row-level security would hide rows from this role an error instead of a filtered view
+        ours = f"-c lock_timeout={lock_timeout} -c row_security=off"
+        options = " ".join(filter(None, [url.query.get("options"), ours]))
         return create_engine(
             url.difference_update_query(["options"]),
             poolclass=NullPool,
@@ -206,6 +208,12 @@ def explain(
         return (
             f"{where} accepts no writes ({text}): it is a hot standby or the connection is read-only "
             "(default_transaction_read_only); run the migration against the primary; nothing was changed."
+        )
+    if getattr(orig, "sqlstate", None) == "42501" and "row-level security" in text:
+        return (
+            f"llm_usage_events on {where} has row-level security that would hide rows from this role ({text}): "
+            "every row must be seen, so run as a role with BYPASSRLS (ALTER ROLE … BYPASSRLS) or a superuser; "
+            "nothing was changed."
         )
     if getattr(orig, "sqlstate", None) == "42501" or (orig.args[:1] and orig.args[0] in (1142, 1143, 1227)):
         return (
