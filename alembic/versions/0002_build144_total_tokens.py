@@ -52,7 +52,10 @@ from autopack.migration_preflight import (
     integer_limit,
     refuse_checks_forbidding_total_only,
     refuse_objects_reading_total_tokens,
+    refuse_publications_that_forbid_updates,
     refuse_totals_that_overflow,
+    system_versioned,
+    update_hooks,
 )
 
 revision: str = "0002"
@@ -353,35 +356,87 @@ def upgrade() -> None:
     limit = integer_limit(bind.dialect.name, columns.get("total_tokens", {}).get("type"))
     refuse_totals_that_overflow(bind, overflowing(not add_total, limit), limit)
     refuse_checks_forbidding_total_only(bind)
+    refuse_publications_that_forbid_updates(bind)
+    hooks = update_hooks(bind, TRIGGER)
+    if system_versioned(bind):  # MariaDB: ALTER needs this, and every filled row leaves one history row
+        bind.exec_driver_sql("SET SESSION system_versioning_alter_history = KEEP")
+        log.info("      %s is system-versioned: each row the backfill fills keeps its old version as history", TABLE)
     stats = bind.execute(survey(has_total=not add_total)).one()
 
-    if opts.online:
-        online_upgrade(add_total, add_default, relax, stats, opts)
-    else:
-        if bind.dialect.name == "sqlite":
-            sqlite_schema_change(bind, add_total, add_default, relax)
+    try:
+        if opts.online:
+            filled = online_upgrade(add_total, add_default, relax, stats, opts)
         else:
-            batch_schema_change(add_total, add_default, relax, columns)
-        log.info("[1/3] Schema: %s", describe(add_total, add_default, relax))
-        filled = backfill(bind.execute, stats.first, stats.last, stats.rows, opts)
-        log_backfilled(filled)
-        if inspector.has_table(HOLDOVER):
-            restore_held_over(bind)
-        if bind.dialect.name == "postgresql":  # left by an interrupted online run
-            bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}")
-            bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {TRIGGER}()")
+            filled = default_upgrade(bind, columns, add_total, add_default, relax, stats, opts)
+    except sa.exc.DBAPIError as error:
+        raise CommandError(failed_midway(error, hooks, bind.dialect.name, opts.online)) from None
     # the report reads the table as it is now, not what the statements meant to do
     stats = bind.execute(survey(has_total=True)).one()
     log.info(
         "[3/3] Verification: total rows %d, exact splits %d, total-only (NULL splits) %d, sum of total_tokens %d",
         stats.rows, stats.exact, stats.total_only, stats.token_sum,
     )  # fmt: skip
+    row_hooks = [name for name, per_row in hooks if per_row]
+    if row_hooks and filled:
+        log.info(
+            "      the backfill's UPDATEs fired %s %d times each (%d firings): what they write (audit rows, say) "
+            "was written that often",
+            ", ".join(row_hooks), filled, filled * len(row_hooks),
+        )  # fmt: skip
     if stats.lost:
         log.warning(
             "%d rows have both splits NULL and total_tokens 0: their usage was lost before this migration "
             "and cannot be recovered",
             stats.lost,
         )
+
+
+def default_upgrade(bind, columns, add_total: bool, add_default: bool, relax: list[str], stats, opts) -> int:
+    """Schema change, backfill and restore in the migration's one transaction; proven before it commits."""
+    if bind.dialect.name == "sqlite":
+        sqlite_schema_change(bind, add_total, add_default, relax)
+    else:
+        batch_schema_change(add_total, add_default, relax, columns)
+    log.info("[1/3] Schema: %s", describe(add_total, add_default, relax))
+    filled = backfill(bind.execute, stats.first, stats.last, stats.rows, opts)
+    log_backfilled(filled)
+    if sa.inspect(bind).has_table(HOLDOVER):
+        restore_held_over(bind)
+    if bind.dialect.name == "postgresql":  # left by an interrupted online run
+        bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}")
+        bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {TRIGGER}()")
+    prove_backfilled(bind)
+    return filled
+
+
+def prove_backfilled(bind, after: str = "nothing was changed") -> None:
+    """Counted in the same transaction, before the stamp: no row may still need its total, whatever the cause."""
+    left = bind.execute(sa.select(events.c.id).where(NEEDS_TOTAL).order_by(events.c.id).limit(6)).scalars().all()
+    if left:
+        raise CommandError(
+            f"After the backfill, rows of {TABLE} still have total_tokens 0 while a split is set (ids {some(left)}): "
+            "a trigger or rule on the table, or another writer, undid the fill; see 'alembic upgrade head' "
+            f"troubleshooting in the README; {after}."
+        )
+
+
+def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], dialect: str, online: bool) -> str:
+    """One sentence for a database error after the change started, naming what on the table likely caused it."""
+    text = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
+    if getattr(error.orig, "sqlstate", None) == "57014":
+        cause = "a statement_timeout set on the database or role cancelled a batch: pass a smaller -x batch_rows"
+    elif hooks:
+        cause = f"{', '.join(name for name, _ in hooks)} on {TABLE} run on each UPDATE and likely caused it: " \
+                "fix or disable them for the migration"  # fmt: skip
+    else:
+        cause = "fix the cause the database names"
+    if online:
+        after = "the revision stays 0001 and re-running the same command resumes"
+    elif dialect in ("mysql", "mariadb"):
+        after = "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
+    else:
+        after = "nothing was changed"
+    return f"The BUILD-144 upgrade failed while changing {TABLE} ({text}): {cause}, then re-run; {after}."
 
 
 def log_backfilled(filled: int) -> None:
@@ -433,7 +488,18 @@ def with_lock_retries(connection, statements: list[str], opts: Options, changed:
     )
 
 
-def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, opts: Options) -> None:
+def drop_fill_trigger_quietly(connection, opts: Options) -> None:
+    try:
+        if connection.in_transaction():
+            connection.exec_driver_sql("ROLLBACK")
+        with_lock_retries(
+            connection, [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"], opts
+        )
+    except Exception as error:  # the failure being reported matters more; say what is left
+        log.warning("      could not drop the online fill trigger %s (%s): drop it by hand", TRIGGER, error)
+
+
+def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, opts: Options) -> int:
     """Schema change committed at once, backfill in committed batches; the version is stamped afterwards, so
     a run killed midway is resumed by the next one (the rule skips rows already done)."""
     alter = []
@@ -455,10 +521,15 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
         log.info("[1/3] Schema (online, committed): %s", describe(add_total, add_default, relax))
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
-        filled = backfill(connection.execute, first, last, stats.rows, opts)
-        log_backfilled(filled)
-        if sa.inspect(connection).has_table(HOLDOVER):
-            restore_held_over(connection)
+        try:
+            filled = backfill(connection.execute, first, last, stats.rows, opts)
+            log_backfilled(filled)
+            if sa.inspect(connection).has_table(HOLDOVER):
+                restore_held_over(connection)
+            prove_backfilled(connection, after="the revision stays 0001 and re-running the same command resumes")
+        except Exception:  # never leave the fill trigger behind at 0001; a re-run fills what old code wrote
+            drop_fill_trigger_quietly(connection, opts)
+            raise
         with_lock_retries(
             connection,
             [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"],
@@ -466,6 +537,7 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
             changed="every row is backfilled but the revision is still 0001 and the fill trigger stays: "
             "re-run the same command to finish",
         )
+    return filled
 
 
 # --- offline (--sql) -----------------------------------------------------------------------------------
@@ -663,13 +735,34 @@ def downgrade() -> None:
             "in %s; their NULL splits read 0 until 'alembic upgrade head' restores them",
             held - held_before, HOLDOVER,
         )  # fmt: skip
-    else:
+    prove_set_aside(bind)
+    if not held:
         op.drop_table(HOLDOVER)
         log.info("No rows needed setting aside: every row's total is the sum of its splits")
     if dialect == "sqlite":
         sqlite_downgrade_schema(bind)
     else:
         downgrade_schema(columns)
+
+
+def prove_set_aside(bind) -> None:
+    """Before the splits turn NOT NULL and total_tokens goes: every row the old schema cannot hold is held."""
+    unheld = ~events.c.id.in_(sa.select(holdover.c.event_id))
+    left = (
+        bind.execute(
+            sa.select(events.c.id)
+            .where(sa.or_(prompt.is_(None), completion.is_(None), sa.and_(NOT_HOLDABLE, unheld)))
+            .order_by(events.c.id)
+            .limit(6)
+        )
+        .scalars()
+        .all()
+    )
+    if left:
+        raise CommandError(
+            f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): a trigger "
+            f"or rule on the table or another writer interfered; nothing was changed."
+        )
 
 
 def sqlite_downgrade_schema(bind) -> None:

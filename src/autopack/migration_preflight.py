@@ -152,7 +152,7 @@ def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[
         for name, sql in bind.exec_driver_sql(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (TABLE,)
         ):
-            expression = any(c[1] == -2 for c in bind.exec_driver_sql(f"PRAGMA index_xinfo(\"{name}\")"))
+            expression = any(c[1] == -2 for c in bind.exec_driver_sql(f'PRAGMA index_xinfo("{name}")'))
             if word.search(sql) and (expression or re.search(r"\bWHERE\b", sql, re.IGNORECASE)):
                 found.append(f"index {name} (an expression or partial index)")
         (table_sql,) = bind.exec_driver_sql(
@@ -175,3 +175,79 @@ def refuse_objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -
             f"{'it' if len(readers) == 1 else 'them'}; drop or rewrite {'it' if len(readers) == 1 else 'them'} "
             "first and re-run; nothing was changed."
         )
+
+
+# --- what runs when the backfill UPDATEs a row ---------------------------------------------------------------
+
+
+def update_hooks(bind: sa.Connection, own_trigger: str) -> list[tuple[str, bool]]:
+    """(description, fires once per row) of every user trigger and rule that runs on an UPDATE of the table."""
+    dialect = bind.dialect.name
+    if dialect == "sqlite":
+        return [
+            (f"trigger {name}", True)
+            for name, sql in bind.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (TABLE,)
+            )
+            if re.search(r"\bUPDATE\b(\s+OF\b[^O]*)?\s+ON\b", sql, re.IGNORECASE)
+        ]
+    if dialect == "postgresql":
+        triggers = bind.execute(
+            sa.text(
+                "SELECT 'trigger ' || tgname, (tgtype & 1) = 1 FROM pg_trigger "
+                "WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal AND tgname <> :own "
+                "AND (tgtype & 16) = 16"  # TRIGGER_TYPE_UPDATE
+            ),
+            {"table": TABLE, "own": own_trigger},
+        ).all()
+        rules = bind.execute(
+            sa.text("SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :table"), {"table": TABLE}
+        ).all()
+        return [(name, bool(per_row)) for name, per_row in [*triggers, *rules]]
+    return [
+        (f"trigger {name}", True)
+        for (name,) in bind.exec_driver_sql(
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+            "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'UPDATE'",
+            (TABLE,),
+        )
+    ]
+
+
+PG_PUBLICATIONS = """
+SELECT p.pubname, c.relreplident, pt.rowfilter
+FROM pg_publication p
+JOIN pg_publication_tables pt ON pt.pubname = p.pubname
+JOIN pg_class c ON c.oid = CAST(:table AS regclass)
+WHERE pt.tablename = :table AND pt.schemaname = (SELECT relnamespace::regnamespace::text FROM pg_class
+                                                WHERE oid = CAST(:table AS regclass))
+  AND p.pubupdate
+"""
+
+
+def refuse_publications_that_forbid_updates(bind: sa.Connection) -> None:
+    """A publication that publishes UPDATEs makes PostgreSQL refuse the backfill's UPDATE when the table's replica
+    identity cannot carry it: REPLICA IDENTITY NOTHING, or a row filter on columns outside the identity."""
+    if bind.dialect.name != "postgresql":
+        return
+    for name, identity, row_filter in bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE}):
+        filtered = row_filter and identity != "f" and re.search(r"\b(?!id\b)[a-z_]+\b", row_filter.lower())
+        if identity == "n" or filtered:
+            why = "REPLICA IDENTITY NOTHING" if identity == "n" else f"a row filter ({row_filter}) outside its identity"
+            raise CommandError(
+                f"{TABLE} is in publication {name}, which publishes UPDATEs, and has {why}: PostgreSQL would refuse "
+                f"the backfill's UPDATE; run ALTER TABLE {TABLE} REPLICA IDENTITY FULL (or DEFAULT), or take the "
+                "table out of the publication, and re-run; nothing was changed."
+            )
+
+
+def system_versioned(bind: sa.Connection) -> bool:
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        return False
+    return bool(
+        bind.exec_driver_sql(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+            "AND TABLE_TYPE = 'SYSTEM VERSIONED'",
+            (TABLE,),
+        ).scalar()
+    )
