@@ -31,8 +31,11 @@ def run_backup(destination: Path | None) -> int:
     from autopack.backup import backup_sqlite
 
     url = parse_url(database_url())
-    path, pages = backup_sqlite(url, destination, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S)
-    print(f"Backed up {url.database} to {path} ({pages} pages, a consistent snapshot including any WAL content).")
+    backup = backup_sqlite(url, destination, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S)
+    print(
+        f"Backed up {backup.source} to {backup.path} ({backup.rows} rows of llm_usage_events, {backup.pages} pages, "
+        "a consistent snapshot including any WAL content)."
+    )
     return 0
 
 
