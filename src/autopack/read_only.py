@@ -82,7 +82,7 @@ def existing_sqlite_file(url: URL) -> Path | None:
 
 def _sqlite_engine(path: Path, *, lock_wait_s: float) -> Engine:
     def connect() -> sqlite3.Connection:
-        # isolation_level=None: the driver emits no BEGIN of its own; ours is the deferred one above
+        # isolation_level=None: the driver emits no BEGIN of its own; ours is the deferred one in BEGIN_READ_ONLY
         return sqlite3.connect(
             sqlite_uri(path, "ro"), uri=True, timeout=lock_wait_s, isolation_level=None, check_same_thread=False
         )
