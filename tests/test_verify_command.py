@@ -1,19 +1,37 @@
 """``python -m autopack verify`` on real databases: exit 0 only when every runbook criterion holds."""
 
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
-from support import ROOT, alembic, engine_for, event_row, insert_events
+from autopack.read_only import read_only_connection
+from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, engine_for, event_row, insert_events, token_rows
+
+APP_INSERT = (
+    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, total_tokens, "
+    "created_at, is_doctor_call) VALUES ('openai', 'gpt-4o', 'builder', 10, 5, 15, '2025-11-01 12:00:00', false)"
+)
+LOCK_HOLDERS = (
+    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
+    "(DB Browser, sqlite3 CLI), then re-run"
+)
 
 
-def verify(url):
+def verify(url, cwd=ROOT):
     env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
     return subprocess.run(
-        [sys.executable, "-m", "autopack", "verify"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "autopack", "verify"], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 
@@ -96,3 +114,178 @@ def test_verify_on_an_empty_database_says_there_is_no_table(db_url):
     result = verify(db_url)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: There is no llm_usage_events table in this database: check DATABASE_URL."
+
+
+def in_journal_mode(db_url, mode):
+    """The upgraded SQLite file of ``db_url`` with 3 good rows, switched to ``mode`` (delete or wal)."""
+    upgraded_with(db_url, [(1, 2, 3)] * 3)
+    with sqlite3.connect(db_url.database) as db:
+        assert db.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0] == mode
+    return db_url.database
+
+
+def rows_checked(output):
+    """The row count verify reports ('N of M rows have total_tokens > 0'): M."""
+    words = line(output, "total_tokens populated").split()
+    return int(words[words.index("of") + 1])
+
+
+@contextmanager
+def application_committing(path: str) -> Iterator[dict]:
+    """Another connection that, like the application, commits one usage event after another until the block
+    ends; yields its tally ({'commits', 'errors'})."""
+    tally: dict = {"commits": 0, "errors": []}
+    stop = threading.Event()
+
+    def commit_in_a_loop() -> None:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            while not stop.is_set():
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(APP_INSERT)
+                time.sleep(0.005)  # the application's own work, inside its write transaction
+                db.execute("COMMIT")
+                tally["commits"] += 1
+        except sqlite3.Error as error:
+            tally["errors"].append(error)
+        finally:
+            db.close()
+
+    writer = threading.Thread(target=commit_in_a_loop, daemon=True)
+    writer.start()
+    try:
+        while tally["commits"] < 20 and not tally["errors"]:
+            time.sleep(0.01)
+        yield tally
+    finally:
+        stop.set()
+        writer.join(30)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_verify_runs_while_the_application_commits_in_a_loop(db_url, journal_mode):
+    path = in_journal_mode(db_url, journal_mode)
+    with application_committing(path) as tally:
+        before = tally["commits"]
+        result = verify(db_url)
+        during = tally["commits"] - before
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("All checks passed.")
+    assert tally["errors"] == []
+    assert during > 0  # the application was never stopped by verify
+    assert 3 + before <= rows_checked(result.stdout) <= 3 + before + during
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_verify_reads_while_another_process_holds_the_write_lock(db_url, journal_mode):
+    path = in_journal_mode(db_url, journal_mode)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as an executor mid-transaction holds it
+    holder.execute(APP_INSERT)
+    try:
+        started = time.monotonic()
+        result = verify(db_url)
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_checked(result.stdout) == 3  # the uncommitted row is not seen
+    assert waited < 5  # it did not wait for the lock (its timeout is 10 s)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_verify_behind_an_exclusive_lock_names_the_holders_and_no_option_it_lacks(db_url):
+    path = in_journal_mode(db_url, "delete")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the one lock that stops readers: a commit being written
+    try:
+        result = verify(db_url)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: The database sqlite:///{path} is locked by another process (waited 10s): {LOCK_HOLDERS}."
+    )
+
+
+def test_verify_reads_in_a_transaction_that_refuses_writes(db_url):
+    upgraded_with(db_url, [(1, 2, 3)])
+    with read_only_connection(db_url, lock_wait_s=5) as connection, pytest.raises(exc.DBAPIError) as refused:
+        connection.execute(text(APP_INSERT))
+    assert any(
+        words in str(refused.value.orig).lower()
+        for words in ("readonly database", "read-only transaction", "read only transaction")
+    ), refused.value.orig
+    assert list(token_rows(db_url).values()) == [(1, 2, 3)]
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_role_that_may_only_select_can_verify_on_postgresql(db_url):
+    upgraded_with(db_url, [(1, 2, 3), (None, None, 40)])
+    role = f"autopack_reader_{uuid.uuid4().hex[:8]}"
+    admin = engine_for(db_url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON llm_usage_events TO {role}")
+    try:
+        result = verify(db_url.set(username=role, password=None))
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"postgresql+psycopg://{role}@" in result.stdout.splitlines()[0]
+    assert "1 rows with NULL splits and total_tokens > 0" in result.stdout
+
+
+@pytest.mark.parametrize("backend", [*POSTGRES_BACKENDS, *MYSQL_BACKENDS])
+def test_verify_behind_a_table_lock_gives_up_in_one_sentence_that_names_no_option(db_url):
+    upgraded_with(db_url, [(1, 2, 3)])
+    holder = engine_for(db_url)
+    try:
+        with holder.connect() as connection:
+            postgresql = connection.dialect.name == "postgresql"
+            connection.exec_driver_sql(  # as an ALTER TABLE of a migration holds it
+                "LOCK TABLE llm_usage_events IN ACCESS EXCLUSIVE MODE"
+                if postgresql
+                else "LOCK TABLES llm_usage_events WRITE"
+            )
+            result = verify(db_url)
+    finally:
+        holder.dispose()  # closes the holder's session, and its lock with it, whatever happened
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: Could not read llm_usage_events on {db_url.render_as_string(hide_password=True)} within 10s: "
+        "another session holds a lock on it, such as a migration in progress "
+        f"(see {'pg_stat_activity' if 'postgresql' in db_url.drivername else 'SHOW PROCESSLIST'}); re-run when it ends."
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_verify_never_creates_a_database_named_by_a_file_uri(db_url):
+    result = verify(f"sqlite:///file:{quote(db_url.database)}?uri=true")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: No SQLite database at {db_url.database}: check DATABASE_URL "
+        "(only 'alembic upgrade' creates a new database)."
+    )
+    assert not os.path.exists(db_url.database)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("name", "in_url"), [("prod#1.db", "prod#1.db"), ("why?.db", "why%3F.db"), ("100%.db", "100%.db")]
+)
+def test_verify_reads_a_path_with_hash_question_mark_or_percent(db_url, name, in_url):
+    folder = Path(db_url.database).parent
+    upgraded_with(f"sqlite:///{quote(str(folder / name))}", [(1, 2, 3), (4, 5, 9)])
+    before = sorted(os.listdir(folder))
+    result = verify(f"sqlite:///{in_url}", cwd=folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_checked(result.stdout) == 2
+    assert sorted(os.listdir(folder)) == before

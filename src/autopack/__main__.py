@@ -7,32 +7,22 @@ from pathlib import Path
 from alembic.util import CommandError
 
 from autopack.database import database_url
-from autopack.migration_env import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    DEFAULT_LOCK_TIMEOUT,
-    migration_engine,
-    one_sentence_errors,
-    parse_url,
-    require_sqlite_file,
-)
+from autopack.migration_env import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, one_sentence_errors, parse_url
 
 
 def run_verify() -> int:
+    from autopack.read_only import read_only_connection
     from autopack.verify import render, verify
 
     url = parse_url(database_url())
-    require_sqlite_file(url, may_create=False)
-    engine = migration_engine(url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT)
-    try:
-        with (
-            one_sentence_errors(
-                url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT, writes=False
-            ),
-            engine.connect() as connection,
-        ):
-            result = verify(connection)
-    finally:
-        engine.dispose()
+    # reads only: no write lock on SQLite, a READ ONLY transaction on a server; verify takes no timeout option
+    with (
+        one_sentence_errors(
+            url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT, writes=False, wait_hint=None
+        ),
+        read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
+    ):
+        result = verify(connection)
     print(render(result, url))
     return 0 if result.ok else 1
 
@@ -41,8 +31,11 @@ def run_backup(destination: Path | None) -> int:
     from autopack.backup import backup_sqlite
 
     url = parse_url(database_url())
-    path, pages = backup_sqlite(url, destination, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S)
-    print(f"Backed up {url.database} to {path} ({pages} pages, a consistent snapshot including any WAL content).")
+    backup = backup_sqlite(url, destination, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S)
+    print(
+        f"Backed up {backup.source} to {backup.path} ({backup.rows} rows of llm_usage_events, {backup.pages} pages, "
+        "a consistent snapshot including any WAL content)."
+    )
     return 0
 
 

@@ -1,0 +1,144 @@
+"""Reading a database without writing to it, for ``python -m autopack verify`` and ``backup``.
+
+SQLite: the file is opened through a ``mode=ro`` URI whose path is percent-escaped (a ``#``, ``?`` or ``%``
+in the name stays part of the name) inside a plain deferred ``BEGIN``: a reader takes no write lock, so it
+runs while the application commits, and nothing it does can create or change a file. PostgreSQL and
+MariaDB/MySQL: the migration engine's connection in a ``READ ONLY`` transaction, so a role that may only
+SELECT can run it, and a lock held by another session is waited for a bounded time, then reported.
+"""
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from math import ceil
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+from sqlalchemy.util import asbool
+
+from autopack.migration_env import migration_engine, require_sqlite_file, shown
+
+# The first statement of the transaction, per dialect: it makes the transaction read-only.
+BEGIN_READ_ONLY = {
+    "sqlite": "BEGIN",  # deferred: a shared lock at the first read, never a write lock
+    "postgresql": "SET TRANSACTION READ ONLY",
+    "mysql": "START TRANSACTION READ ONLY",
+    "mariadb": "START TRANSACTION READ ONLY",
+}
+MYSQL_LOCK_WAIT_TIMEOUT = 1205
+POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def sqlite_uri(path: Path, mode: str) -> str:
+    """A ``file:`` URI that makes SQLite open exactly ``path`` in ``mode`` (``ro``, ``rw`` or ``rwc``)."""
+    return f"{path.resolve().as_uri()}?mode={mode}"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens: its path, or with ``uri=true`` the path of its ``file:`` URI as SQLite
+    decodes it; None for an in-memory database or another engine."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if not (asbool(url.query.get("uri", False)) and url.database.startswith("file:")):
+        return Path(url.database)
+    return _path_in_file_uri(url.database, memory=url.query.get("mode") == "memory")
+
+
+def _path_in_file_uri(uri: str, *, memory: bool) -> Path | None:
+    """SQLite's reading of a ``file:`` URI (sqlite.org/uri.html): an authority of '' or 'localhost', a
+    path that ends at '?' or '#', then percent-decoded."""
+    rest = uri.removeprefix("file:")
+    if rest.startswith("//"):
+        authority, slash, rest = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise CommandError(
+                f"DATABASE_URL names a file on host {authority!r}; SQLite opens only local files: "
+                "use file:/path/to/autopack.db."
+            )
+        rest = slash + rest
+    path, query = re.fullmatch(r"([^?#]*)\??([^#]*).*", rest, re.S).groups()  # type: ignore[union-attr]
+    if memory or "mode=memory" in query.split("&") or path in ("", ":memory:"):
+        return None
+    return Path(os.fsdecode(unquote_to_bytes(path)))
+
+
+def existing_sqlite_file(url: URL) -> Path | None:
+    """:func:`sqlite_file`, refused in one sentence unless it is an existing file (never created here)."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    require_sqlite_file(URL.create("sqlite", database=str(path)), may_create=False)
+    if path.is_dir():
+        raise CommandError(f"{path.resolve()} is a directory, not a SQLite database: check DATABASE_URL.")
+    return path
+
+
+def _sqlite_engine(path: Path, *, lock_wait_s: float) -> Engine:
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: the driver emits no BEGIN of its own; ours is the deferred one in BEGIN_READ_ONLY
+        return sqlite3.connect(
+            sqlite_uri(path, "ro"), uri=True, timeout=lock_wait_s, isolation_level=None, check_same_thread=False
+        )
+
+    return create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+
+def read_only_engine(url: URL, *, lock_wait_s: float) -> Engine:
+    """An engine whose connections cannot write (SQLite) or whose waits for a lock are bounded (servers)."""
+    if url.get_backend_name() == "sqlite":
+        path = existing_sqlite_file(url)
+        if path is None:  # in memory: nothing to lock, nothing to create
+            return create_engine(url, poolclass=NullPool, connect_args={"isolation_level": None})
+        return _sqlite_engine(path, lock_wait_s=lock_wait_s)
+    engine = migration_engine(url, busy_timeout_s=lock_wait_s, lock_timeout=f"{ceil(lock_wait_s * 1000)}ms")
+    if engine.dialect.name == "mysql":  # MariaDB waits a day for a metadata lock by default
+        seconds = ceil(lock_wait_s)
+
+        @event.listens_for(engine, "connect")
+        def _lock_wait(dbapi_connection: Any, _record: object) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET SESSION lock_wait_timeout = {seconds}")
+
+    return engine
+
+
+@contextmanager
+def read_only_connection(url: URL, *, lock_wait_s: float) -> Iterator[Connection]:
+    """A connection inside one read-only transaction on ``url`` (one snapshot), rolled back at the end.
+
+    A lock another session holds past ``lock_wait_s`` on PostgreSQL or MariaDB/MySQL ends in one sentence
+    that suggests no option: the commands that read take none. (SQLite's "locked" is left to
+    ``one_sentence_errors(..., wait_hint=None)``.)"""
+    engine = read_only_engine(url, lock_wait_s=lock_wait_s)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(BEGIN_READ_ONLY.get(connection.dialect.name, "BEGIN"))
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+    except exc.DBAPIError as error:
+        if not _waited_for_a_lock(error):
+            raise
+        where = "pg_stat_activity" if url.get_backend_name() == "postgresql" else "SHOW PROCESSLIST"
+        raise CommandError(
+            f"Could not read llm_usage_events on {shown(url)} within {lock_wait_s:g}s: another session holds a "
+            f"lock on it, such as a migration in progress (see {where}); re-run when it ends."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _waited_for_a_lock(error: exc.DBAPIError) -> bool:
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) == POSTGRES_LOCK_NOT_AVAILABLE:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] == MYSQL_LOCK_WAIT_TIMEOUT
