@@ -105,17 +105,6 @@ def test_an_unknown_period_is_a_400_not_a_week(client):
     assert response.json() == {"detail": "unknown period 'year': use one of day, week, month"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_api_key_when_configured(client, monkeypatch):
-    assert client.get("/dashboard/usage").status_code == 200
-    monkeypatch.setenv("AUTOPACK_API_KEY", "s3cret-key")
-    assert client.get("/dashboard/usage").status_code == 401
-    assert client.get("/dashboard/usage", headers={"X-API-Key": "wrong"}).json() == {
-        "detail": "missing or wrong X-API-Key"
-    }
-    assert client.get("/dashboard/usage", headers={"X-API-Key": "s3cret-key"}).status_code == 200
-
-
 def test_dashboard_after_a_real_upgrade_equals_the_token_sums_before_it(db_url, monkeypatch):
     build(db_url, "pre_build144", rows=[(12_500, 3_200, None), (0, 0, None), (7, 700, None), (1_000, 1, None)])
     engine = create_engine(db_url)
