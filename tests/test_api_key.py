@@ -1,20 +1,12 @@
 """``AUTOPACK_API_KEY`` on the real app under uvicorn: a key that cannot work stops the server, never opens it."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import httpx
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
+from uvicorn_app import serving, start
 
 from autopack.usage_recorder import record_total_only_usage
-from support import ROOT, alembic
+from support import alembic
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -38,44 +30,6 @@ def database(db_url):
         record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="builder", total_tokens=18_500)
     engine.dispose()
     return db_url.render_as_string(hide_password=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(database: str, api_key: str | None, *options: str) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "DATABASE_URL": database, "PYTHONPATH": str(ROOT / "src")}
-    env.pop("AUTOPACK_API_KEY", None)
-    if api_key is not None:
-        env["AUTOPACK_API_KEY"] = api_key
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1", "--port", str(port), *options],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    return server, port
-
-
-@contextmanager
-def serving(database: str, api_key: str | None, *options: str) -> Iterator[httpx.Client]:
-    """The real app under uvicorn on a free port, and a client for it; fails if the server does not come up."""
-    server, port = start(database, api_key, *options)
-    try:
-        deadline = time.monotonic() + 30
-        while server.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        assert server.poll() is None, f"uvicorn exited with {server.returncode}:\n{server.stderr.read()}"
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def startup_failure(database: str, api_key: str) -> tuple[int, str]:
