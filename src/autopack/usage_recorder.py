@@ -14,6 +14,10 @@ from sqlalchemy.types import TypeDecorator
 
 from autopack.database import Base
 
+# The token columns are INTEGER: 32-bit signed on PostgreSQL and MariaDB. SQLite would hold more, but the same
+# limit applies on every engine, so an event is stored everywhere or refused everywhere.
+INTEGER_MAX = 2**31 - 1
+
 # VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
 Varchar = String().with_variant(String(255), "mysql", "mariadb")
 
@@ -99,6 +103,8 @@ class UsageEventData:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+            if value is not None and value > INTEGER_MAX:
+                raise _too_large(f"{name}={value}")
         if self.created_at is not None and not isinstance(self.created_at, datetime):
             raise ValueError(f"created_at must be a datetime (aware, or naive UTC) or None, got {self.created_at!r}")
         prompt, completion, total = self.prompt_tokens, self.completion_tokens, self.total_tokens
@@ -117,16 +123,34 @@ class UsageEventData:
             raise ValueError(
                 f"total_tokens={total} disagrees with prompt_tokens + completion_tokens = {prompt + completion}"
             )
+        if prompt + completion > INTEGER_MAX:
+            raise _too_large(f"prompt_tokens + completion_tokens = {prompt + completion}")
         return replace(self, total_tokens=prompt + completion)
 
 
+def _too_large(what: str) -> ValueError:
+    return ValueError(
+        f"{what} is more than {INTEGER_MAX}, the most an INTEGER column holds on any engine: check the figure the "
+        "provider reported (no single call uses that many tokens), or record the usage as several events"
+    )
+
+
 def record_usage(db: Session, data: UsageEventData) -> LlmUsageEvent:
-    """Validate and store one event (exact split or total-only), committing it; nothing is written on error."""
+    """Validate and store one event (exact split or total-only), committing it; nothing is written on error.
+
+    A commit that fails (the database refused the row, the connection dropped) is rolled back before the error
+    propagates, so the same session can record the next event; like any rollback, it also discards whatever
+    else the caller had left uncommitted in that session.
+    """
     valid = data.validated()
     event = LlmUsageEvent(**{f.name: getattr(valid, f.name) for f in fields(valid) if f.name != "created_at"})
     event.created_at = as_naive_utc(valid.created_at) if valid.created_at else utcnow()
     db.add(event)
-    db.commit()
+    try:
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
     return event
 
 
