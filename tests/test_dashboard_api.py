@@ -1,13 +1,14 @@
 """``GET /dashboard/usage``: NULL-safe totals from the total_tokens column, on a database the real CLI made."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
+from uvicorn_app import serving
 
-from autopack.dashboard import usage_by_model, usage_by_provider
+from autopack.dashboard import PERIOD_DAYS, usage_by_model, usage_by_provider
 from autopack.main import app, get_db
 from autopack.usage_recorder import UsageEventData, record_usage, utcnow
 from legacy import build
@@ -105,17 +106,6 @@ def test_an_unknown_period_is_a_400_not_a_week(client):
     assert response.json() == {"detail": "unknown period 'year': use one of day, week, month"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_api_key_when_configured(client, monkeypatch):
-    assert client.get("/dashboard/usage").status_code == 200
-    monkeypatch.setenv("AUTOPACK_API_KEY", "s3cret-key")
-    assert client.get("/dashboard/usage").status_code == 401
-    assert client.get("/dashboard/usage", headers={"X-API-Key": "wrong"}).json() == {
-        "detail": "missing or wrong X-API-Key"
-    }
-    assert client.get("/dashboard/usage", headers={"X-API-Key": "s3cret-key"}).status_code == 200
-
-
 def test_dashboard_after_a_real_upgrade_equals_the_token_sums_before_it(db_url, monkeypatch):
     build(db_url, "pre_build144", rows=[(12_500, 3_200, None), (0, 0, None), (7, 700, None), (1_000, 1, None)])
     engine = create_engine(db_url)
@@ -139,3 +129,38 @@ def test_dashboard_after_a_real_upgrade_equals_the_token_sums_before_it(db_url, 
         engine.dispose()
     assert {p["provider"]: p["total_tokens"] for p in providers} == dict(before)
     assert sum(p["total_tokens"] for p in providers) == 12_500 + 3_200 + 7 + 700 + 1_000 + 1
+
+
+NOW = datetime(2025, 11, 1, 12, 0, 0)  # naive UTC
+DAY_START, WEEK_START = NOW - timedelta(days=1), NOW - timedelta(days=7)
+SECOND = timedelta(seconds=1)
+AROUND_THE_BOUNDARIES = [  # (UTC instant, the offset it is given at, tokens): both sides of UTC, both sides of a start
+    (DAY_START, -5, 1),  # 07:00-05:00: the first instant of the day window
+    (DAY_START - SECOND, 9, 10),  # 20:59:59+09:00: one second before it
+    (NOW - timedelta(hours=1), 5.5, 100),
+    (WEEK_START, 9, 1_000),
+    (WEEK_START - SECOND, -5, 10_000),
+]
+
+
+def test_period_windows_are_utc_whatever_offset_created_at_was_given_at(engine):
+    with Session(engine) as db:
+        for instant, hours, tokens in AROUND_THE_BOUNDARIES:
+            offset = timezone(timedelta(hours=hours))
+            at = instant.replace(tzinfo=UTC).astimezone(offset)
+            record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=tokens, created_at=at))
+    with Session(engine) as db:
+        for now in (NOW, NOW.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=-5)))):
+            totals = {period: [r["total_tokens"] for r in usage_by_provider(db, period, now)] for period in PERIOD_DAYS}
+            assert totals == {"day": [1 + 100], "week": [1 + 10 + 100 + 1_000], "month": [11_111]}
+
+
+def test_the_served_day_is_the_last_24_hours_in_utc(engine, db_url):
+    with Session(engine) as db:
+        for provider, age, hours in [("inside", timedelta(hours=23), -5), ("outside", timedelta(hours=25), 9)]:
+            at = (utcnow() - age).replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=hours)))
+            record_usage(db, UsageEventData(provider, "m", "builder", total_tokens=7, created_at=at))
+    with serving(db_url, None) as client:
+        response = client.get("/dashboard/usage?period=day")
+        assert response.status_code == 200
+        assert [(p["provider"], p["total_tokens"]) for p in response.json()["providers"]] == [("inside", 7)]

@@ -4,9 +4,11 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from autopack.models import LlmUsageEvent
@@ -92,3 +94,92 @@ def test_the_readme_recording_example_runs_as_written(db_url):
         assert stored(db) == [("anthropic", 12_500, 3_200, 15_700), ("google", None, None, 18_500),
                               ("openai", 8_400, 2_100, 10_500)]  # fmt: skip
     engine.dispose()
+
+
+def non_utc_session_engine(db_url):
+    """An engine whose sessions run at +09:00, as an operator's server may: what is stored must not depend on it."""
+    if db_url.get_backend_name() == "postgresql":
+        return create_engine(db_url, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    if db_url.get_backend_name() in ("mysql", "mariadb"):
+        return create_engine(db_url, connect_args={"init_command": "SET time_zone = '+09:00'"})
+    return create_engine(db_url)
+
+
+def zone(hours: float) -> timezone:
+    return timezone(timedelta(hours=hours))
+
+
+# created_at as given -> stored (naive UTC); offsets on both sides of UTC, and across midnight and a year
+CREATED_AT = [
+    (datetime(2025, 11, 3, 8, 13, tzinfo=zone(-5)), datetime(2025, 11, 3, 13, 13)),
+    (datetime(2025, 11, 3, 22, 30, tzinfo=zone(9)), datetime(2025, 11, 3, 13, 30)),
+    (datetime(2025, 11, 3, 2, 0, tzinfo=zone(5.5)), datetime(2025, 11, 2, 20, 30)),
+    (datetime(2025, 12, 31, 23, 30, tzinfo=zone(-1)), datetime(2026, 1, 1, 0, 30)),
+    (datetime(2025, 11, 3, 12, 0, tzinfo=UTC), datetime(2025, 11, 3, 12, 0)),
+    (datetime(2025, 11, 3, 12, 0), datetime(2025, 11, 3, 12, 0)),  # naive: taken as UTC
+]
+
+
+def test_created_at_is_stored_in_utc_whatever_its_offset_or_the_session_time_zone(db_url):
+    alembic(db_url, "upgrade", "head")
+    engine = non_utc_session_engine(db_url)
+    with Session(engine) as db:
+        for given, _ in CREATED_AT:
+            record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=1, created_at=given))
+        db.add(LlmUsageEvent(provider="orm", model="m", role="r", total_tokens=1, created_at=CREATED_AT[0][0]))
+        db.commit()
+    with Session(create_engine(db_url)) as db:  # read back from a UTC session too
+        stored_at = db.scalars(select(LlmUsageEvent.created_at).order_by(LlmUsageEvent.id)).all()
+        assert stored_at == [utc for _, utc in CREATED_AT] + [CREATED_AT[0][1]]
+        assert all(at.tzinfo is None for at in stored_at)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("created_at", ["2025-11-03 08:13", date(2025, 11, 3), 1_762_157_580])
+def test_a_created_at_that_is_not_a_datetime_is_refused(db, created_at):
+    with pytest.raises(ValueError, match=r"^created_at must be a datetime \(aware, or naive UTC\) or None, got "):
+        record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=5, created_at=created_at))
+    assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
+
+
+LIMIT = "2147483647, the most an INTEGER column holds on any engine: check the figure the provider reported"
+OVERFLOWING = [
+    (dict(total_tokens=3_000_000_000), f"total_tokens=3000000000 is more than {LIMIT}"),
+    (dict(total_tokens=2**63), f"total_tokens=9223372036854775808 is more than {LIMIT}"),
+    (dict(prompt_tokens=2**31, completion_tokens=0), f"prompt_tokens=2147483648 is more than {LIMIT}"),
+    (dict(prompt_tokens=0, completion_tokens=2**40), f"completion_tokens=1099511627776 is more than {LIMIT}"),
+    (dict(prompt_tokens=2**30, completion_tokens=2**30),
+     f"prompt_tokens + completion_tokens = 2147483648 is more than {LIMIT}"),
+    (dict(prompt_tokens=2**30, completion_tokens=2**30, total_tokens=2**31),
+     f"total_tokens=2147483648 is more than {LIMIT}"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "message"), OVERFLOWING, ids=["total", "total-2**63", "prompt", "completion", "sum", "total-and-sum"]
+)
+def test_counts_the_integer_columns_cannot_hold_are_refused_alike_on_every_engine(db, values, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        record_usage(db, UsageEventData("openai", "gpt-4o", "builder", **values))
+    assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
+    record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="builder", total_tokens=18_500)
+    assert stored(db) == [("google", None, None, 18_500)]
+
+
+def test_counts_at_the_integer_limit_are_stored_exactly(db):
+    record_total_only_usage(db, provider="a", model="m", role="builder", total_tokens=2**31 - 1)
+    record_exact_usage(db, provider="b", model="m", role="builder", prompt_tokens=2**31 - 2, completion_tokens=1)
+    assert stored(db) == [("a", None, None, 2**31 - 1), ("b", 2**31 - 2, 1, 2**31 - 1)]
+
+
+def test_a_failed_commit_is_rolled_back_and_the_session_records_the_next_event(db):
+    engine = db.get_bind()
+    with engine.begin() as connection:  # the table is gone for a moment, as in a botched maintenance
+        connection.execute(text("ALTER TABLE llm_usage_events RENAME TO llm_usage_events_away"))
+    with pytest.raises(DBAPIError):
+        record_total_only_usage(db, provider="lost", model="m", role="builder", total_tokens=1)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE llm_usage_events_away RENAME TO llm_usage_events"))
+    record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="builder", total_tokens=18_500)
+    assert stored(db) == [("google", None, None, 18_500)]

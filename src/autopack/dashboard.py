@@ -9,16 +9,20 @@ from datetime import datetime, timedelta
 from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
-from autopack.usage_recorder import LlmUsageEvent, utcnow
+from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
 
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
 
 
 def period_start(period: str, now: datetime | None = None) -> datetime:
-    """The first instant (naive UTC, like ``created_at``) of ``period`` ending at ``now``."""
+    """The first instant (naive UTC, like ``created_at``) of ``period`` ending at ``now`` (aware, or naive UTC).
+
+    Windows are whole 24-hour days back from ``now`` in UTC on every engine: the comparison never goes through
+    a session time zone.
+    """
     if period not in PERIOD_DAYS:
         raise ValueError(f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
-    return (now or utcnow()) - timedelta(days=PERIOD_DAYS[period])
+    return as_naive_utc(now or utcnow()) - timedelta(days=PERIOD_DAYS[period])
 
 
 def _sum(column) -> object:

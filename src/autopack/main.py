@@ -1,33 +1,46 @@
 """The API: ``uvicorn autopack.main:app``; ``GET /dashboard/usage?period=day|week|month``.
 
-When ``AUTOPACK_API_KEY`` is set, dashboard routes require it in the ``X-API-Key`` header; without it
-they are open, so bind the server to localhost (``--host 127.0.0.1``, uvicorn's default).
+When ``AUTOPACK_API_KEY`` is set, every ``/dashboard`` route requires it in the ``X-API-Key`` header; a key
+that is set but empty, or holds characters a header cannot carry, stops the server at start-up (see
+``autopack.api_key``). Without it the dashboard is open, so bind the server to localhost
+(``--host 127.0.0.1``, uvicorn's default). ``/docs`` and ``/openapi.json`` describe the API and hold no
+data: they need no key.
 """
 
-import os
+import logging
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Security
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from autopack.api_key import ApiKeyError, RefuseUnusableApiKey, configured_api_key
 from autopack.dashboard import PERIOD_DAYS, usage_by_model, usage_by_provider
 from autopack.database import get_db
 
 __all__ = ["app", "get_db"]
 
-app = FastAPI(title="Autopack usage dashboard")
+log = logging.getLogger("uvicorn.error")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
-    expected = os.environ.get("AUTOPACK_API_KEY")
-    if expected and not (given and secrets.compare_digest(given.encode(), expected.encode())):
+    try:
+        expected = configured_api_key()
+    except ApiKeyError as error:  # only reachable when start-up was skipped (--lifespan off): never serve data
+        log.error("%s", error)
+        raise HTTPException(
+            status_code=500, detail="the server's AUTOPACK_API_KEY is unusable: see the server log"
+        ) from None
+    if expected is not None and not (given and secrets.compare_digest(given.encode(), expected.encode())):
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")
 
 
-@app.get("/dashboard/usage", dependencies=[Depends(require_api_key)])
+dashboard = APIRouter(prefix="/dashboard", dependencies=[Depends(require_api_key)])
+
+
+@dashboard.get("/usage")
 def dashboard_usage(
     db: Annotated[Session, Depends(get_db)],
     period: Annotated[str, Query(description="day, week or month")] = "week",
@@ -35,3 +48,8 @@ def dashboard_usage(
     if period not in PERIOD_DAYS:
         raise HTTPException(status_code=400, detail=f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
     return {"providers": usage_by_provider(db, period), "models": usage_by_model(db, period)}
+
+
+app = FastAPI(title="Autopack usage dashboard")
+app.include_router(dashboard)
+app.add_middleware(RefuseUnusableApiKey)

@@ -8,10 +8,15 @@ total: a split is never guessed.
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, String, text
+from sqlalchemy import DateTime, Dialect, Integer, String, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from autopack.database import Base
+
+# The token columns are INTEGER: 32-bit signed on PostgreSQL and MariaDB. SQLite would hold more, but the same
+# limit applies on every engine, so an event is stored everywhere or refused everywhere.
+INTEGER_MAX = 2**31 - 1
 
 # VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
 Varchar = String().with_variant(String(255), "mysql", "mariadb")
@@ -20,6 +25,26 @@ Varchar = String().with_variant(String(255), "mysql", "mariadb")
 def utcnow() -> datetime:
     """Naive UTC, as Autopack has always stored ``created_at``."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_naive_utc(value: datetime) -> datetime:
+    """``value`` as naive UTC: an aware datetime is converted, a naive one is taken to be UTC already."""
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime`` (no time zone, as the column is) that binds every value as naive UTC on every engine.
+
+    Left to the drivers, an aware value would be stored as its wall time on SQLite and MariaDB and converted
+    through the session's ``TimeZone`` on PostgreSQL; here it is converted to UTC first, identically everywhere,
+    in writes and in comparisons alike. Values read back are naive UTC.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return as_naive_utc(value) if isinstance(value, datetime) else value
 
 
 class LlmUsageEvent(Base):
@@ -34,7 +59,7 @@ class LlmUsageEvent(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     is_doctor_call: Mapped[bool] = mapped_column(default=False)
     doctor_model: Mapped[str | None] = mapped_column(Varchar)
     doctor_action: Mapped[str | None] = mapped_column(Varchar)
@@ -78,6 +103,10 @@ class UsageEventData:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+            if value is not None and value > INTEGER_MAX:
+                raise _too_large(f"{name}={value}")
+        if self.created_at is not None and not isinstance(self.created_at, datetime):
+            raise ValueError(f"created_at must be a datetime (aware, or naive UTC) or None, got {self.created_at!r}")
         prompt, completion, total = self.prompt_tokens, self.completion_tokens, self.total_tokens
         if (prompt is None) != (completion is None):
             raise ValueError(
@@ -94,16 +123,34 @@ class UsageEventData:
             raise ValueError(
                 f"total_tokens={total} disagrees with prompt_tokens + completion_tokens = {prompt + completion}"
             )
+        if prompt + completion > INTEGER_MAX:
+            raise _too_large(f"prompt_tokens + completion_tokens = {prompt + completion}")
         return replace(self, total_tokens=prompt + completion)
 
 
+def _too_large(what: str) -> ValueError:
+    return ValueError(
+        f"{what} is more than {INTEGER_MAX}, the most an INTEGER column holds on any engine: check the figure the "
+        "provider reported (no single call uses that many tokens), or record the usage as several events"
+    )
+
+
 def record_usage(db: Session, data: UsageEventData) -> LlmUsageEvent:
-    """Validate and store one event (exact split or total-only), committing it; nothing is written on error."""
+    """Validate and store one event (exact split or total-only), committing it; nothing is written on error.
+
+    A commit that fails (the database refused the row, the connection dropped) is rolled back before the error
+    propagates, so the same session can record the next event; like any rollback, it also discards whatever
+    else the caller had left uncommitted in that session.
+    """
     valid = data.validated()
     event = LlmUsageEvent(**{f.name: getattr(valid, f.name) for f in fields(valid) if f.name != "created_at"})
-    event.created_at = valid.created_at or utcnow()
+    event.created_at = as_naive_utc(valid.created_at) if valid.created_at else utcnow()
     db.add(event)
-    db.commit()
+    try:
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
     return event
 
 

@@ -1,0 +1,58 @@
+"""``AUTOPACK_API_KEY``: checked when the server starts, so a key that cannot work never leaves the dashboard open.
+
+Unset: no key (the dashboard is open; bind to 127.0.0.1). Set: whitespace around it is ignored (a secrets
+file's trailing newline; HTTP strips it from headers too), and what is left must be non-empty and made of
+visible ASCII characters only, the characters an ``X-API-Key`` header carries unchanged.
+"""
+
+import os
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ENV = "AUTOPACK_API_KEY"
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
+
+
+class ApiKeyError(ValueError):
+    """``AUTOPACK_API_KEY`` is set to a key no request could present."""
+
+
+def configured_api_key() -> str | None:
+    """The key requests must present, ``None`` when none is configured, or ``ApiKeyError`` in one sentence."""
+    raw = os.environ.get(ENV)
+    if raw is None:
+        return None
+    key = raw.strip(" \t\r\n")
+    if not key:
+        raise ApiKeyError(
+            f"{ENV} is set but empty: set it to the key clients send in X-API-Key, or unset it to serve the "
+            "dashboard without a key on 127.0.0.1 only."
+        )
+    if not _VISIBLE_ASCII.fullmatch(key):
+        raise ApiKeyError(
+            f"{ENV} contains a character an HTTP header cannot carry (only visible ASCII, no spaces, is accepted): "
+            "choose a key of letters, digits and punctuation, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+        )
+    return key
+
+
+class RefuseUnusableApiKey:
+    """ASGI middleware: the server's startup fails, with the sentence in its log, when the key is unusable.
+
+    Requests are still checked one by one (``--lifespan off`` skips start-up), so a bad key never serves data.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            try:
+                configured_api_key()
+            except ApiKeyError as error:
+                await receive()  # lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
+        await self.app(scope, receive, send)
