@@ -289,3 +289,35 @@ def test_verify_reads_a_path_with_hash_question_mark_or_percent(db_url, name, in
     assert result.returncode == 0, result.stdout + result.stderr
     assert rows_checked(result.stdout) == 2
     assert sorted(os.listdir(folder)) == before
+
+
+def test_verify_of_a_database_stamped_without_being_migrated_prints_commands_that_fix_it(db_url):
+    from legacy import build
+
+    build(db_url, "pre_build144")
+    alembic(db_url, "stamp", "head")  # generic advice for unversioned databases, which skips the migration
+    result = verify(db_url)
+    assert result.returncode == 1
+    assert "run 'alembic stamp 0001' then 'alembic upgrade head'" in result.stdout
+    alembic(db_url, "stamp", "0001")  # the commands, as printed
+    alembic(db_url, "upgrade", "head")
+    again = verify(db_url)
+    assert again.returncode == 0 and "All checks passed." in again.stdout, again.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_verify_fails_while_a_check_constraint_still_forbids_null_splits(db_url):
+    alembic(db_url, "upgrade", "head")
+    connection = sqlite3.connect(db_url.database)
+    sql = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'llm_usage_events'").fetchone()[0]
+    connection.execute("PRAGMA writable_schema = ON")
+    connection.execute(
+        "UPDATE sqlite_master SET sql = ? WHERE name = 'llm_usage_events'",
+        (sql.rstrip().removesuffix(")") + ", CONSTRAINT splits_set CHECK (prompt_tokens IS NOT NULL))",),
+    )
+    connection.commit()
+    connection.close()
+    result = verify(db_url)
+    assert result.returncode == 1
+    assert "FAIL  prompt_tokens, completion_tokens nullable" in result.stdout
+    assert "CHECK constraint splits_set (prompt_tokens IS NOT NULL) still forbids NULL splits" in result.stdout

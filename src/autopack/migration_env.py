@@ -11,17 +11,21 @@ transaction gives up with a clear message instead of freezing every reader queue
 """
 
 import math
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import asbool
 
 from autopack.database import with_driver
 from autopack.migration_options import interval_seconds
@@ -75,12 +79,31 @@ def shown(url: URL) -> str:
 
 
 def sqlite_path(url: URL) -> Path | None:
-    """The file a SQLite URL names, or None for an in-memory database or another engine."""
+    """The file a SQLite URL opens: its path, or with ``uri=true`` the path of its ``file:`` URI as SQLite
+    decodes it; None for an in-memory database or another engine."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    if url.database.startswith("file:"):
+    if not (asbool(url.query.get("uri", False)) and url.database.startswith("file:")):
+        return Path(url.database)
+    return _path_in_file_uri(url.database, memory=url.query.get("mode") == "memory")
+
+
+def _path_in_file_uri(uri: str, *, memory: bool) -> Path | None:
+    """SQLite's reading of a ``file:`` URI (sqlite.org/uri.html): an authority of '' or 'localhost', a
+    path that ends at '?' or '#', then percent-decoded."""
+    rest = uri.removeprefix("file:")
+    if rest.startswith("//"):
+        authority, slash, rest = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise CommandError(
+                f"DATABASE_URL names a file on host {authority!r}; SQLite opens only local files: "
+                "use file:/path/to/autopack.db."
+            )
+        rest = slash + rest
+    path, query = re.fullmatch(r"([^?#]*)\??([^#]*).*", rest, re.S).groups()  # type: ignore[union-attr]
+    if memory or "mode=memory" in query.split("&") or path in ("", ":memory:"):
         return None
-    return Path(url.database)
+    return Path(os.fsdecode(unquote_to_bytes(path)))
 
 
 def require_sqlite_file(url: URL, *, may_create: bool) -> None:

@@ -201,7 +201,7 @@ def update_hooks(bind: sa.Connection, own_trigger: str) -> list[tuple[str, bool]
             {"table": TABLE, "own": own_trigger},
         ).all()
         rules = bind.execute(
-            sa.text("SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :table"), {"table": TABLE}
+            sa.text("SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :name"), {"name": TABLE}
         ).all()
         return [(name, bool(per_row)) for name, per_row in [*triggers, *rules]]
     return [
@@ -219,7 +219,7 @@ SELECT p.pubname, c.relreplident, pt.rowfilter
 FROM pg_publication p
 JOIN pg_publication_tables pt ON pt.pubname = p.pubname
 JOIN pg_class c ON c.oid = CAST(:table AS regclass)
-WHERE pt.tablename = :table AND pt.schemaname = (SELECT relnamespace::regnamespace::text FROM pg_class
+WHERE pt.tablename = :name AND pt.schemaname = (SELECT relnamespace::regnamespace::text FROM pg_class
                                                 WHERE oid = CAST(:table AS regclass))
   AND p.pubupdate
 """
@@ -230,7 +230,7 @@ def refuse_publications_that_forbid_updates(bind: sa.Connection) -> None:
     identity cannot carry it: REPLICA IDENTITY NOTHING, or a row filter on columns outside the identity."""
     if bind.dialect.name != "postgresql":
         return
-    for name, identity, row_filter in bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE}):
+    for name, identity, row_filter in bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE, "name": TABLE}):
         filtered = row_filter and identity != "f" and re.search(r"\b(?!id\b)[a-z_]+\b", row_filter.lower())
         if identity == "n" or filtered:
             why = "REPLICA IDENTITY NOTHING" if identity == "n" else f"a row filter ({row_filter}) outside its identity"

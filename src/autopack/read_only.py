@@ -7,23 +7,20 @@ MariaDB/MySQL: the migration engine's connection in a ``READ ONLY`` transaction,
 SELECT can run it, and a lock held by another session is waited for a bounded time, then reported.
 """
 
-import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from math import ceil
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
-from sqlalchemy.util import asbool
 
 from autopack.migration_env import migration_engine, require_sqlite_file, shown
+from autopack.migration_env import sqlite_path as sqlite_file  # the file a SQLite URL opens
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
 BEGIN_READ_ONLY = {
@@ -39,34 +36,6 @@ POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
 def sqlite_uri(path: Path, mode: str) -> str:
     """A ``file:`` URI that makes SQLite open exactly ``path`` in ``mode`` (``ro``, ``rw`` or ``rwc``)."""
     return f"{path.resolve().as_uri()}?mode={mode}"
-
-
-def sqlite_file(url: URL) -> Path | None:
-    """The file a SQLite URL opens: its path, or with ``uri=true`` the path of its ``file:`` URI as SQLite
-    decodes it; None for an in-memory database or another engine."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    if not (asbool(url.query.get("uri", False)) and url.database.startswith("file:")):
-        return Path(url.database)
-    return _path_in_file_uri(url.database, memory=url.query.get("mode") == "memory")
-
-
-def _path_in_file_uri(uri: str, *, memory: bool) -> Path | None:
-    """SQLite's reading of a ``file:`` URI (sqlite.org/uri.html): an authority of '' or 'localhost', a
-    path that ends at '?' or '#', then percent-decoded."""
-    rest = uri.removeprefix("file:")
-    if rest.startswith("//"):
-        authority, slash, rest = rest[2:].partition("/")
-        if authority not in ("", "localhost"):
-            raise CommandError(
-                f"DATABASE_URL names a file on host {authority!r}; SQLite opens only local files: "
-                "use file:/path/to/autopack.db."
-            )
-        rest = slash + rest
-    path, query = re.fullmatch(r"([^?#]*)\??([^#]*).*", rest, re.S).groups()  # type: ignore[union-attr]
-    if memory or "mode=memory" in query.split("&") or path in ("", ":memory:"):
-        return None
-    return Path(os.fsdecode(unquote_to_bytes(path)))
 
 
 def existing_sqlite_file(url: URL) -> Path | None:

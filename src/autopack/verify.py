@@ -11,6 +11,8 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, and_, case, func, inspect, or_, select
 from sqlalchemy.engine import URL
 
+from autopack.migration_env import shown
+from autopack.migration_preflight import checks_forbidding_total_only
 from autopack.usage_recorder import LlmUsageEvent
 
 E = LlmUsageEvent.__table__.c
@@ -43,13 +45,21 @@ def verify(connection: Connection) -> Verification:
     if not inspector.has_table("llm_usage_events"):
         raise CommandError("There is no llm_usage_events table in this database: check DATABASE_URL.")
     columns = {c["name"]: c for c in inspector.get_columns("llm_usage_events")}
+    missing = [name for name in ("prompt_tokens", "completion_tokens") if name not in columns]
+    if missing:
+        raise CommandError(
+            f"llm_usage_events has no {' or '.join(missing)}: it is not a table Autopack made; check DATABASE_URL."
+        )
     total_col = columns.get("total_tokens")
     splits_nullable = [s for s in ("prompt_tokens", "completion_tokens") if columns[s]["nullable"]]
+    forbidding = checks_forbidding_total_only(connection) if len(splits_nullable) == 2 else []
+    fix = how_to_migrate(connection)
     checks = [
         Check("total_tokens exists and is NOT NULL", bool(total_col) and not total_col["nullable"],
-              "" if total_col else "missing: run 'alembic upgrade head'"),
-        Check("prompt_tokens, completion_tokens nullable", len(splits_nullable) == 2,
-              "" if len(splits_nullable) == 2 else "still NOT NULL: run 'alembic upgrade head'"),
+              "" if total_col else f"missing: {fix}"),
+        Check("prompt_tokens, completion_tokens nullable", len(splits_nullable) == 2 and not forbidding,
+              f"CHECK constraint {', '.join(forbidding)} still forbids NULL splits: drop or relax it" if forbidding
+              else "" if len(splits_nullable) == 2 else f"still NOT NULL: {fix}"),
     ]  # fmt: skip
     if not total_col:
         return Verification(checks, [])
@@ -85,9 +95,22 @@ def verify(connection: Connection) -> Verification:
     return Verification(checks, warnings)
 
 
+def how_to_migrate(connection: Connection) -> str:
+    """The exact commands that bring this database's table to BUILD-144, from the revision it is stamped with."""
+    if not inspect(connection).has_table("alembic_version"):
+        return "run 'alembic upgrade head'"
+    stamped = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if "0002" in stamped:  # stamped head without being migrated: step the stamp back, then migrate for real
+        return (
+            "the database is stamped 0002 but the table was never migrated: "
+            "run 'alembic stamp 0001' then 'alembic upgrade head'"
+        )
+    return "run 'alembic upgrade head'"
+
+
 def render(result: Verification, url: URL) -> str:
     width = max(len(c.name) for c in result.checks)
-    lines = [f"BUILD-144 verification of {url.render_as_string(hide_password=True)}"]
+    lines = [f"BUILD-144 verification of {shown(url)}"]
     lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}".rstrip() for c in result.checks]
     lines += [f"  warning: {w}" for w in result.warnings]
     lines.append("All checks passed." if result.ok else "Verification FAILED.")
