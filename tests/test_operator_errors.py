@@ -2,6 +2,7 @@
 
 import re
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -168,3 +169,21 @@ def test_a_long_reader_in_wal_mode_does_not_stop_the_upgrade(db_url):
         reader.execute("ROLLBACK")
         reader.close()
     assert {i: r[2] for i, r in token_rows(db_url).items()} == {i: p + c for i, (p, c) in before.items()}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_read_only_database_file_or_directory_is_one_sentence(db_url, what):
+    """Root writes through permission bits, so the file (or its directory) is made immutable instead."""
+    before = seeded_at_baseline(db_url)
+    target = Path(db_url.database) if what == "file" else Path(db_url.database).parent
+    subprocess.run(["chattr", "+i", str(target)], check=True)
+    try:
+        message = fails(db_url, "upgrade", "head")
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=True)
+    assert ("cannot be written" in message) if what == "file" else ("permissions of the file and of its directory"
+                                                                     in message)  # fmt: skip
+    assert message.endswith("nothing was changed.")
+    assert alembic(db_url, "current").stdout.strip() == "0001"
+    assert token_rows(db_url) == before

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from alembic import context, op
 from alembic.util import CommandError
 
+from autopack.migration_env import explained_by_the_environment
 from autopack.migration_ops import (
     NotEditableInPlace,
     Progress,
@@ -369,6 +370,8 @@ def upgrade() -> None:
         else:
             filled = default_upgrade(bind, columns, add_total, add_default, relax, stats, opts)
     except sa.exc.DBAPIError as error:
+        if explained_by_the_environment(error):  # a lock, a read-only file, a privilege: env.py says it best
+            raise
         raise CommandError(failed_midway(error, hooks, bind.dialect.name, opts.online)) from None
     # the report reads the table as it is now, not what the statements meant to do
     stats = bind.execute(survey(has_total=True)).one()

@@ -244,7 +244,10 @@ def explain(
             "of llm_usage_events (ALTER, CREATE, UPDATE); nothing was changed."
         )
     if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
-        return f"Cannot open {where} ({text}); check DATABASE_URL and the file's permissions."
+        return (
+            f"Cannot open {where} ({text}): check DATABASE_URL and the permissions of the file and of its directory "
+            "(SQLite writes a journal beside the file); nothing was changed."
+        )
     if getattr(orig, "sqlstate", None) == "55P03":
         return (
             f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "
@@ -258,6 +261,12 @@ def explain(
     ):
         return f"Cannot connect to {where}: {text}."
     return None
+
+
+def explained_by_the_environment(error: Exception) -> bool:
+    """True when ``explain`` has a sentence for ``error`` that does not depend on what the migration was doing
+    (a lock, a read-only file or server, a missing privilege, a full disk): callers let it reach ``explain``."""
+    return explain(error, URL.create("sqlite"), busy_timeout_s=0, lock_timeout="0") is not None
 
 
 @contextmanager
@@ -302,4 +311,11 @@ def one_sentence_errors(
         )
         if message is None:
             raise
-        raise CommandError(message if writes else message.replace("; nothing was changed.", ".")) from None
+        if not writes:
+            message = message.replace("; nothing was changed.", ".")
+        elif url.get_backend_name() in ("mysql", "mariadb"):  # DDL already run has committed itself
+            message = message.replace(
+                "; nothing was changed.",
+                "; a schema change already made stays (MariaDB commits DDL at once) and re-running finishes the job.",
+            )
+        raise CommandError(message) from None
