@@ -99,7 +99,8 @@ def test_sparse_and_negative_ids_backfill_in_work_proportional_to_rows(db_url, b
 @pytest.mark.parametrize(
     "option, expected",
     [
-        ("batch_rows=0", "-x batch_rows=0 is not valid: expected a whole number of rows >= 1"),
+        ("batch_rows=0", "-x batch_rows=0 is not valid: expected a whole number of rows from 1"),
+        ("batch_rows=99999999999999999999999", "-x batch_rows=99999999999999999999999 is not valid"),
         ("batch_rows=-3", "-x batch_rows=-3 is not valid"),
         ("busy_timeout=abc", "-x busy_timeout=abc is not valid: expected seconds > 0"),
         ("lock_timeout=soon", "-x lock_timeout=soon is not valid"),

@@ -127,5 +127,5 @@ def refuse_to_drop_rows(bind: sa.Connection) -> None:
                 f"{table} holds {rows} rows and the baseline's downgrade would delete them all, so it refuses: "
                 "if an upgrade to 0002 failed, fix its cause and re-run 'alembic upgrade head' (see the README's "
                 "troubleshooting); to remove the table on purpose, back it up and drop it yourself; "
-                "nothing was changed."
+                f"{table} was not dropped."
             )

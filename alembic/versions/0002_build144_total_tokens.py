@@ -30,6 +30,7 @@ Create Date: 2025-12-02
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -50,6 +51,8 @@ from autopack.migration_ops import (
 )
 from autopack.migration_options import Options, parse_options
 from autopack.migration_preflight import (
+    MYSQL_READERS_LITERAL,
+    PG_READERS_LITERAL,
     integer_limit,
     refuse_checks_forbidding_total_only,
     refuse_objects_reading_total_tokens,
@@ -75,7 +78,7 @@ TRIGGER = "llm_usage_events_build144_fill_total"
 
 events = sa.table(
     TABLE,
-    sa.column("id", sa.Integer),
+    sa.column("id", sa.BigInteger),  # an operator's BIGINT id past 2^31 must bind as one
     sa.column("provider", sa.String),
     sa.column("model", sa.String),
     sa.column("role", sa.String),
@@ -100,7 +103,8 @@ def new_total(old_total: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
 # The rows the rule changes: a split is set, the total is 0, and the splits do not sum to 0 either.
 NEEDS_TOTAL = sa.and_(total == 0, split_sum != 0)
 # Rows the pre-BUILD-144 schema cannot hold as they are.
-NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), total != prompt + completion)
+# (a total of 0 beside two splits is held by the old schema as it is: the next upgrade's backfill fills it)
+NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), sa.and_(total != prompt + completion, total != 0))
 
 
 def total_tokens_column() -> sa.Column:
@@ -163,6 +167,13 @@ def same_event() -> sa.ColumnElement[bool]:
     )
 
 
+def restored_total() -> sa.ColumnElement[int]:
+    """The held total, with the backfill rule applied: a held 0 beside a split becomes the splits' sum."""
+    h = holdover.c
+    held_sum = sa.func.coalesce(h.prompt_tokens, 0) + sa.func.coalesce(h.completion_tokens, 0)
+    return sa.case((h.total_tokens == 0, held_sum), else_=h.total_tokens)
+
+
 def restore_statement() -> sa.Update:
     """Put held-over rows back, only onto the same event still carrying the placeholders the downgrade wrote."""
     h = holdover.c
@@ -181,7 +192,7 @@ def restore_statement() -> sa.Update:
         .values(
             prompt_tokens=held(h.prompt_tokens),
             completion_tokens=held(h.completion_tokens),
-            total_tokens=held(h.total_tokens),
+            total_tokens=held(restored_total()),
         )
     )
 
@@ -193,7 +204,7 @@ def is_restored() -> sa.ColumnElement[bool]:
         same_event(),
         prompt.is_not_distinct_from(h.prompt_tokens),
         completion.is_not_distinct_from(h.completion_tokens),
-        total == h.total_tokens,
+        total == restored_total(),
     )
 
 
@@ -423,7 +434,9 @@ def prove_backfilled(bind, after: str = "nothing was changed") -> None:
         )
 
 
-def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], dialect: str, online: bool) -> str:
+def failed_midway(
+    error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], dialect: str, online: bool, step: str = "upgrade"
+) -> str:
     """One sentence for a database error after the change started, naming what on the table likely caused it."""
     text = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
     if getattr(error.orig, "sqlstate", None) == "57014":
@@ -439,7 +452,7 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], diale
         after = "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
     else:
         after = "nothing was changed"
-    return f"The BUILD-144 upgrade failed while changing {TABLE} ({text}): {cause}, then re-run; {after}."
+    return f"The BUILD-144 {step} failed while changing {TABLE} ({text}): {cause}, then re-run; {after}."
 
 
 def log_backfilled(filled: int) -> None:
@@ -520,7 +533,13 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
             f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}",
             f"CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION {TRIGGER}()",
         ]
-        with_lock_retries(connection, statements, opts)
+        with_lock_retries(
+            connection,
+            statements,
+            opts,
+            changed=f"{TABLE} was not changed (an unversioned database is now stamped 0001, from which a re-run "
+            "continues)",
+        )
         log.info("[1/3] Schema (online, committed): %s", describe(add_total, add_default, relax))
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
@@ -582,8 +601,10 @@ def offline_upgrade() -> None:
     """A script for a database at 0001: plain SQL, no reads in Python. The set-aside table may or may not be
     there (an earlier downgrade leaves it only when it set rows aside), so it is created if missing; the rows
     it restores or finds superseded are deleted from it and the table is kept (plain SQL cannot drop it only
-    when empty): a row the old code changed after the downgrade stays there for the operator."""
+    when empty): a row the old code changed after the downgrade stays there for the operator. Every script
+    checks, before its stamp, that the table really ended in the state of the new revision."""
     dialect = context.get_context().dialect.name
+    offline_preamble(dialect, "upgrade")
     if dialect == "sqlite":
         sqlite_offline_schema_change()
     else:
@@ -593,6 +614,83 @@ def offline_upgrade() -> None:
         op.execute(statement)
     op.execute(restore_statement())
     op.execute(holdover.delete().where(sa.or_(is_restored(), ~sa.exists().where(same_event()))))
+    # after every statement that can fire an operator's trigger: see the SQLite note below
+    offline_refuse_unless(dialect, "0002", sa.select(events.c.id).where(NEEDS_TOTAL), "rows still need a total")
+
+
+def offline_downgrade() -> None:
+    dialect = context.get_context().dialect.name
+    offline_preamble(dialect, "downgrade")
+    for statement in create_holdover(dialect):
+        op.execute(statement)
+    op.execute(hold_over_statement())
+    unheld = sa.select(events.c.id).where(
+        sa.or_(prompt.is_(None), completion.is_(None), sa.and_(NOT_HOLDABLE, ~events.c.id.in_(held_ids())))
+    )
+    if dialect == "sqlite":  # DROP COLUMN before the UPDATE that can fire an operator's trigger (note below)
+        op.execute(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
+        op.execute(placeholders_statement())
+        sqlite_offline_edit(
+            *delimited((f"{s} INTEGER,", f"{s} INTEGER NOT NULL,") for s in SPLITS),
+            unless=f" AND NOT EXISTS (SELECT 1 FROM {TABLE} WHERE typeof(prompt_tokens) = 'null'"
+            " OR typeof(completion_tokens) = 'null')",
+        )
+        offline_refuse_unless(dialect, "0001", None, "")
+        return
+    op.execute(placeholders_statement())
+    offline_refuse_unless(dialect, "0001", unheld, "rows the old schema cannot hold were not set aside")
+    downgrade_schema(copy_from=build144_table())
+
+
+def held_ids() -> sa.Select:
+    return sa.select(holdover.c.event_id)
+
+
+def literal_sql(statement) -> str:
+    return str(statement.compile(dialect=context.get_context().dialect, compile_kwargs={"literal_binds": True}))
+
+
+PG_CHECK = "DO $build144$ BEGIN IF EXISTS ({query}) THEN RAISE EXCEPTION '{message}'; END IF; END $build144$"
+MYSQL_CHECK = "SELECT (SELECT 1 UNION ALL SELECT 2 FROM DUAL WHERE EXISTS ({query})) AS build144_check"
+MYSQL_NARROWING = f"""SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+  AND TABLE_NAME = '{TABLE}' AND COLUMN_NAME IN ('prompt_tokens', 'completion_tokens')
+  AND (DATA_TYPE <> 'int' OR COLUMN_COMMENT <> '' OR COALESCE(COLUMN_DEFAULT, 'NULL') <> 'NULL')"""
+
+
+def offline_check(dialect: str, query: str, message: str) -> None:
+    """A statement that fails, so the script stops (PostgreSQL: its transaction aborts), when ``query`` finds a
+    row. MariaDB has no DO block: there the failure is 'Subquery returns more than 1 row', explained above it."""
+    text = f"BUILD-144 script refused: {message}; nothing was changed"
+    if dialect == "postgresql":
+        op.execute(PG_CHECK.format(query=query, message=text.replace("'", "''")))
+    else:
+        explanation = f"-- If the next statement fails with 'Subquery returns more than 1 row': {message}."
+        op.get_context().impl.static_output(explanation)
+        op.execute(MYSQL_CHECK.format(query=query))
+
+
+def offline_preamble(dialect: str, direction: str) -> None:
+    if dialect == "postgresql":  # every row seen; a role that row-level security would filter fails here
+        op.execute("SET LOCAL row_security = off")
+    elif dialect in ("mysql", "mariadb"):
+        op.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')")
+        if direction == "upgrade":
+            narrowing = "prompt_tokens or completion_tokens is not a plain INT column (BIGINT, a default or a comment)"
+            offline_check(dialect, MYSQL_NARROWING, f"{narrowing}: the script would narrow it; use the online command")
+    if direction == "downgrade" and dialect != "sqlite":
+        readers = PG_READERS_LITERAL if dialect == "postgresql" else MYSQL_READERS_LITERAL
+        readers_message = (
+            "a view, trigger, rule, CHECK or generated column reads total_tokens, which the downgrade drops"
+        )
+        offline_check(dialect, readers, f"{readers_message}: drop or rewrite it first")
+
+
+def offline_refuse_unless(dialect: str, version: str, left: sa.Select | None, message: str) -> None:
+    """The last check before Alembic's stamp: SQLite guards the stamp itself; the servers check the rows."""
+    if dialect == "sqlite":
+        sqlite_stamp_guard(version, STATE_0002 if version == "0002" else STATE_0001)
+    elif left is not None:
+        offline_check(dialect, literal_sql(left), f"{message} (a trigger or rule on the table?)")
 
 
 # --- SQLite offline scripts: in place, stamped only if the table really ended as intended ----------------
@@ -610,7 +708,8 @@ STATE_0002 = f"""(SELECT count(*) FROM pragma_table_info('{TABLE}')
 STATE_0001 = f"""NOT EXISTS (SELECT 1 FROM pragma_table_info('{TABLE}') WHERE name = 'total_tokens')
   AND (SELECT count(*) FROM pragma_table_info('{TABLE}')
       WHERE name IN ('prompt_tokens', 'completion_tokens') AND "notnull" = 1) = 2
-  AND NOT EXISTS (SELECT 1 FROM {TABLE} WHERE prompt_tokens IS NULL OR completion_tokens IS NULL)"""
+  AND NOT EXISTS (SELECT 1 FROM {TABLE}
+      WHERE typeof(prompt_tokens) = 'null' OR typeof(completion_tokens) = 'null')"""
 
 
 def sqlite_stamp_guard(version: str, state: str) -> None:
@@ -625,9 +724,14 @@ def sqlite_stamp_guard(version: str, state: str) -> None:
 def sqlite_offline_edit(*replacements: tuple[str, str], unless: str = "") -> None:
     """SQLite's documented writable_schema edit of the table's CREATE text; then this connection and every other
     re-read the schema, so nothing that follows (ALTER TABLE's offsets, the stamp guard) sees a stale one."""
+
+    def literal(value: str) -> str:  # a tab or newline as char(9) / char(10), so the script stays one line each
+        parts = re.split(r"([\t\n])", value)
+        return " || ".join(f"char({ord(p)})" if p in "\t\n" and p else f"'{p}'" for p in parts if p)
+
     text = "sql"
     for old, new in replacements:
-        text = f"replace({text}, '{old}', '{new}')"
+        text = f"replace({text}, {literal(old)}, {literal(new)})"
     op.execute("PRAGMA writable_schema = ON")
     op.execute(f"UPDATE sqlite_master SET sql = {text} WHERE type = 'table' AND name = '{TABLE}'{unless}")
     op.execute("PRAGMA writable_schema = RESET")  # this connection re-reads the schema (and the flag goes off)
@@ -643,22 +747,20 @@ SQLITE_SCRIPT_HEADER = """-- BUILD-144 {direction} script for SQLite, for a data
 -- the script did is rolled back (an error printed before it says why) and the database stays at {start}."""
 
 
+def delimited(pairs) -> list[tuple[str, str]]:
+    """Each (old, new) text edit anchored on what may precede a column name in a CREATE TABLE, so that a column
+    of the operator's whose name ends the same way (cached_prompt_tokens) is never edited."""
+    return [(f"{d}{old}", f"{d}{new}") for old, new in pairs for d in (" ", "\t", "\n", ",", "(")]
+
+
 def sqlite_offline_schema_change() -> None:
     op.get_context().impl.static_output(SQLITE_SCRIPT_HEADER.format(direction="upgrade", start="0001", end="0002"))
-    sqlite_stamp_guard("0002", STATE_0002)
     op.execute(f"ALTER TABLE {TABLE} ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0")
-    sqlite_offline_edit(*((f"{s} INTEGER NOT NULL", f"{s} INTEGER") for s in SPLITS))
+    sqlite_offline_edit(*delimited((f"{s} INTEGER NOT NULL", f"{s} INTEGER") for s in SPLITS))
     sqlite_offline_edit(  # a BUILD-144 table made by create_all() has the column without its DEFAULT 0
-        ("total_tokens INTEGER NOT NULL", "total_tokens INTEGER NOT NULL DEFAULT 0"),
+        *delimited([("total_tokens INTEGER NOT NULL", "total_tokens INTEGER NOT NULL DEFAULT 0")]),
         unless=" AND sql NOT LIKE '%total_tokens INTEGER NOT NULL DEFAULT%'",
     )
-
-
-def sqlite_offline_downgrade_schema() -> None:
-    op.get_context().impl.static_output(SQLITE_SCRIPT_HEADER.format(direction="downgrade", start="0002", end="0001"))
-    sqlite_stamp_guard("0001", STATE_0001)
-    op.execute(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
-    sqlite_offline_edit(*((f"{s} INTEGER,", f"{s} INTEGER NOT NULL,") for s in SPLITS))
 
 
 # --- downgrade -----------------------------------------------------------------------------------------
@@ -703,14 +805,7 @@ def downgrade_schema(columns: dict[str, dict] | None = None, copy_from=None) -> 
 def downgrade() -> None:
     dialect = context.get_context().dialect.name
     if context.is_offline_mode():
-        for statement in create_holdover(dialect):
-            op.execute(statement)
-        op.execute(hold_over_statement())
-        op.execute(placeholders_statement())
-        if dialect == "sqlite":
-            sqlite_offline_downgrade_schema()
-        else:
-            downgrade_schema(copy_from=build144_table())
+        offline_downgrade()
         return
     bind = op.get_bind()
     inspector = sa.inspect(bind)
@@ -722,8 +817,67 @@ def downgrade() -> None:
             "nothing was changed."
         )
     refuse_objects_reading_total_tokens(bind, TRIGGER)
+    refuse_downgrade_that_would_lose(bind, columns, inspector.has_table(HOLDOVER))
+    if system_versioned(bind):
+        bind.exec_driver_sql("SET SESSION system_versioning_alter_history = KEEP")
+    try:
+        set_aside_and_downgrade(bind, dialect, columns, inspector.has_table(HOLDOVER))
+    except sa.exc.DBAPIError as error:
+        if explained_by_the_environment(error):
+            raise
+        hooks = update_hooks(bind, TRIGGER)
+        raise CommandError(failed_midway(error, hooks, dialect, online=False, step="downgrade")) from None
+
+
+def refuse_downgrade_that_would_lose(bind, columns: dict[str, dict], has_holdover: bool) -> None:
+    """What the downgrade, or the upgrade after it, could not give back: refused before any change."""
+    relaxed = [s for s in SPLITS if columns[s]["nullable"]]
+    if len(relaxed) < len(SPLITS):
+        raise CommandError(
+            f"{TABLE}'s {', '.join(s for s in SPLITS if s not in relaxed)} is still NOT NULL although the database "
+            "is stamped 0002 (stamped without being migrated?): run 'python -m autopack verify' for the commands "
+            "that fix it; nothing was changed."
+        )
+    limit = integer_limit(bind.dialect.name, None)
+    if integer_limit(bind.dialect.name, columns["total_tokens"]["type"]) > limit:  # the operator widened it
+        big = bind.execute(sa.select(events.c.id).where(total > limit).order_by(events.c.id).limit(6)).scalars().all()
+        if big:
+            raise CommandError(
+                f"total_tokens is {columns['total_tokens']['type']} here and rows hold totals the INTEGER column "
+                f"the next upgrade re-creates cannot (ids {some(big)}): the round trip would not be lossless, so "
+                "the downgrade refuses; nothing was changed."
+            )
+    if has_holdover:  # kept by an upgrade: a held row whose event changed again must not be overwritten
+        h = holdover.c
+        stale = (
+            bind.execute(
+                sa.select(h.event_id)
+                .join(events, events.c.id == h.event_id)
+                .where(
+                    NOT_HOLDABLE,
+                    ~sa.and_(
+                        prompt.is_not_distinct_from(h.prompt_tokens),
+                        completion.is_not_distinct_from(h.completion_tokens),
+                        total == h.total_tokens,
+                    ),
+                )
+                .order_by(h.event_id)
+                .limit(6)
+            )
+            .scalars()
+            .all()
+        )
+        if stale:
+            raise CommandError(
+                f"{HOLDOVER} still holds rows an earlier upgrade kept (ids {some(stale)}) whose events have changed "
+                "again: setting them aside now would mix old and new values; compare each with llm_usage_events, "
+                f"delete the held row once resolved, and re-run; nothing was changed."
+            )
+
+
+def set_aside_and_downgrade(bind, dialect: str, columns: dict[str, dict], has_holdover: bool) -> None:
     held_before = bind.execute(sa.select(sa.func.count()).select_from(holdover)).scalar_one() if (
-        inspector.has_table(HOLDOVER)) else 0  # fmt: skip
+        has_holdover) else 0  # fmt: skip
     for statement in create_holdover(dialect):
         bind.exec_driver_sql(statement)
     bind.execute(hold_over_statement())

@@ -248,6 +248,11 @@ def explain(
             f"Cannot open {where} ({text}): check DATABASE_URL and the permissions of the file and of its directory "
             "(SQLite writes a journal beside the file); nothing was changed."
         )
+    if orig.args[:1] == (1205,):  # MariaDB/MySQL lock_wait_timeout
+        return (
+            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another session "
+            "holds it (SHOW PROCESSLIST); retry when it ends, or pass -x lock_timeout=30s; nothing was changed."
+        )
     if getattr(orig, "sqlstate", None) == "55P03":
         return (
             f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "

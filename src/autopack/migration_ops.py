@@ -129,6 +129,8 @@ REBUILD_LOSES = {
     "AUTOINCREMENT": r"\bAUTOINCREMENT\b",
     "a COLLATE clause": r"\bCOLLATE\b",
     "a generated column": r"\bGENERATED\b|\bAS\s*\(",
+    "an ON CONFLICT clause": r"\bON\s+CONFLICT\b",
+    "a foreign key action (ON DELETE / ON UPDATE / DEFERRABLE)": r"\bON\s+(DELETE|UPDATE)\b|\bDEFERRABLE\b",
 }
 
 

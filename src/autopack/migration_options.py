@@ -47,7 +47,7 @@ def _non_negative_number(value: str) -> float:
 
 def _positive_int(value: str) -> int:
     number = int(value)
-    if number < 1:
+    if not 1 <= number <= 2**31 - 1:
         raise ValueError
     return number
 
@@ -71,9 +71,9 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "busy_timeout": (_positive_number, "seconds > 0, e.g. 30"),
     "lock_timeout": (_interval, "a duration > 0 such as 500ms, 10s or 1min"),
     "online": (_boolean, "true or false"),
-    "batch_rows": (_positive_int, "a whole number of rows >= 1"),
+    "batch_rows": (_positive_int, "a whole number of rows from 1 to 2147483647"),
     "online_lock_timeout": (_interval, "a duration > 0 such as 500ms or 2s"),
-    "online_retries": (_positive_int, "a whole number >= 1"),
+    "online_retries": (_positive_int, "a whole number from 1 to 2147483647"),
     "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
 }
 

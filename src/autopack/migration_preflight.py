@@ -76,7 +76,7 @@ def checks_forbidding_total_only(bind: sa.Connection) -> list[str]:
     probe = _probe_row(bind, columns, "total_tokens" in columns)
     forbidding = []
     for name, expression in check_constraints(bind):
-        if not re.search(r"\b(prompt_tokens|completion_tokens)\b", expression):
+        if not re.search(r"\b(prompt_tokens|completion_tokens)\b", expression, re.IGNORECASE):
             continue
         sql = f"SELECT COUNT(*) FROM ({probe}) probe WHERE NOT ({expression})"
         if bind.dialect.name == "postgresql":
@@ -135,6 +135,13 @@ UNION ALL
 SELECT CONCAT('CHECK constraint ', CONSTRAINT_NAME) FROM information_schema.CHECK_CONSTRAINTS
 WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND CHECK_CLAUSE LIKE '%%total_tokens%%'
 """
+
+
+# the same queries with the table named literally, for the offline scripts' checks
+PG_READERS_LITERAL = PG_READERS.replace("CAST(:table AS regclass)", f"'{TABLE}'::regclass").replace(
+    ":own_trigger", "'llm_usage_events_build144_fill_total'"
+)
+MYSQL_READERS_LITERAL = MYSQL_READERS.replace("%s", f"'{TABLE}'").replace("%%", "%")
 
 
 def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[str]:

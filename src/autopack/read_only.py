@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from autopack.migration_env import migration_engine, require_sqlite_file, shown
+from autopack.migration_env import connected, migration_engine, require_sqlite_file, shown
 from autopack.migration_env import sqlite_path as sqlite_file  # the file a SQLite URL opens
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
@@ -87,7 +87,7 @@ def read_only_connection(url: URL, *, lock_wait_s: float) -> Iterator[Connection
     ``one_sentence_errors(..., wait_hint=None)``.)"""
     engine = read_only_engine(url, lock_wait_s=lock_wait_s)
     try:
-        with engine.connect() as connection:
+        with connected(engine, url) as connection:  # server down, wrong password: one sentence
             connection.exec_driver_sql(BEGIN_READ_ONLY.get(connection.dialect.name, "BEGIN"))
             try:
                 yield connection

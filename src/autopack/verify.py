@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from alembic.util import CommandError
 from sqlalchemy import Connection, and_, case, func, inspect, or_, select
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from autopack.migration_env import shown
 from autopack.migration_preflight import checks_forbidding_total_only
@@ -99,7 +100,11 @@ def how_to_migrate(connection: Connection) -> str:
     """The exact commands that bring this database's table to BUILD-144, from the revision it is stamped with."""
     if not inspect(connection).has_table("alembic_version"):
         return "run 'alembic upgrade head'"
-    stamped = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    try:
+        with connection.begin_nested():  # a role that may read only llm_usage_events still gets its checks
+            stamped = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    except DBAPIError:
+        return "run 'alembic upgrade head' as the table's owner"
     if "0002" in stamped:  # stamped head without being migrated: step the stamp back, then migrate for real
         return (
             "the database is stamped 0002 but the table was never migrated: "
