@@ -161,3 +161,11 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
             connection.execute(text(f"DROP OWNED BY {owner}"))
             connection.execute(text(f"DROP ROLE {owner}"))
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_verify_on_mariadb_with_a_wrong_password_or_database_is_one_sentence(db_url):
+    for url in (db_url.set(password=SECRET), db_url.set(database="no_such_db_here")):
+        status, printed = autopack(url.render_as_string(False), "verify")
+        assert status == 2 and "Traceback" not in printed and SECRET not in printed, printed
+        assert printed.startswith("error: Cannot connect to") and len(printed.strip().splitlines()) == 1

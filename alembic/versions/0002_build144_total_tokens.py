@@ -847,6 +847,16 @@ def refuse_downgrade_that_would_lose(bind, columns: dict[str, dict], has_holdove
                 f"the next upgrade re-creates cannot (ids {some(big)}): the round trip would not be lossless, so "
                 "the downgrade refuses; nothing was changed."
             )
+    if system_versioned(bind):  # history keeps every old version, NULL splits included: NOT NULL cannot take them
+        versions = bind.exec_driver_sql(
+            f"SELECT COUNT(*) FROM {TABLE} FOR SYSTEM_TIME ALL WHERE prompt_tokens IS NULL OR completion_tokens IS NULL"
+        ).scalar()
+        if versions:
+            raise CommandError(
+                f"{TABLE} is system-versioned and {versions} row versions (history included) hold NULL splits, "
+                "which the pre-BUILD-144 NOT NULL columns cannot take: the downgrade refuses; keep this revision, "
+                "or remove system versioning first; nothing was changed."
+            )
     if has_holdover:  # kept by an upgrade: a held row whose event changed again must not be overwritten
         h = holdover.c
         stale = (
