@@ -109,3 +109,43 @@ def table_names(url: URL | str) -> set[str]:
             return set(inspect(connection).get_table_names())
     finally:
         engine.dispose()
+
+
+def execute(url: URL | str, *statements: str, **params) -> None:
+    """Run plain SQL statements in one transaction, as an operator's psql/sqlite3 session would."""
+    engine = engine_for(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def fails(url: URL | str, *args: str, **env: str) -> str:
+    """Run alembic expecting a clean failure: non-zero exit, no traceback, exactly one ``FAILED:`` sentence."""
+    result = alembic(url, *args, check=False, **env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
+    assert len(failed) == 1, output
+    return failed[0].removeprefix("FAILED: ")
+
+
+def current(url: URL | str) -> str:
+    """``alembic current`` as the operator reads it."""
+    return alembic(url, "current").stdout.strip()
+
+
+def forced_row_security(owner: str, policy: str) -> list[str]:
+    """SQL that hands llm_usage_events to a new non-superuser ``owner`` with row-level security forced on it."""
+    return [
+        f"CREATE ROLE {owner} LOGIN",
+        f"GRANT CREATE ON SCHEMA public TO {owner}",
+        f"ALTER TABLE llm_usage_events OWNER TO {owner}",
+        f"ALTER TABLE alembic_version OWNER TO {owner}",
+        "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE llm_usage_events FORCE ROW LEVEL SECURITY",
+        f"CREATE POLICY tenant ON llm_usage_events USING ({policy})",
+    ]

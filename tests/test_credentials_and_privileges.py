@@ -8,7 +8,20 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, columns_of, engine_for, event_row, insert_events
+from support import (
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    ROOT,
+    alembic,
+    columns_of,
+    engine_for,
+    event_row,
+    execute,
+    fails,
+    forced_row_security,
+    insert_events,
+    token_rows,
+)
 
 SECRET = "S3cret-Tok3n-xyz"
 
@@ -64,29 +77,36 @@ def seeded(url):
     engine.dispose()
 
 
-def one_failure(url, *args) -> str:
-    result = alembic(url, *args, check=False)
-    printed = result.stdout + result.stderr
-    assert result.returncode != 0 and "Traceback" not in printed, printed
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
-    return line.removeprefix("FAILED: ")
-
-
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 @pytest.mark.parametrize("online", [False, True])
 def test_the_application_role_gets_one_sentence_and_no_change_on_postgresql(db_url, online):
     seeded(db_url)
+    _application_role_fails(db_url, ["-x", "online=true"] if online else [], "upgrade", "head")
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_the_application_role_gets_one_sentence_on_a_postgresql_downgrade(db_url):
+    seeded(db_url)
+    alembic(db_url, "upgrade", "head")
+    before = token_rows(db_url)
+    _application_role_fails(db_url, [], "downgrade", "-1")
+    assert token_rows(db_url) == before
+
+
+def _application_role_fails(db_url, options, *command):
+    at = alembic(db_url, "current").stdout.strip()
+    columns = set(columns_of(db_url))
     role = f"app_{uuid.uuid4().hex[:8]}"
     engine = engine_for(db_url)
     with engine.begin() as connection:
         connection.execute(text(f"CREATE ROLE {role} LOGIN"))
         connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
     try:
-        message = one_failure(db_url.set(username=role), *(["-x", "online=true"] if online else []), "upgrade", "head")
+        message = fails(db_url.set(username=role), *options, *command)
         assert message.startswith("The role connected to") and "lacks a privilege" in message, message
         assert "connect as the owner of llm_usage_events" in message and message.endswith("nothing was changed.")
-        assert "total_tokens" not in columns_of(db_url)
-        assert alembic(db_url, "current").stdout.strip() == "0001"
+        assert set(columns_of(db_url)) == columns
+        assert alembic(db_url, "current").stdout.strip() == at
     finally:
         with engine.begin() as connection:
             connection.execute(text(f"DROP OWNED BY {role}"))
@@ -99,7 +119,7 @@ def test_a_read_only_connection_gets_one_sentence_on_postgresql(db_url):
     seeded(db_url)
     read_only = db_url.update_query_dict({"options": "-c default_transaction_read_only=on"})
     for args in (("upgrade", "head"), ("-x", "online=true", "upgrade", "head")):
-        message = one_failure(read_only, *args)
+        message = fails(read_only, *args)
         assert "accepts no writes" in message and "run the migration against the primary" in message, message
     assert "total_tokens" not in columns_of(db_url)
 
@@ -113,7 +133,7 @@ def test_a_mariadb_user_without_alter_gets_one_sentence(db_url):
         connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
         connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {db_url.database}.* TO '{user}'@'%'"))
     try:
-        message = one_failure(db_url.set(username=user, password="pw"), "upgrade", "head")
+        message = fails(db_url.set(username=user, password="pw"), "upgrade", "head")
         assert message.startswith("The role connected to") and "lacks a privilege" in message, message
         assert "total_tokens" not in columns_of(db_url)
     finally:
@@ -126,21 +146,11 @@ def test_a_mariadb_user_without_alter_gets_one_sentence(db_url):
 def test_row_level_security_never_hides_rows_from_the_migration(db_url):
     seeded(db_url)  # three rows: providers anthropic, openai, google
     owner = f"owner_{uuid.uuid4().hex[:8]}"
+    execute(db_url, *forced_row_security(owner, "provider = 'anthropic'"))
     engine = engine_for(db_url)
-    with engine.begin() as connection:
-        for statement in (
-            f"CREATE ROLE {owner} LOGIN",
-            f"GRANT CREATE ON SCHEMA public TO {owner}",
-            f"ALTER TABLE llm_usage_events OWNER TO {owner}",
-            f"ALTER TABLE alembic_version OWNER TO {owner}",
-            "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY",
-            "ALTER TABLE llm_usage_events FORCE ROW LEVEL SECURITY",
-            "CREATE POLICY tenant ON llm_usage_events USING (provider = 'anthropic')",
-        ):
-            connection.execute(text(statement))
     try:
         as_owner = db_url.set(username=owner)
-        message = one_failure(as_owner, "upgrade", "head")
+        message = fails(as_owner, "upgrade", "head")
         assert message.startswith("llm_usage_events on") and "has row-level security that would hide rows" in message
         assert "BYPASSRLS" in message and message.endswith("nothing was changed.")
         assert "total_tokens" not in columns_of(db_url)
@@ -153,6 +163,10 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
                 "SELECT provider, total_tokens, prompt_tokens + completion_tokens FROM llm_usage_events ORDER BY id"
             )).all()  # fmt: skip
         assert len(totals) == 3 and all(t == s for _, t, s in totals)
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER ROLE {owner} NOBYPASSRLS"))
+        status, printed = autopack(as_owner.render_as_string(False), "verify")  # never a filtered "all passed"
+        assert status == 2 and "row-level security" in printed and "Traceback" not in printed, printed
     finally:
         with engine.begin() as connection:
             connection.execute(text("DROP POLICY IF EXISTS tenant ON llm_usage_events"))

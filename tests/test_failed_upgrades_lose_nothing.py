@@ -11,26 +11,14 @@ from support import (
     POSTGRES_BACKENDS,
     alembic,
     columns_of,
+    current,
     engine_for,
     event_row,
+    fails,
     insert_events,
     table_names,
     token_rows,
 )
-
-
-def fails(url, *args, **env):
-    result = alembic(url, *args, check=False, **env)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output, output
-    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
-    assert len(failed) == 1, output
-    return failed[0].removeprefix("FAILED: ")
-
-
-def current(url) -> str:
-    return alembic(url, "current").stdout.strip()
 
 
 def huge_split(backend: str) -> int:

@@ -7,10 +7,18 @@ import subprocess
 import uuid
 
 import pytest
-from sqlalchemy import text
 from test_offline_scripts import apply_script
 
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, columns_of, engine_for, token_rows
+from support import (
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    alembic,
+    columns_of,
+    current,
+    execute,
+    forced_row_security,
+    token_rows,
+)
 
 SQLITE_ROWS = """
 INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, created_at, is_doctor_call)
@@ -20,10 +28,6 @@ VALUES ('p', 'm', 'builder', 100, 50, '2025-11-01', 0), ('q', 'm', 'builder', 7,
 
 def script(url, *args) -> str:
     return alembic(url, *args, "--sql").stdout
-
-
-def current(url) -> str:
-    return alembic(url, "current").stdout.strip()
 
 
 def sqlite_shell(path, sql: str) -> str:
@@ -105,14 +109,6 @@ READER = {
 }
 
 
-def execute(url, *statements):
-    engine = engine_for(url)
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.execute(text(statement))
-    engine.dispose()
-
-
 def seeded_at_head(url):
     alembic(url, "upgrade", "head")
     execute(
@@ -138,16 +134,7 @@ def test_a_server_downgrade_script_refuses_while_a_trigger_reads_total_tokens(db
 def test_postgresql_scripts_never_work_on_a_view_filtered_by_row_level_security(db_url):
     before = seeded_at_head(db_url)
     owner = f"owner_{uuid.uuid4().hex[:8]}"
-    execute(
-        db_url,
-        f"CREATE ROLE {owner} LOGIN",
-        f"GRANT CREATE ON SCHEMA public TO {owner}",
-        f"ALTER TABLE llm_usage_events OWNER TO {owner}",
-        f"ALTER TABLE alembic_version OWNER TO {owner}",
-        "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY",
-        "ALTER TABLE llm_usage_events FORCE ROW LEVEL SECURITY",
-        "CREATE POLICY tenant ON llm_usage_events USING (provider <> 'tenant2')",
-    )
+    execute(db_url, *forced_row_security(owner, "provider <> 'tenant2'"))
     try:
         with pytest.raises(Exception, match="row-level security"):
             apply_script(db_url.set(username=owner), script(db_url, "downgrade", "0002:0001"))

@@ -11,18 +11,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from support import POSTGRES_BACKENDS, alembic, engine_for, event_row, insert_events, table_names, token_rows
-
-
-def fails(url, *args):
-    """Run alembic expecting a clean failure; return its one message line."""
-    result = alembic(url, *args, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output, output
-    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
-    assert len(failed) == 1, output
-    return failed[0].removeprefix("FAILED: ")
+from support import (
+    POSTGRES_BACKENDS,
+    alembic,
+    engine_for,
+    event_row,
+    fails,
+    insert_events,
+    table_names,
+    token_rows,
+)
 
 
 def seeded_at_baseline(url):

@@ -7,28 +7,18 @@ import pytest
 from sqlalchemy import text
 
 from legacy import build
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, columns_of, engine_for, token_rows
-
-
-def execute(url, *statements):
-    engine = engine_for(url)
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.execute(text(statement))
-    engine.dispose()
-
-
-def one_failure(url, *args) -> str:
-    result = alembic(url, *args, check=False)
-    printed = result.stdout + result.stderr
-    assert result.returncode != 0 and "Traceback" not in printed, printed
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
-    return line.removeprefix("FAILED: ")
-
-
-def current(url) -> str:
-    return alembic(url, "current").stdout.strip()
-
+from support import (
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    ROOT,
+    alembic,
+    columns_of,
+    current,
+    engine_for,
+    execute,
+    fails,
+    token_rows,
+)
 
 INSERT = (
     "INSERT INTO llm_usage_events (id, provider, model, role, prompt_tokens, completion_tokens, total_tokens,"
@@ -49,7 +39,7 @@ def test_a_downgrade_refuses_totals_the_recreated_integer_column_could_not_hold(
     )
     alembic(db_url, "upgrade", "head")
     at_head = token_rows(db_url)
-    message = one_failure(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "-1")
     assert "rows hold totals the INTEGER column the next upgrade re-creates cannot (ids 1000)" in message
     assert current(db_url) == "0002 (head)" and token_rows(db_url) == at_head
 
@@ -65,7 +55,7 @@ def test_a_held_row_whose_event_changed_again_stops_the_next_downgrade(db_url, b
         db_url,
         "UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL, total_tokens = 5000 WHERE id = 3",
     )
-    message = one_failure(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "-1")
     assert "still holds rows an earlier upgrade kept (ids 3) whose events have changed again" in message
     assert token_rows(db_url)[3] == (None, None, 5000) and current(db_url) == "0002 (head)"
 
@@ -84,7 +74,7 @@ def test_a_check_written_in_mixed_case_is_still_found(db_url):
     )
     connection.commit()
     connection.close()
-    message = one_failure(db_url, "upgrade", "head")
+    message = fails(db_url, "upgrade", "head")
     assert message.startswith("llm_usage_events has CHECK constraint ck_pt")
 
 
@@ -102,7 +92,7 @@ def test_a_rebuild_that_would_drop_foreign_key_actions_or_conflict_clauses_is_re
         "doctor_action VARCHAR);"
     )
     connection.close()
-    message = one_failure(db_url, "upgrade", "head")
+    message = fails(db_url, "upgrade", "head")
     assert "rebuilding it would lose a foreign key action" in message
     assert "total_tokens" not in columns_of(db_url)
 
@@ -129,7 +119,7 @@ def test_a_mariadb_downgrade_behind_a_long_transaction_is_one_sentence(db_url):
     holder = engine_for(db_url).connect()
     holder.execute(text("SELECT COUNT(*) FROM llm_usage_events"))  # an open transaction holds a metadata lock
     try:
-        message = one_failure(db_url, "-x", "lock_timeout=2s", "downgrade", "-1")
+        message = fails(db_url, "-x", "lock_timeout=2s", "downgrade", "-1")
     finally:
         holder.rollback()
         holder.close()
@@ -144,7 +134,7 @@ def test_a_system_versioned_mariadb_table_downgrade_is_refused_while_history_hol
     execute(db_url, "ALTER TABLE llm_usage_events ADD SYSTEM VERSIONING")
     execute(db_url, INSERT.format(id=1, p="NULL", c="NULL", t=18500), INSERT.format(id=2, p=10, c=5, t=15))
     before = token_rows(db_url)
-    message = one_failure(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "-1")
     assert "is system-versioned and 1 row versions (history included) hold NULL splits" in message
     assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
     execute(db_url, "DELETE FROM llm_usage_events WHERE id = 1", "DELETE HISTORY FROM llm_usage_events")
@@ -159,7 +149,7 @@ def test_online_mode_behind_a_lock_says_what_it_changed(db_url):
     holder = engine_for(db_url).connect()
     holder.execute(text("LOCK TABLE llm_usage_events IN ACCESS SHARE MODE"))
     try:
-        message = one_failure(db_url, "-x", "online=true", "-x", "online_retries=2", "upgrade", "head")
+        message = fails(db_url, "-x", "online=true", "-x", "online_retries=2", "upgrade", "head")
     finally:
         holder.rollback()
         holder.close()

@@ -7,26 +7,20 @@ import pytest
 from sqlalchemy import inspect, text
 
 from legacy import build
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, columns_of, engine_for, table_names, token_rows
+from support import (
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    alembic,
+    columns_of,
+    engine_for,
+    execute,
+    fails,
+    table_names,
+    token_rows,
+)
 
 HOLDOVER = "llm_usage_events_build144_holdover"
 WHEN = datetime(2025, 11, 3, 9, 41, 7, 123456)
-
-
-def execute(url, *statements, **params):
-    engine = engine_for(url)
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.execute(text(statement), params)
-    engine.dispose()
-
-
-def fails(url, *args):
-    result = alembic(url, *args, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and "Traceback" not in output, output
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
-    return line.removeprefix("FAILED: ")
 
 
 PRECISE_CREATED_AT = {

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from legacy import STATES, build, expected_total
-from support import alembic, columns_of, token_rows
+from support import alembic, columns_of, current, token_rows
 
 APPLY = ("sqlite3", "sqlite3 -bail", "executescript")
 
@@ -39,10 +39,6 @@ def objects(path) -> list[tuple]:
 
 def script(url, *args) -> str:
     return alembic(url, *args, "--sql").stdout
-
-
-def current(url) -> str:
-    return alembic(url, "current").stdout.strip()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
