@@ -59,15 +59,15 @@ def test_backup_includes_what_is_still_in_the_wal_and_never_overwrites(tmp_path)
     writer = sqlite3.connect(path)
     writer.execute("PRAGMA journal_mode = WAL")
     writer.execute("PRAGMA wal_autocheckpoint = 0")
-    writer.execute("CREATE TABLE t (x INTEGER)")
-    writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+    writer.execute("CREATE TABLE llm_usage_events (x INTEGER)")  # backup checks this table's rows in the copy
+    writer.executemany("INSERT INTO llm_usage_events VALUES (?)", [(i,) for i in range(1000)])
     writer.commit()  # committed, but only in autopack.db-wal: a cp of autopack.db alone would miss it
     assert (tmp_path / "autopack.db-wal").stat().st_size > 0
     url = f"sqlite:///{path}"
     first = run("python -m autopack backup", url)
     assert first.returncode == 0, first.stderr
     with sqlite3.connect(tmp_path / "autopack.db.backup") as copy:
-        assert copy.execute("SELECT COUNT(*), SUM(x) FROM t").fetchone() == (1000, sum(range(1000)))
+        assert copy.execute("SELECT COUNT(*), SUM(x) FROM llm_usage_events").fetchone() == (1000, sum(range(1000)))
     again = run("python -m autopack backup", url)
     assert again.returncode == 2
     assert again.stderr.strip() == (

@@ -40,7 +40,7 @@ def test_a_downgrade_refuses_totals_the_recreated_integer_column_could_not_hold(
     alembic(db_url, "upgrade", "head")
     at_head = token_rows(db_url)
     message = fails(db_url, "downgrade", "-1")
-    assert "rows hold totals the INTEGER column the next upgrade re-creates cannot (ids 1000)" in message
+    assert "(ids 1000)" in message and "the round trip would not be lossless" in message
     assert current(db_url) == "0002 (head)" and token_rows(db_url) == at_head
 
 
@@ -184,3 +184,115 @@ def test_verify_runs_for_a_role_that_may_only_read_the_usage_table(db_url):
         assert "All checks passed." in result.stdout
     finally:
         execute(db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_a_set_aside_row_with_a_null_role_comes_back(db_url, backend):
+    alembic(db_url, "upgrade", "head")
+    nullable = {
+        "sqlite": None,  # SQLite: made nullable below by the table's own definition
+        **{b: "ALTER TABLE llm_usage_events ALTER COLUMN role DROP NOT NULL" for b in POSTGRES_BACKENDS},
+        **{b: "ALTER TABLE llm_usage_events MODIFY role VARCHAR(255) NULL" for b in MYSQL_BACKENDS},
+    }[backend]
+    if nullable:
+        execute(db_url, nullable)
+    else:
+        execute(
+            db_url,
+            "PRAGMA writable_schema = ON",
+            "UPDATE sqlite_master SET sql = replace(sql, 'role VARCHAR NOT NULL', 'role VARCHAR') "
+            "WHERE name = 'llm_usage_events'",
+        )
+    execute(
+        db_url,
+        "INSERT INTO llm_usage_events (id, provider, model, role, prompt_tokens, completion_tokens, total_tokens,"
+        " created_at, is_doctor_call) VALUES (1, 'google', 'gemini', NULL, NULL, NULL, 18500, '2025-11-01', false)",
+    )
+    alembic(db_url, "downgrade", "-1")
+    up = alembic(db_url, "upgrade", "head")
+    assert "Restored 1 of 1" in up.stderr, up.stderr
+    assert token_rows(db_url) == {1: (None, None, 18500)}
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_a_created_at_that_mariadb_rewrites_on_update_is_refused_before_any_change(db_url):
+    alembic(db_url, "upgrade", "0001")
+    execute(
+        db_url,
+        "ALTER TABLE llm_usage_events MODIFY created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP "
+        "ON UPDATE CURRENT_TIMESTAMP",
+        INSERT.format(id=2, p=100, c=50, t="NULL").replace(", total_tokens", "").replace(", NULL, '2025", ", '2025"),
+    )
+    message = fails(db_url, "upgrade", "head")
+    assert "created_at has ON UPDATE CURRENT_TIMESTAMP" in message and message.endswith("nothing was changed.")
+    engine = engine_for(db_url)
+    with engine.connect() as connection:
+        assert (
+            str(connection.execute(text("SELECT created_at FROM llm_usage_events")).scalar()) == "2025-11-01 10:00:00"
+        )
+    engine.dispose()
+    assert "total_tokens" not in columns_of(db_url)
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_postgresql_downgrade_stopped_by_a_guard_is_one_sentence_and_big_splits_are_refused(db_url):
+    alembic(db_url, "upgrade", "head")
+    execute(db_url, INSERT.format(id=2, p="NULL", c="NULL", t=18500))
+    before = token_rows(db_url)
+    execute(
+        db_url,
+        "CREATE FUNCTION forbid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'append-only'; END $$",
+        "CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION forbid()",
+    )
+    message = fails(db_url, "downgrade", "-1")
+    assert "append-only" in message and "trigger append_only" in message and message.endswith("nothing was changed.")
+    assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
+    execute(db_url, "DROP TRIGGER append_only ON llm_usage_events")
+    execute(db_url, INSERT.format(id=1, p=2_000_000_000, c=2_000_000_000, t=7))
+    before = token_rows(db_url)
+    # a 4,000,000,000 split sum (compared in 64 bits) the next upgrade could not take: refused, not half done
+    message = fails(db_url, "downgrade", "-1")
+    assert "exceed what an INTEGER total can hold (ids 1) would stop the next upgrade" in message
+    assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_trigger_on_a_partition_that_reads_total_tokens_stops_the_downgrade(db_url):
+    execute(
+        db_url,
+        "CREATE TABLE llm_usage_events (id INTEGER NOT NULL, provider VARCHAR NOT NULL, model VARCHAR NOT NULL, "
+        "run_id VARCHAR, phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, created_at TIMESTAMP NOT NULL, is_doctor_call BOOLEAN NOT NULL, "
+        "doctor_model VARCHAR, doctor_action VARCHAR, PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)",
+        "CREATE TABLE llm_usage_events_2025 PARTITION OF llm_usage_events FOR VALUES FROM ('2025-01-01') TO "
+        "('2026-01-01')",
+        "INSERT INTO llm_usage_events VALUES (1, 'p', 'm', NULL, NULL, 'b', 10, 5, '2025-11-01', false, NULL, NULL)",
+    )
+    alembic(db_url, "upgrade", "head")
+    execute(
+        db_url,
+        "CREATE FUNCTION alert_big() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.total_tokens > 100000 THEN "
+        "RAISE NOTICE 'big'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER alert_big_calls AFTER INSERT ON llm_usage_events_2025 FOR EACH ROW EXECUTE FUNCTION "
+        "alert_big()",
+    )
+    message = fails(db_url, "downgrade", "-1")
+    assert "trigger alert_big_calls on llm_usage_events_2025" in message
+    assert current(db_url) == "0002 (head)"
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+@pytest.mark.parametrize("option", ["ssl_ca=/nonexistent/ca.pem", "charset=bogus", "connect_timeout=abc"])
+def test_a_driver_option_typo_in_a_mariadb_url_is_one_sentence(db_url, option):
+    import os
+    import subprocess
+    import sys
+
+    url = f"{db_url.render_as_string(False)}?{option}"
+    message = fails(url, "current")
+    assert "DATABASE_URL" in message or message.startswith("Cannot connect to")
+    result = subprocess.run(
+        [sys.executable, "-m", "autopack", "verify"], env={**os.environ, "DATABASE_URL": url},
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

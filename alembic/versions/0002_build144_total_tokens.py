@@ -55,6 +55,7 @@ from autopack.migration_preflight import (
     PG_READERS_LITERAL,
     integer_limit,
     refuse_checks_forbidding_total_only,
+    refuse_columns_rewritten_on_update,
     refuse_objects_reading_total_tokens,
     refuse_publications_that_forbid_updates,
     refuse_totals_that_overflow,
@@ -104,7 +105,7 @@ def new_total(old_total: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
 NEEDS_TOTAL = sa.and_(total == 0, split_sum != 0)
 # Rows the pre-BUILD-144 schema cannot hold as they are.
 # (a total of 0 beside two splits is held by the old schema as it is: the next upgrade's backfill fills it)
-NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), sa.and_(total != prompt + completion, total != 0))
+NOT_HOLDABLE = sa.or_(prompt.is_(None), completion.is_(None), sa.and_(total != wide_split_sum, total != 0))
 
 
 def total_tokens_column() -> sa.Column:
@@ -158,12 +159,12 @@ def batch_end(rows: int) -> sa.Select:
 def same_event() -> sa.ColumnElement[bool]:
     """A held row's event is still there, not deleted and its id not reused for another event."""
     h = holdover.c
-    return sa.and_(
+    return sa.and_(  # NULL-safe: a legacy table may allow NULL in any of these
         h.event_id == events.c.id,
-        h.provider == events.c.provider,
-        h.model == events.c.model,
-        h.role == events.c.role,
-        h.created_at == events.c.created_at,
+        h.provider.is_not_distinct_from(events.c.provider),
+        h.model.is_not_distinct_from(events.c.model),
+        h.role.is_not_distinct_from(events.c.role),
+        h.created_at.is_not_distinct_from(events.c.created_at),
     )
 
 
@@ -369,6 +370,7 @@ def upgrade() -> None:
     refuse_totals_that_overflow(bind, overflowing(not add_total, limit), limit)
     refuse_checks_forbidding_total_only(bind)
     refuse_publications_that_forbid_updates(bind)
+    refuse_columns_rewritten_on_update(bind)
     hooks = update_hooks(bind, TRIGGER)
     if system_versioned(bind):  # MariaDB: ALTER needs this, and every filled row leaves one history row
         bind.exec_driver_sql("SET SESSION system_versioning_alter_history = KEEP")
@@ -652,6 +654,8 @@ def literal_sql(statement) -> str:
 
 PG_CHECK = "DO $build144$ BEGIN IF EXISTS ({query}) THEN RAISE EXCEPTION '{message}'; END IF; END $build144$"
 MYSQL_CHECK = "SELECT (SELECT 1 UNION ALL SELECT 2 FROM DUAL WHERE EXISTS ({query})) AS build144_check"
+MYSQL_ON_UPDATE = f"""SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+  AND TABLE_NAME = '{TABLE}' AND LOWER(EXTRA) LIKE '%on update%'"""
 MYSQL_NARROWING = f"""SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
   AND TABLE_NAME = '{TABLE}' AND COLUMN_NAME IN ('prompt_tokens', 'completion_tokens')
   AND (DATA_TYPE <> 'int' OR COLUMN_COMMENT <> '' OR COALESCE(COLUMN_DEFAULT, 'NULL') <> 'NULL')"""
@@ -675,6 +679,8 @@ def offline_preamble(dialect: str, direction: str) -> None:
     elif dialect in ("mysql", "mariadb"):
         op.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')")
         if direction == "upgrade":
+            offline_check(dialect, MYSQL_ON_UPDATE, "a column of llm_usage_events has ON UPDATE CURRENT_TIMESTAMP: "
+                          "every UPDATE of the script would rewrite it; drop that clause first")  # fmt: skip
             narrowing = "prompt_tokens or completion_tokens is not a plain INT column (BIGINT, a default or a comment)"
             offline_check(dialect, MYSQL_NARROWING, f"{narrowing}: the script would narrow it; use the online command")
     if direction == "downgrade" and dialect != "sqlite":
@@ -818,14 +824,15 @@ def downgrade() -> None:
         )
     refuse_objects_reading_total_tokens(bind, TRIGGER)
     refuse_downgrade_that_would_lose(bind, columns, inspector.has_table(HOLDOVER))
+    refuse_columns_rewritten_on_update(bind)
     if system_versioned(bind):
         bind.exec_driver_sql("SET SESSION system_versioning_alter_history = KEEP")
+    hooks = update_hooks(bind, TRIGGER)  # read before: after a failure the transaction takes no more queries
     try:
         set_aside_and_downgrade(bind, dialect, columns, inspector.has_table(HOLDOVER))
     except sa.exc.DBAPIError as error:
         if explained_by_the_environment(error):
             raise
-        hooks = update_hooks(bind, TRIGGER)
         raise CommandError(failed_midway(error, hooks, dialect, online=False, step="downgrade")) from None
 
 
@@ -839,6 +846,17 @@ def refuse_downgrade_that_would_lose(bind, columns: dict[str, dict], has_holdove
             "that fix it; nothing was changed."
         )
     limit = integer_limit(bind.dialect.name, None)
+    wide = (
+        bind.execute(sa.select(events.c.id).where(wide_split_sum > limit).order_by(events.c.id).limit(6))
+        .scalars()
+        .all()
+    )
+    if wide:  # the next upgrade would refuse these rows' sums: the round trip would stop halfway
+        raise CommandError(
+            f"Rows of {TABLE} whose prompt_tokens + completion_tokens exceed what an INTEGER total can hold (ids "
+            f"{some(wide)}) would stop the next upgrade: the round trip would not be lossless, so the downgrade "
+            "refuses; correct those splits first; nothing was changed."
+        )
     if integer_limit(bind.dialect.name, columns["total_tokens"]["type"]) > limit:  # the operator widened it
         big = bind.execute(sa.select(events.c.id).where(total > limit).order_by(events.c.id).limit(6)).scalars().all()
         if big:

@@ -127,7 +127,17 @@ def require_sqlite_file(url: URL, *, may_create: bool) -> None:
 
 
 def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> Engine:
-    """An engine for running migrations, set up for atomic DDL on every engine."""
+    """An engine for running migrations, set up for atomic DDL on every engine; a URL option the driver cannot
+    read (``connect_timeout=abc``) is one sentence."""
+    try:
+        return _migration_engine(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+    except (ValueError, TypeError) as error:
+        raise CommandError(
+            f"DATABASE_URL has an option the {url.drivername} driver cannot use ({error}): fix it; nothing was changed."
+        ) from None
+
+
+def _migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s})
@@ -280,7 +290,8 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
     database) is one sentence naming the server, never the password."""
     try:
         connection = engine.connect()
-    except exc.DBAPIError as error:
+    except (exc.DBAPIError, OSError, ValueError, TypeError, AttributeError) as error:
+        # the last four: a driver option in the URL it cannot use (ssl_ca=/missing, charset=bogus, ...)
         if url.get_backend_name() == "sqlite":
             raise
         orig = getattr(error, "orig", error)

@@ -102,23 +102,27 @@ def refuse_checks_forbidding_total_only(bind: sa.Connection) -> None:
 # --- objects that read total_tokens (the downgrade drops it) -----------------------------------------------
 
 PG_READERS = """
+WITH rels AS (  -- the table, and its partitions or child tables: a trigger on one of them reads the column too
+    SELECT CAST(:table AS regclass)::oid AS oid
+    UNION SELECT relid FROM pg_partition_tree(CAST(:table AS regclass))
+    UNION SELECT inhrelid FROM pg_inherits WHERE inhparent = CAST(:table AS regclass)
+), cols AS (
+    SELECT a.attrelid, a.attnum FROM pg_attribute a JOIN rels r ON r.oid = a.attrelid
+    WHERE a.attname = 'total_tokens' AND NOT a.attisdropped
+)
 SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid)
-FROM pg_depend d
-WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)
-  AND d.refobjsubid = (SELECT attnum FROM pg_attribute
-                       WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens')
+FROM pg_depend d JOIN cols c ON d.refobjid = c.attrelid AND d.refobjsubid = c.attnum
+WHERE d.refclassid = 'pg_class'::regclass
   AND d.deptype = 'n'  -- views, rules, trigger WHEN clauses, CHECKs, generated columns, BEGIN ATOMIC functions
 UNION
-SELECT DISTINCT 'index ' || c.relname || ' (an expression or partial index)'
-FROM pg_depend d JOIN pg_index i ON i.indexrelid = d.objid JOIN pg_class c ON c.oid = d.objid
-WHERE d.classid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)
-  AND d.refobjsubid = (SELECT attnum FROM pg_attribute
-                       WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens')
-  AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+SELECT DISTINCT 'index ' || ic.relname || ' (an expression or partial index)'
+FROM pg_depend d JOIN cols c ON d.refobjid = c.attrelid AND d.refobjsubid = c.attnum
+JOIN pg_index i ON i.indexrelid = d.objid JOIN pg_class ic ON ic.oid = d.objid
+WHERE d.classid = 'pg_class'::regclass AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
 UNION
-SELECT DISTINCT 'trigger ' || t.tgname || ' (function ' || p.proname || ')'
+SELECT DISTINCT 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass::text || ' (function ' || p.proname || ')'
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE t.tgrelid = CAST(:table AS regclass) AND NOT t.tgisinternal AND t.tgname <> :own_trigger
+WHERE t.tgrelid IN (SELECT oid FROM rels) AND NOT t.tgisinternal AND t.tgname <> :own_trigger
   AND p.prosrc ~ '\\mtotal_tokens\\M'
 """
 
@@ -202,7 +206,9 @@ def update_hooks(bind: sa.Connection, own_trigger: str) -> list[tuple[str, bool]
         triggers = bind.execute(
             sa.text(
                 "SELECT 'trigger ' || tgname, (tgtype & 1) = 1 FROM pg_trigger "
-                "WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal AND tgname <> :own "
+                "WHERE (tgrelid = CAST(:table AS regclass) "
+                "OR tgrelid IN (SELECT relid FROM pg_partition_tree(CAST(:table AS regclass)))) "
+                "AND NOT tgisinternal AND tgname <> :own "
                 "AND (tgtype & 16) = 16"  # TRIGGER_TYPE_UPDATE
             ),
             {"table": TABLE, "own": own_trigger},
@@ -258,3 +264,25 @@ def system_versioned(bind: sa.Connection) -> bool:
             (TABLE,),
         ).scalar()
     )
+
+
+def refuse_columns_rewritten_on_update(bind: sa.Connection) -> None:
+    """MariaDB/MySQL ``ON UPDATE CURRENT_TIMESTAMP``: every UPDATE the migration makes would rewrite the column (an
+    event's created_at moved to today), so it is refused before any change."""
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        return
+    rewritten = (
+        bind.exec_driver_sql(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+            "AND LOWER(EXTRA) LIKE %s",
+            (TABLE, "%on update%"),
+        )
+        .scalars()
+        .all()
+    )
+    if rewritten:
+        raise CommandError(
+            f"{TABLE}.{', '.join(rewritten)} has ON UPDATE CURRENT_TIMESTAMP, so every UPDATE of the migration would "
+            f"rewrite it (events would move to today): ALTER TABLE {TABLE} MODIFY it without ON UPDATE (keep its "
+            "type and NOT NULL), then re-run; nothing was changed."
+        )
