@@ -325,3 +325,15 @@ def test_verify_fails_while_a_check_constraint_still_forbids_null_splits(db_url)
     assert result.returncode == 1
     assert "FAIL  prompt_tokens, completion_tokens nullable" in result.stdout
     assert "CHECK constraint splits_set (prompt_tokens IS NOT NULL) still forbids NULL splits" in result.stdout
+
+
+def test_rows_left_at_zero_at_head_get_the_commands_that_fill_them(db_url):
+    upgraded_with(db_url, [(5, 7, 0), (10, 0, 10)])  # the first written by code that did not know total_tokens
+    result = verify(db_url)
+    assert result.returncode == 1
+    assert "(to fill them: run 'alembic stamp 0001' then 'alembic upgrade head')" in line(result.stdout, "populated")
+    alembic(db_url, "stamp", "0001")  # the commands, as printed
+    alembic(db_url, "upgrade", "head")
+    again = verify(db_url)
+    assert again.returncode == 0, again.stdout
+    assert sorted(r[2] for r in token_rows(db_url).values()) == [10, 12]

@@ -82,7 +82,8 @@ def verify(connection: Connection) -> Verification:
     share = f" ({100 * positive / rows:.1f}%)" if rows else ""
     checks += [
         Check("total_tokens populated", unfilled == 0,
-              f"{positive} of {rows} rows have total_tokens > 0{share}; {unfilled} rows with splits still at 0"),
+              f"{positive} of {rows} rows have total_tokens > 0{share}; {unfilled} rows with splits still at 0"
+              + (f" (to fill them: {REFILL})" if unfilled else "")),
         Check("total-only rows well-formed", True, f"{total_only} rows with NULL splits and total_tokens > 0"),
         Check("totals match their splits", mismatched - unfilled == 0,
               f"{mismatched - unfilled} rows whose total_tokens is not prompt + completion"),
@@ -94,6 +95,10 @@ def verify(connection: Connection) -> Verification:
             "and cannot be recovered"
         )
     return Verification(checks, warnings)
+
+
+# rows written at 0002 by code that did not know total_tokens: 0002's upgrade fills only what is missing
+REFILL = "run 'alembic stamp 0001' then 'alembic upgrade head'"
 
 
 def how_to_migrate(connection: Connection) -> str:
