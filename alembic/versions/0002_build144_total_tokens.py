@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from alembic import context, op
 from alembic.util import CommandError
 
-from autopack.migration_env import explained_by_the_environment
+from autopack.migration_env import explained_by_the_environment, first_line
 from autopack.migration_ops import (
     NotEditableInPlace,
     Progress,
@@ -76,6 +76,7 @@ SPLITS = ("prompt_tokens", "completion_tokens")
 # VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
 VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 TRIGGER = "llm_usage_events_build144_fill_total"
+DROP_FILL_TRIGGER = [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"]
 
 events = sa.table(
     TABLE,
@@ -275,16 +276,19 @@ def batch_schema_change(
                 server_default=sa.text("0"),
             )
         for split in relax:
-            existing = (columns or {}).get(split, {})
-            default = existing.get("default")
-            batch.alter_column(
-                split,
-                existing_type=existing.get("type", sa.Integer()),
-                existing_nullable=False,
-                existing_server_default=sa.text(default) if default is not None else None,
-                existing_comment=existing.get("comment"),
-                nullable=True,
-            )
+            batch.alter_column(split, **as_it_is(split, columns), existing_nullable=False, nullable=True)
+
+
+def as_it_is(split: str, columns: dict[str, dict] | None) -> dict:
+    """Alembic's existing_* arguments for ``split`` as the table reflects it (INTEGER, no default, no comment when
+    the table is not read, as offline): MySQL's MODIFY COLUMN restates the whole column from them."""
+    existing = (columns or {}).get(split, {})
+    default = existing.get("default")
+    return {
+        "existing_type": existing.get("type", sa.Integer()),
+        "existing_server_default": sa.text(default) if default is not None else None,
+        "existing_comment": existing.get("comment"),
+    }
 
 
 def sqlite_schema_change(bind, add_total: bool, add_default: bool, relax: list[str]) -> None:
@@ -419,15 +423,20 @@ def default_upgrade(bind, columns, add_total: bool, add_default: bool, relax: li
     if sa.inspect(bind).has_table(HOLDOVER):
         restore_held_over(bind)
     if bind.dialect.name == "postgresql":  # left by an interrupted online run
-        bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}")
-        bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {TRIGGER}()")
+        for statement in DROP_FILL_TRIGGER:
+            bind.exec_driver_sql(statement)
     prove_backfilled(bind)
     return filled
 
 
+def first_ids(bind, rows: sa.Select) -> list[int]:
+    """Up to 6 ids of ``rows`` (a select of event ids), in order: enough for ``some`` to name 5 and say 'more'."""
+    return bind.execute(rows.order_by(events.c.id).limit(6)).scalars().all()
+
+
 def prove_backfilled(bind, after: str = "nothing was changed") -> None:
     """Counted in the same transaction, before the stamp: no row may still need its total, whatever the cause."""
-    left = bind.execute(sa.select(events.c.id).where(NEEDS_TOTAL).order_by(events.c.id).limit(6)).scalars().all()
+    left = first_ids(bind, sa.select(events.c.id).where(NEEDS_TOTAL))
     if left:
         raise CommandError(
             f"After the backfill, rows of {TABLE} still have total_tokens 0 while a split is set (ids {some(left)}): "
@@ -440,7 +449,7 @@ def failed_midway(
     error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], dialect: str, online: bool, step: str = "upgrade"
 ) -> str:
     """One sentence for a database error after the change started, naming what on the table likely caused it."""
-    text = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
+    text = first_line(error)
     if getattr(error.orig, "sqlstate", None) == "57014":
         cause = "a statement_timeout set on the database or role cancelled a batch: pass a smaller -x batch_rows"
     elif hooks:
@@ -510,9 +519,7 @@ def drop_fill_trigger_quietly(connection, opts: Options) -> None:
     try:
         if connection.in_transaction():
             connection.exec_driver_sql("ROLLBACK")
-        with_lock_retries(
-            connection, [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"], opts
-        )
+        with_lock_retries(connection, DROP_FILL_TRIGGER, opts)
     except Exception as error:  # the failure being reported matters more; say what is left
         log.warning("      could not drop the online fill trigger %s (%s): drop it by hand", TRIGGER, error)
 
@@ -556,7 +563,7 @@ def online_upgrade(add_total: bool, add_default: bool, relax: list[str], stats, 
             raise
         with_lock_retries(
             connection,
-            [f"DROP TRIGGER IF EXISTS {TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {TRIGGER}()"],
+            DROP_FILL_TRIGGER,
             opts,
             changed="every row is backfilled but the revision is still 0001 and the fill trigger stays: "
             "re-run the same command to finish",
@@ -626,9 +633,6 @@ def offline_downgrade() -> None:
     for statement in create_holdover(dialect):
         op.execute(statement)
     op.execute(hold_over_statement())
-    unheld = sa.select(events.c.id).where(
-        sa.or_(prompt.is_(None), completion.is_(None), sa.and_(NOT_HOLDABLE, ~events.c.id.in_(held_ids())))
-    )
     if dialect == "sqlite":  # DROP COLUMN before the UPDATE that can fire an operator's trigger (note below)
         op.execute(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
         op.execute(placeholders_statement())
@@ -640,12 +644,8 @@ def offline_downgrade() -> None:
         offline_refuse_unless(dialect, "0001", None, "")
         return
     op.execute(placeholders_statement())
-    offline_refuse_unless(dialect, "0001", unheld, "rows the old schema cannot hold were not set aside")
+    offline_refuse_unless(dialect, "0001", not_set_aside(), "rows the old schema cannot hold were not set aside")
     downgrade_schema(copy_from=build144_table())
-
-
-def held_ids() -> sa.Select:
-    return sa.select(holdover.c.event_id)
 
 
 def literal_sql(statement) -> str:
@@ -795,16 +795,7 @@ def placeholders_statement() -> sa.Update:
 def downgrade_schema(columns: dict[str, dict] | None = None, copy_from=None) -> None:
     with op.batch_alter_table(TABLE, copy_from=copy_from) as batch:
         for split in SPLITS:
-            existing = (columns or {}).get(split, {})
-            default = existing.get("default")
-            batch.alter_column(
-                split,
-                existing_type=existing.get("type", sa.Integer()),
-                existing_nullable=True,
-                existing_server_default=sa.text(default) if default is not None else None,
-                existing_comment=existing.get("comment"),
-                nullable=False,
-            )
+            batch.alter_column(split, **as_it_is(split, columns), existing_nullable=True, nullable=False)
         batch.drop_column("total_tokens")
 
 
@@ -822,14 +813,15 @@ def downgrade() -> None:
             "there is nothing to downgrade; run 'python -m autopack verify' for the commands that fix it; "
             "nothing was changed."
         )
+    has_holdover = inspector.has_table(HOLDOVER)
     refuse_objects_reading_total_tokens(bind, TRIGGER)
-    refuse_downgrade_that_would_lose(bind, columns, inspector.has_table(HOLDOVER))
+    refuse_downgrade_that_would_lose(bind, columns, has_holdover)
     refuse_columns_rewritten_on_update(bind)
     if system_versioned(bind):
         bind.exec_driver_sql("SET SESSION system_versioning_alter_history = KEEP")
     hooks = update_hooks(bind, TRIGGER)  # read before: after a failure the transaction takes no more queries
     try:
-        set_aside_and_downgrade(bind, dialect, columns, inspector.has_table(HOLDOVER))
+        set_aside_and_downgrade(bind, dialect, columns, has_holdover)
     except sa.exc.DBAPIError as error:
         if explained_by_the_environment(error):
             raise
@@ -846,11 +838,7 @@ def refuse_downgrade_that_would_lose(bind, columns: dict[str, dict], has_holdove
             "that fix it; nothing was changed."
         )
     limit = integer_limit(bind.dialect.name, None)
-    wide = (
-        bind.execute(sa.select(events.c.id).where(wide_split_sum > limit).order_by(events.c.id).limit(6))
-        .scalars()
-        .all()
-    )
+    wide = first_ids(bind, sa.select(events.c.id).where(wide_split_sum > limit))
     if wide:  # the next upgrade would refuse these rows' sums: the round trip would stop halfway
         raise CommandError(
             f"Rows of {TABLE} whose prompt_tokens + completion_tokens exceed what an INTEGER total can hold (ids "
@@ -858,7 +846,7 @@ def refuse_downgrade_that_would_lose(bind, columns: dict[str, dict], has_holdove
             "refuses; correct those splits first; nothing was changed."
         )
     if integer_limit(bind.dialect.name, columns["total_tokens"]["type"]) > limit:  # the operator widened it
-        big = bind.execute(sa.select(events.c.id).where(total > limit).order_by(events.c.id).limit(6)).scalars().all()
+        big = first_ids(bind, sa.select(events.c.id).where(total > limit))
         if big:
             raise CommandError(
                 f"total_tokens is {columns['total_tokens']['type']} here and rows hold totals the INTEGER column "
@@ -930,19 +918,15 @@ def set_aside_and_downgrade(bind, dialect: str, columns: dict[str, dict], has_ho
         downgrade_schema(columns)
 
 
+def not_set_aside() -> sa.Select:
+    """Rows the pre-BUILD-144 schema cannot hold that are not in the set-aside table (after the placeholders)."""
+    unheld = ~events.c.id.in_(sa.select(holdover.c.event_id))
+    return sa.select(events.c.id).where(sa.or_(prompt.is_(None), completion.is_(None), sa.and_(NOT_HOLDABLE, unheld)))
+
+
 def prove_set_aside(bind) -> None:
     """Before the splits turn NOT NULL and total_tokens goes: every row the old schema cannot hold is held."""
-    unheld = ~events.c.id.in_(sa.select(holdover.c.event_id))
-    left = (
-        bind.execute(
-            sa.select(events.c.id)
-            .where(sa.or_(prompt.is_(None), completion.is_(None), sa.and_(NOT_HOLDABLE, unheld)))
-            .order_by(events.c.id)
-            .limit(6)
-        )
-        .scalars()
-        .all()
-    )
+    left = first_ids(bind, not_set_aside())
     if left:
         raise CommandError(
             f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): a trigger "

@@ -28,10 +28,10 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import asbool
 
 from autopack.database import with_driver
-from autopack.migration_options import interval_seconds
+from autopack.migration_options import Options, interval_seconds
 
-DEFAULT_BUSY_TIMEOUT_S = 10.0
-DEFAULT_LOCK_TIMEOUT = "10s"
+DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
+DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
 DEFAULT_CONNECT_TIMEOUT_S = 10
 
 WAIT_HINT = "-x busy_timeout=SECONDS to wait longer"
@@ -216,7 +216,7 @@ def explain(
     """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
     ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option."""
     orig = getattr(error, "orig", error)
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    text = first_line(error)
     where = shown(url)
     if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
         return (
@@ -278,6 +278,13 @@ def explain(
     return None
 
 
+def first_line(error: Exception) -> str:
+    """The first line of the driver's own message (SQLAlchemy's wrapper adds the statement and a link)."""
+    orig = getattr(error, "orig", error)
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
 def explained_by_the_environment(error: Exception) -> bool:
     """True when ``explain`` has a sentence for ``error`` that does not depend on what the migration was doing
     (a lock, a read-only file or server, a missing privilege, a full disk): callers let it reach ``explain``."""
@@ -294,10 +301,8 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
         # the last four: a driver option in the URL it cannot use (ssl_ca=/missing, charset=bogus, ...)
         if url.get_backend_name() == "sqlite":
             raise
-        orig = getattr(error, "orig", error)
-        text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
         raise CommandError(
-            f"Cannot connect to {shown(url)}: {text}; check DATABASE_URL and that the server is up; "
+            f"Cannot connect to {shown(url)}: {first_line(error)}; check DATABASE_URL and that the server is up; "
             "nothing was changed."
         ) from None
     with connection:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from alembic.util import CommandError
 
+from autopack.migration_ops import PROGRESS_EVERY_S
+
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 INTERVAL_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -24,7 +26,7 @@ class Options:
     batch_rows: int | None = None  # rows per backfill batch (default 100,000; online 20,000)
     online_lock_timeout: str = "500ms"
     online_retries: int = 20
-    progress_every: float = 2.0  # seconds between progress lines (0: every batch)
+    progress_every: float = PROGRESS_EVERY_S  # seconds between progress lines (0: every batch)
 
     @property
     def rows_per_batch(self) -> int:
