@@ -46,8 +46,11 @@ def alembic(url: str, *args: str) -> tuple[float, int]:
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
@@ -188,20 +191,30 @@ def pg_round(admin: str, seed: str) -> dict:
 def summarize(engine: str, rows: int, rounds: list[dict]) -> dict:
     median = {k: statistics.median(r[k] for r in rounds) for k in ("floor", "upgrade", "downgrade", "startup")}
     return {
-        "engine": engine, "rows": rows, **median, "rss": max(r["rss"] for r in rounds),
-        "ratio": median["upgrade"] / median["floor"], "down_ratio": median["downgrade"] / median["upgrade"],
-        "s_per_m": median["upgrade"] / rows * 1e6, "work_s_per_m": (median["upgrade"] - median["startup"]) / rows * 1e6,
-    }  # fmt: skip
+        "engine": engine,
+        "rows": rows,
+        **median,
+        "rss": max(r["rss"] for r in rounds),
+        "ratio": median["upgrade"] / median["floor"],
+        "down_ratio": median["downgrade"] / median["upgrade"],
+        "s_per_m": median["upgrade"] / rows * 1e6,
+        "work_s_per_m": (median["upgrade"] - median["startup"]) / rows * 1e6,
+    }
 
 
 def print_table(results: list[dict]) -> None:
-    print("| engine | rows | floor s | upgrade s | downgrade s | upgrade / floor | downgrade / upgrade |"
-          " upgrade s per 1M rows | (upgrade - start-up) s per 1M rows | peak RSS MiB |")  # fmt: skip
+    print(
+        "| engine | rows | floor s | upgrade s | downgrade s | upgrade / floor | downgrade / upgrade |"
+        " upgrade s per 1M rows | (upgrade - start-up) s per 1M rows | peak RSS MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['engine']} | {r['rows']:,} | {r['floor']:.2f} | {r['upgrade']:.2f} | {r['downgrade']:.2f} | "
-              f"{r['ratio']:.2f}x | {r['down_ratio']:.2f}x | {r['s_per_m']:.2f} | {r['work_s_per_m']:.2f} | "
-              f"{r['rss']} |", flush=True)  # fmt: skip
+        print(
+            f"| {r['engine']} | {r['rows']:,} | {r['floor']:.2f} | {r['upgrade']:.2f} | {r['downgrade']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['down_ratio']:.2f}x | {r['s_per_m']:.2f} | {r['work_s_per_m']:.2f} | "
+            f"{r['rss']} |",
+            flush=True,
+        )
 
 
 def main() -> None:

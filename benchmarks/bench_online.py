@@ -29,6 +29,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_migration import ROOT, pg_admin_url, pg_fresh, pg_seed
 
 INTERVAL_S = 0.01
+# the writer, as pre-BUILD-144 code, and the reader, as the dashboard (see the module docstring)
+WRITER_STATEMENT = (
+    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
+    "created_at, is_doctor_call) VALUES ('old-code', 'm', 'builder', %s, 5, now(), false)"
+)
+READER_STATEMENT = "SELECT id, provider, model, prompt_tokens, completion_tokens FROM llm_usage_events WHERE id = %s"
 
 
 def client(conninfo: str, statement: str, params, stop: threading.Event, latencies: list[float]) -> None:
@@ -69,23 +75,23 @@ def run(url: str, rows: int, extra: list[str]) -> dict:
     stop = threading.Event()
     writes, reads, holds = [], [], []
     threads = [
-        threading.Thread(target=client, args=(
-            conninfo, "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
-            "created_at, is_doctor_call) VALUES ('old-code', 'm', 'builder', %s, 5, now(), false)",
-            lambda i: (i,), stop, writes)),
-        threading.Thread(target=client, args=(
-            conninfo, "SELECT id, provider, model, prompt_tokens, completion_tokens FROM llm_usage_events "
-            "WHERE id = %s", lambda i: (1 + (i * 7919) % rows,), stop, reads)),
+        threading.Thread(target=client, args=(conninfo, WRITER_STATEMENT, lambda i: (i,), stop, writes)),
+        threading.Thread(
+            target=client, args=(conninfo, READER_STATEMENT, lambda i: (1 + (i * 7919) % rows,), stop, reads)
+        ),
         threading.Thread(target=sampler, args=(conninfo, stop, holds)),
-    ]  # fmt: skip
+    ]
     for thread in threads:
         thread.start()
     time.sleep(0.5)
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, "upgrade", "head"],
-        env={**os.environ, "DATABASE_URL": url}, cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        env={**os.environ, "DATABASE_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     time.sleep(0.5)
     stop.set()
@@ -98,9 +104,15 @@ def run(url: str, rows: int, extra: list[str]) -> dict:
         return statistics.quantiles(values, n=100)[98] if len(values) > 1 else max(values, default=0)
 
     return {
-        "upgrade_s": elapsed, "writes": len(writes), "write_max": max(writes), "write_p99": p99(writes),
-        "reads": len(reads), "read_max": max(reads), "read_p99": p99(reads), "longest_hold": max(holds, default=0.0),
-    }  # fmt: skip
+        "upgrade_s": elapsed,
+        "writes": len(writes),
+        "write_max": max(writes),
+        "write_p99": p99(writes),
+        "reads": len(reads),
+        "read_max": max(reads),
+        "read_p99": p99(reads),
+        "longest_hold": max(holds, default=0.0),
+    }
 
 
 def main() -> None:
@@ -122,12 +134,16 @@ def main() -> None:
     finally:
         if server is not None:
             server.cleanup()
-    print("| mode | rows | upgrade s | writer max s | writer p99 s | reader max s | reader p99 s |"
-          " longest ACCESS EXCLUSIVE s |")  # fmt: skip
+    print(
+        "| mode | rows | upgrade s | writer max s | writer p99 s | reader max s | reader p99 s |"
+        " longest ACCESS EXCLUSIVE s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
-        print(f"| {mode} | {args.rows:,} | {r['upgrade_s']:.2f} | {r['write_max']:.3f} | {r['write_p99']:.3f} | "
-              f"{r['read_max']:.3f} | {r['read_p99']:.3f} | {r['longest_hold']:.3f} |")  # fmt: skip
+        print(
+            f"| {mode} | {args.rows:,} | {r['upgrade_s']:.2f} | {r['write_max']:.3f} | {r['write_p99']:.3f} | "
+            f"{r['read_max']:.3f} | {r['read_p99']:.3f} | {r['longest_hold']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ def alembic(url: URL | str, *args: str, check: bool = True, timeout: float = 300
     environment.update(env)
     result = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
-        env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        env=environment,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"alembic {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
@@ -47,8 +51,11 @@ def start_alembic(url: URL, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
         env={**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)},
-        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def engine_for(url: URL | str):

@@ -34,13 +34,19 @@ def seed_large(url, rows=ROWS):
                 {"n": rows},
             )
         else:  # SQLite, MySQL: executemany (PyMySQL turns it into multi-row INSERTs)
-            values = [{"p": f"p{i % 3}", "m": f"m{i % 7}", "r": f"r{i % 100}", "pt": i % 1000, "ct": i % 333}
-                      for i in range(1, rows + 1)]  # fmt: skip
+            values = [
+                {"p": f"p{i % 3}", "m": f"m{i % 7}", "r": f"r{i % 100}", "pt": i % 1000, "ct": i % 333}
+                for i in range(1, rows + 1)
+            ]
             for chunk in range(0, rows, 50_000):
-                connection.execute(text(
-                    "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
-                    " created_at, is_doctor_call) VALUES (:p, :m, :r, 'builder', :pt, :ct, '2025-01-01 00:00:00', 0)"
-                ), values[chunk:chunk + 50_000])  # fmt: skip
+                connection.execute(
+                    text(
+                        "INSERT INTO llm_usage_events"
+                        " (provider, model, run_id, role, prompt_tokens, completion_tokens, created_at, is_doctor_call)"
+                        " VALUES (:p, :m, :r, 'builder', :pt, :ct, '2025-01-01 00:00:00', 0)"
+                    ),
+                    values[chunk : chunk + 50_000],
+                )
     engine.dispose()
 
 
@@ -81,10 +87,12 @@ def kill_midway(url, args, marker, delay_s):
         engine = engine_for(url)
         with engine.connect() as connection:
             for _ in range(100):
-                others = connection.execute(text(
-                    "SELECT COUNT(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )).scalar()  # fmt: skip
+                others = connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
                 if not others:
                     break
                 time.sleep(0.1)
@@ -181,19 +189,25 @@ def test_failure_after_the_rebuild_before_the_backfill_ends_rolls_everything_bac
     with engine.begin() as connection:
         # fault injection with the engine's own trigger: the backfill UPDATE fails on the last row it reaches
         if connection.dialect.name == "postgresql":
-            connection.execute(text(
-                "CREATE FUNCTION fail_backfill() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'injected failure in the backfill'; END $$"
-            ))  # fmt: skip
-            connection.execute(text(
-                "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events FOR EACH ROW "
-                "WHEN (NEW.id = 20000) EXECUTE FUNCTION fail_backfill()"
-            ))  # fmt: skip
+            connection.execute(
+                text(
+                    "CREATE FUNCTION fail_backfill() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'injected failure in the backfill'; END $$"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events FOR EACH ROW "
+                    "WHEN (NEW.id = 20000) EXECUTE FUNCTION fail_backfill()"
+                )
+            )
         else:
-            connection.execute(text(
-                "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events WHEN NEW.id = 20000 "
-                "BEGIN SELECT RAISE(ABORT, 'injected failure in the backfill'); END"
-            ))  # fmt: skip
+            connection.execute(
+                text(
+                    "CREATE TRIGGER fail_backfill BEFORE UPDATE ON llm_usage_events WHEN NEW.id = 20000 "
+                    "BEGIN SELECT RAISE(ABORT, 'injected failure in the backfill'); END"
+                )
+            )
     engine.dispose()
 
     result = alembic(db_url, "upgrade", "head", check=False)

@@ -35,8 +35,11 @@ def autopack(url: str, *args: str) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, "-m", "autopack", *args],
         env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url, "PYTHONPATH": str(ROOT / "src")},
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -159,9 +162,11 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
             connection.execute(text(f"ALTER ROLE {owner} BYPASSRLS"))
         alembic(as_owner, "upgrade", "head")
         with engine.connect() as connection:  # as the superuser: every row, hidden ones included, has its total
-            totals = connection.execute(text(
-                "SELECT provider, total_tokens, prompt_tokens + completion_tokens FROM llm_usage_events ORDER BY id"
-            )).all()  # fmt: skip
+            totals = connection.execute(
+                text(
+                    "SELECT provider, total_tokens, prompt_tokens + completion_tokens FROM llm_usage_events ORDER BY id"
+                )
+            ).all()
         assert len(totals) == 3 and all(t == s for _, t, s in totals)
         with engine.begin() as connection:
             connection.execute(text(f"ALTER ROLE {owner} NOBYPASSRLS"))

@@ -41,8 +41,9 @@ def client(engine, monkeypatch):
 def record(engine, *events):
     with Session(engine) as db:
         for provider, model, prompt, completion, total, age in events:
-            record_usage(db, UsageEventData(provider, model, "builder", prompt, completion, total,
-                                            created_at=utcnow() - age))  # fmt: skip
+            record_usage(
+                db, UsageEventData(provider, model, "builder", prompt, completion, total, created_at=utcnow() - age)
+            )
 
 
 MIXED = [
@@ -62,26 +63,58 @@ def test_week_totals_count_total_only_events_in_full(engine, client):
     assert response.status_code == 200
     assert response.json() == {
         "providers": [
-            {"provider": "anthropic", "period": "week", "prompt_tokens": 12_500, "completion_tokens": 3_200,
-             "total_tokens": 20_700, "events": 2},
-            {"provider": "openai", "period": "week", "prompt_tokens": 8_400, "completion_tokens": 2_100,
-             "total_tokens": 12_900, "events": 2},
+            {
+                "provider": "anthropic",
+                "period": "week",
+                "prompt_tokens": 12_500,
+                "completion_tokens": 3_200,
+                "total_tokens": 20_700,
+                "events": 2,
+            },
+            {
+                "provider": "openai",
+                "period": "week",
+                "prompt_tokens": 8_400,
+                "completion_tokens": 2_100,
+                "total_tokens": 12_900,
+                "events": 2,
+            },
         ],
         "models": [
-            {"provider": "anthropic", "model": "claude-sonnet-4-5", "prompt_tokens": 12_500,
-             "completion_tokens": 3_200, "total_tokens": 20_700, "events": 2},
-            {"provider": "openai", "model": "gpt-4o", "prompt_tokens": 8_400, "completion_tokens": 2_100,
-             "total_tokens": 10_500, "events": 1},
-            {"provider": "openai", "model": "gpt-4o-mini", "prompt_tokens": 0, "completion_tokens": 0,
-             "total_tokens": 2_400, "events": 1},
+            {
+                "provider": "anthropic",
+                "model": "claude-sonnet-4-5",
+                "prompt_tokens": 12_500,
+                "completion_tokens": 3_200,
+                "total_tokens": 20_700,
+                "events": 2,
+            },
+            {
+                "provider": "openai",
+                "model": "gpt-4o",
+                "prompt_tokens": 8_400,
+                "completion_tokens": 2_100,
+                "total_tokens": 10_500,
+                "events": 1,
+            },
+            {
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 2_400,
+                "events": 1,
+            },
         ],
-    }  # fmt: skip
+    }
     day = client.get("/dashboard/usage?period=day").json()
     assert [(p["provider"], p["total_tokens"]) for p in day["providers"]] == [("anthropic", 15_700), ("openai", 10_500)]
     month = client.get("/dashboard/usage?period=month").json()
     assert [(p["provider"], p["total_tokens"]) for p in month["providers"]] == [
-        ("anthropic", 20_700), ("google", 18_500), ("openai", 12_900)
-    ]  # fmt: skip
+        ("anthropic", 20_700),
+        ("google", 18_500),
+        ("openai", 12_900),
+    ]
 
 
 def test_period_boundaries_are_inclusive_at_the_start(engine):

@@ -163,9 +163,9 @@ def test_mariadb_keeps_a_bigint_split_its_default_and_comment_and_runs_strict(db
     build(db_url, "pre_build144")
     engine = engine_for(db_url)
     with engine.begin() as connection:
-        connection.execute(text(
-            "ALTER TABLE llm_usage_events MODIFY prompt_tokens BIGINT NOT NULL DEFAULT 7 COMMENT 'input side'"
-        ))  # fmt: skip
+        connection.execute(
+            text("ALTER TABLE llm_usage_events MODIFY prompt_tokens BIGINT NOT NULL DEFAULT 7 COMMENT 'input side'")
+        )
         insert_events(connection, [event_row(1, id=1000, prompt_tokens=2_000_000_000, completion_tokens=5)])
     engine.dispose()
     alembic(db_url, "upgrade", "head")
@@ -196,9 +196,9 @@ def test_a_check_that_still_forbids_null_splits_is_refused_naming_it(db_url):
         engine = engine_for(db_url)
     else:
         with engine.begin() as connection:
-            connection.execute(text(
-                "ALTER TABLE llm_usage_events ADD CONSTRAINT splits_set CHECK (prompt_tokens IS NOT NULL)"
-            ))  # fmt: skip
+            connection.execute(
+                text("ALTER TABLE llm_usage_events ADD CONSTRAINT splits_set CHECK (prompt_tokens IS NOT NULL)")
+            )
     with engine.begin() as connection:
         insert_events(connection, [event_row(1, id=1000, prompt_tokens=4, completion_tokens=5)])
     engine.dispose()

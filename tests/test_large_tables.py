@@ -18,10 +18,13 @@ def assert_totals_right(url) -> int:
     """Every row's total is what the rule gives: the sum of its splits, or its own total when total-only."""
     engine = engine_for(url)
     with engine.connect() as connection:
-        wrong = connection.execute(text(
-            "SELECT COUNT(*) FROM llm_usage_events WHERE (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
-            " AND total_tokens <> COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)"
-        )).scalar()  # fmt: skip
+        wrong = connection.execute(
+            text(
+                "SELECT COUNT(*) FROM llm_usage_events"
+                " WHERE (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
+                " AND total_tokens <> COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)"
+            )
+        ).scalar()
         rows = connection.execute(text("SELECT COUNT(*) FROM llm_usage_events")).scalar()
     engine.dispose()
     assert wrong == 0
@@ -82,17 +85,22 @@ def test_online_upgrade_killed_mid_backfill_resumes_and_stamps_only_when_done(db
     with engine.connect() as connection:
         # the killed client's server process may still finish (and commit) the batch it was running
         for _ in range(100):
-            others = connection.execute(text(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )).scalar()  # fmt: skip
+            others = connection.execute(
+                text(
+                    "SELECT COUNT(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
             if not others:
                 break
             time.sleep(0.1)
-        done, left = connection.execute(text(
-            "SELECT SUM(CASE WHEN total_tokens > 0 THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN total_tokens = 0 AND prompt_tokens + completion_tokens > 0 THEN 1 ELSE 0 END)"
-            " FROM llm_usage_events"
-        )).one()  # fmt: skip
+        done, left = connection.execute(
+            text(
+                "SELECT SUM(CASE WHEN total_tokens > 0 THEN 1 ELSE 0 END),"
+                " SUM(CASE WHEN total_tokens = 0 AND prompt_tokens + completion_tokens > 0 THEN 1 ELSE 0 END)"
+                " FROM llm_usage_events"
+            )
+        ).one()
     engine.dispose()
     assert done > 0 and left > 0, "the kill should land inside the backfill"
     again = alembic(db_url, *args)
@@ -114,17 +122,28 @@ def test_online_upgrade_with_old_and_new_code_writing_meanwhile(db_url):
         with engine.connect() as connection:
             while not stop.is_set():
                 i += 1
-                connection.execute(text(  # pre-BUILD-144 code: knows nothing of total_tokens
-                    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, created_at,"
-                    " is_doctor_call) VALUES ('old', 'm', 'builder', :p, 5, now(), false)"), {"p": i})  # fmt: skip
+                connection.execute(
+                    text(  # pre-BUILD-144 code: knows nothing of total_tokens
+                        "INSERT INTO llm_usage_events"
+                        " (provider, model, role, prompt_tokens, completion_tokens, created_at, is_doctor_call)"
+                        " VALUES ('old', 'm', 'builder', :p, 5, now(), false)"
+                    ),
+                    {"p": i},
+                )
                 written["old"] += 1
-                connection.execute(text("UPDATE llm_usage_events SET prompt_tokens = prompt_tokens + 1 WHERE id = :id"),
-                                   {"id": 1 + (i * 7919) % 200_000})  # fmt: skip
+                connection.execute(
+                    text("UPDATE llm_usage_events SET prompt_tokens = prompt_tokens + 1 WHERE id = :id"),
+                    {"id": 1 + (i * 7919) % 200_000},
+                )
                 written["updated"] += 1
                 if "total_tokens" in table_columns(connection):  # BUILD-144 code, once the column exists
-                    connection.execute(text(
-                        "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
-                        " VALUES ('new', 'm', 'builder', 777, now(), false)"))  # fmt: skip
+                    connection.execute(
+                        text(
+                            "INSERT INTO llm_usage_events"
+                            " (provider, model, role, total_tokens, created_at, is_doctor_call)"
+                            " VALUES ('new', 'm', 'builder', 777, now(), false)"
+                        )
+                    )
                     written["new"] += 1
                 connection.commit()
         engine.dispose()
@@ -142,9 +161,15 @@ def test_online_upgrade_with_old_and_new_code_writing_meanwhile(db_url):
     assert assert_totals_right(db_url) == 200_000 + written["old"] + written["new"]
     engine = engine_for(db_url)
     with engine.connect() as connection:
-        assert connection.execute(
-            text("SELECT COUNT(*) FROM llm_usage_events WHERE provider = 'new' AND total_tokens = 777"
-                 " AND prompt_tokens IS NULL")).scalar() == written["new"]  # fmt: skip
+        assert (
+            connection.execute(
+                text(
+                    "SELECT COUNT(*) FROM llm_usage_events WHERE provider = 'new' AND total_tokens = 777"
+                    " AND prompt_tokens IS NULL"
+                )
+            ).scalar()
+            == written["new"]
+        )
     engine.dispose()
     assert "llm_usage_events_build144_holdover" not in table_names(db_url)
 

@@ -24,8 +24,11 @@ def snapshot(url) -> dict:
                 return [dict(r._mapping) for r in connection.execute(text(sql))]
 
             inspector = inspect(connection)
-            integrity = connection.exec_driver_sql("PRAGMA integrity_check").scalar() if (
-                connection.dialect.name == "sqlite") else "ok"  # fmt: skip
+            integrity = (
+                connection.exec_driver_sql("PRAGMA integrity_check").scalar()
+                if connection.dialect.name == "sqlite"
+                else "ok"
+            )
             return {
                 "integrity": integrity,
                 "events": {r["id"]: r for r in rows("SELECT * FROM llm_usage_events ORDER BY id")},
@@ -61,10 +64,14 @@ def test_legacy_database_upgrades_downgrades_and_upgrades_losing_nothing(db_url,
     assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
 
     need_keeping = [
-        r for r in upgraded["events"].values()
-        if r["prompt_tokens"] is None or r["completion_tokens"] is None
-        or r["total_tokens"] != r["prompt_tokens"] + r["completion_tokens"]
-    ]  # fmt: skip
+        r
+        for r in upgraded["events"].values()
+        if (
+            r["prompt_tokens"] is None
+            or r["completion_tokens"] is None
+            or r["total_tokens"] != r["prompt_tokens"] + r["completion_tokens"]
+        )
+    ]
     down = alembic(db_url, "downgrade", "-1")
     if need_keeping:
         assert f"Set aside {len(need_keeping)} rows" in down.stderr
@@ -155,19 +162,24 @@ def test_a_definition_the_in_place_edit_does_not_recognise_is_rebuilt_keeping_ev
     engine = create_engine(db_url)
     with engine.begin() as connection:
         assert connection.execute(text("SELECT id, total_tokens FROM llm_usage_events ORDER BY id")).all() == [
-            (1, 5070), (2, 7)
-        ]  # fmt: skip
+            (1, 5070),
+            (2, 7),
+        ]
         assert connection.execute(text("SELECT COUNT(*) FROM usage_annotations")).scalar() == 2
         objects = dict(
             connection.execute(text("SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")).all()
         )
         assert {k: objects.get(k) for k in ("ix_big_prompts", "audit_insert", "v_usage_by_provider")} == {
-            "ix_big_prompts": "index", "audit_insert": "trigger", "v_usage_by_provider": "view"
-        }  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
-            " VALUES ('google', 'gemini', 'builder', 900, '2025-01-02 00:00:00', 0)"
-        ))  # fmt: skip
+            "ix_big_prompts": "index",
+            "audit_insert": "trigger",
+            "v_usage_by_provider": "view",
+        }
+        connection.execute(
+            text(
+                "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call)"
+                " VALUES ('google', 'gemini', 'builder', 900, '2025-01-02 00:00:00', 0)"
+            )
+        )
         assert connection.execute(text("SELECT event_id FROM audit")).all() == [(3,)]  # the trigger still fires
     engine.dispose()
 
@@ -175,9 +187,9 @@ def test_a_definition_the_in_place_edit_does_not_recognise_is_rebuilt_keeping_ev
     alembic(db_url, "upgrade", "head")
     engine = create_engine(db_url)
     with engine.connect() as connection:
-        assert connection.execute(text(
-            "SELECT id, prompt_tokens, completion_tokens, total_tokens FROM llm_usage_events ORDER BY id"
-        )).all() == [(1, 5000, 70, 5070), (2, 3, 4, 7), (3, None, None, 900)]  # fmt: skip
+        assert connection.execute(
+            text("SELECT id, prompt_tokens, completion_tokens, total_tokens FROM llm_usage_events ORDER BY id")
+        ).all() == [(1, 5000, 70, 5070), (2, 3, 4, 7), (3, None, None, 900)]
         assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
         assert connection.execute(text("SELECT COUNT(*) FROM usage_annotations")).scalar() == 2
     engine.dispose()

@@ -36,9 +36,14 @@ def apply_script(url, script: str) -> None:
             connection.execute(script)
     else:
         connection = pymysql.connect(
-            host=url.host, port=url.port or 3306, user=url.username, password=url.password or "",
-            database=url.database, client_flag=CLIENT.MULTI_STATEMENTS, autocommit=True,
-        )  # fmt: skip
+            host=url.host,
+            port=url.port or 3306,
+            user=url.username,
+            password=url.password or "",
+            database=url.database,
+            client_flag=CLIENT.MULTI_STATEMENTS,
+            autocommit=True,
+        )
         with connection.cursor() as cursor:
             cursor.execute(script)
             while cursor.nextset():
@@ -65,8 +70,13 @@ def seeded_pair(new_database):
 def add_later_rows(url):
     engine = create_engine(url)
     with engine.begin() as connection:
-        insert_events(connection, [event_row(10 + i, prompt_tokens=p, completion_tokens=c, total_tokens=t)
-                                   for i, (p, c, t) in enumerate(LATER)])  # fmt: skip
+        insert_events(
+            connection,
+            [
+                event_row(10 + i, prompt_tokens=p, completion_tokens=c, total_tokens=t)
+                for i, (p, c, t) in enumerate(LATER)
+            ],
+        )
     engine.dispose()
 
 

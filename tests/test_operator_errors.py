@@ -180,8 +180,11 @@ def test_a_read_only_database_file_or_directory_is_one_sentence(db_url, what):
         message = fails(db_url, "upgrade", "head")
     finally:
         subprocess.run(["chattr", "-i", str(target)], check=True)
-    assert ("cannot be written" in message) if what == "file" else ("permissions of the file and of its directory"
-                                                                     in message)  # fmt: skip
+    assert (
+        ("cannot be written" in message)
+        if what == "file"
+        else ("permissions of the file and of its directory" in message)
+    )
     assert message.endswith("nothing was changed.")
     assert alembic(db_url, "current").stdout.strip() == "0001"
     assert token_rows(db_url) == before

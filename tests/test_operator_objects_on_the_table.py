@@ -130,11 +130,16 @@ def test_a_working_audit_trigger_is_reported_with_its_firings(db_url, backend):
 @pytest.mark.parametrize(
     "setup, why",
     [
-        (["ALTER TABLE llm_usage_events REPLICA IDENTITY NOTHING", "CREATE PUBLICATION usage_feed FOR TABLE "
-          "llm_usage_events"], "REPLICA IDENTITY NOTHING"),
+        (
+            [
+                "ALTER TABLE llm_usage_events REPLICA IDENTITY NOTHING",
+                "CREATE PUBLICATION usage_feed FOR TABLE llm_usage_events",
+            ],
+            "REPLICA IDENTITY NOTHING",
+        ),
         (["CREATE PUBLICATION usage_feed FOR TABLE llm_usage_events WHERE (provider <> 'internal')"], "a row filter"),
     ],
-)  # fmt: skip
+)
 def test_a_publication_that_cannot_carry_updates_is_refused_before_any_change(db_url, setup, why):
     seeded(db_url)
     execute(db_url, *setup)

@@ -178,8 +178,11 @@ def test_verify_runs_for_a_role_that_may_only_read_the_usage_table(db_url):
         result = subprocess.run(
             [sys.executable, "-m", "autopack", "verify"],
             env={**os.environ, "DATABASE_URL": db_url.set(username=role).render_as_string(False)},
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "All checks passed." in result.stdout
     finally:
@@ -291,8 +294,12 @@ def test_a_driver_option_typo_in_a_mariadb_url_is_one_sentence(db_url, option):
     message = fails(url, "current")
     assert "DATABASE_URL" in message or message.startswith("Cannot connect to")
     result = subprocess.run(
-        [sys.executable, "-m", "autopack", "verify"], env={**os.environ, "DATABASE_URL": url},
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "autopack", "verify"],
+        env={**os.environ, "DATABASE_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

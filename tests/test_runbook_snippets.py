@@ -42,14 +42,19 @@ def migrated(db_url):
 
 
 def environment(url) -> dict:
-    return {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False), "PYTHONPATH": "src",
-            "PYTHONUTF8": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "PYTHONPATH": "src",
+        "PYTHONUTF8": "1",
+    }
 
 
 def run_snippet(name, url, source=None) -> str:
     source = source or (SNIPPETS / name).read_text()
-    result = subprocess.run([sys.executable, "-c", source], cwd=ROOT, env=environment(url),
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", source], cwd=ROOT, env=environment(url), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -104,8 +109,12 @@ def test_dashboard_snippet_against_a_real_uvicorn(migrated):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=environment(migrated), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=environment(migrated),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -75,10 +75,15 @@ def test_mariadb_set_aside_table_takes_the_source_collation_length_and_charset(d
     alembic(db_url, "downgrade", "-1")
     engine = engine_for(db_url)
     with engine.connect() as connection:
-        collations = dict(connection.execute(text(
-            "SELECT COLUMN_NAME, CONCAT(COLUMN_TYPE, ' ', COLLATION_NAME) FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME IN ('provider', 'model')"
-        ), [{"t": HOLDOVER}]).all())  # fmt: skip
+        collations = dict(
+            connection.execute(
+                text(
+                    "SELECT COLUMN_NAME, CONCAT(COLUMN_TYPE, ' ', COLLATION_NAME) FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME IN ('provider', 'model')"
+                ),
+                [{"t": HOLDOVER}],
+            ).all()
+        )
     engine.dispose()
     assert collations == {"provider": "varchar(255) utf8mb4_unicode_ci", "model": "varchar(512) utf8mb4_unicode_ci"}
     alembic(db_url, "upgrade", "head")
@@ -106,8 +111,10 @@ def test_superseded_rows_are_reported_and_changed_ones_keep_the_set_aside_table(
         changed=changed,
     )
     up = alembic(db_url, "upgrade", "head")
-    assert f"1 set-aside rows were not restored because their event was deleted or its id reused for another " \
-           f"event after the downgrade (ids {gone})" in up.stderr  # fmt: skip
+    assert (
+        f"1 set-aside rows were not restored because their event was deleted or its id reused for another "
+        f"event after the downgrade (ids {gone})" in up.stderr
+    )
     assert f"1 set-aside rows stay in {HOLDOVER}" in up.stderr and f"(ids {changed})" in up.stderr
     assert token_rows(db_url)[gone] == (1, 2, 3)
     assert token_rows(db_url)[changed] == (40, 0, 40)

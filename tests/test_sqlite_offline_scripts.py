@@ -66,8 +66,10 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
     columns = columns_of(db_url)
     assert columns["prompt_tokens"]["nullable"] and not columns["total_tokens"]["nullable"]
     connection = sqlite3.connect(db_url.database)  # the operator's audit trigger still writes
-    connection.execute("INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at,"
-                       " is_doctor_call) VALUES ('p', 'm', 'builder', 18500, '2025-11-02', 0)")  # fmt: skip
+    connection.execute(
+        "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at,"
+        " is_doctor_call) VALUES ('p', 'm', 'builder', 18500, '2025-11-02', 0)"
+    )
     connection.commit()
     assert connection.execute("SELECT count(*) FROM audit").fetchone() == (3,)  # 2 seeded, 1 now
     assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -93,8 +95,9 @@ def test_the_upgrade_script_on_a_legacy_state_adopted_at_0001_never_changes_a_to
     apply(db_url.database, upgrade, how)
     after = token_rows(db_url)
     if current(db_url) == "0002 (head)":
-        assert {i: r[2] for i, r in after.items()} == {i: expected_total(*r, *([None] * (3 - len(r))))
-                                                       for i, r in legacy.items()}  # fmt: skip
+        assert {i: r[2] for i, r in after.items()} == {
+            i: expected_total(*r, *([None] * (3 - len(r)))) for i, r in legacy.items()
+        }
         columns = columns_of(db_url)
         assert columns["prompt_tokens"]["nullable"] and columns["completion_tokens"]["nullable"]
     else:  # refused as a whole: nothing changed
@@ -116,8 +119,10 @@ def test_a_script_whose_table_does_not_end_migrated_is_rolled_back_whole(db_url)
     connection.commit()
     connection.close()
     connection = sqlite3.connect(db_url.database)
-    connection.execute("INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens,"
-                       " created_at, is_doctor_call) VALUES ('p', 'm', 'builder', 5, 6, '2025-11-01', 0)")  # fmt: skip
+    connection.execute(
+        "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens,"
+        " created_at, is_doctor_call) VALUES ('p', 'm', 'builder', 5, 6, '2025-11-01', 0)"
+    )
     connection.commit()
     connection.close()
     printed = apply(db_url.database, script(db_url, "upgrade", "0001:0002"), "sqlite3")

@@ -27,18 +27,39 @@ def db(db_url):
 
 def stored(db):
     return db.execute(
-        select(LlmUsageEvent.provider, LlmUsageEvent.prompt_tokens, LlmUsageEvent.completion_tokens,
-               LlmUsageEvent.total_tokens).order_by(LlmUsageEvent.id)
-    ).all()  # fmt: skip
+        select(
+            LlmUsageEvent.provider,
+            LlmUsageEvent.prompt_tokens,
+            LlmUsageEvent.completion_tokens,
+            LlmUsageEvent.total_tokens,
+        ).order_by(LlmUsageEvent.id)
+    ).all()
 
 
 def test_exact_and_total_only_events_are_stored_as_reported(db):
-    record_exact_usage(db, provider="anthropic", model="claude-sonnet-4-5", role="builder",
-                       prompt_tokens=12_500, completion_tokens=3_200)  # fmt: skip
+    record_exact_usage(
+        db,
+        provider="anthropic",
+        model="claude-sonnet-4-5",
+        role="builder",
+        prompt_tokens=12_500,
+        completion_tokens=3_200,
+    )
     record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="auditor", total_tokens=18_500)
     record_usage(db, UsageEventData("openai", "gpt-4o", "builder", prompt_tokens=0, completion_tokens=0))
-    record_usage(db, UsageEventData("openai", "gpt-4o", "builder", prompt_tokens=8_400, completion_tokens=2_100,
-                                    total_tokens=10_500, run_id="run-1", is_doctor_call=True))  # fmt: skip
+    record_usage(
+        db,
+        UsageEventData(
+            "openai",
+            "gpt-4o",
+            "builder",
+            prompt_tokens=8_400,
+            completion_tokens=2_100,
+            total_tokens=10_500,
+            run_id="run-1",
+            is_doctor_call=True,
+        ),
+    )
     assert stored(db) == [
         ("anthropic", 12_500, 3_200, 15_700),
         ("google", None, None, 18_500),
@@ -54,8 +75,10 @@ BAD = [
     (dict(total_tokens=-10), "total_tokens must be a non-negative integer or None, got -10"),
     (dict(prompt_tokens=1.5, completion_tokens=2), "prompt_tokens must be a non-negative integer or None, got 1.5"),
     (dict(prompt_tokens=True, completion_tokens=2), "prompt_tokens must be a non-negative integer or None, got True"),
-    (dict(prompt_tokens=100, completion_tokens=50, total_tokens=160),
-     "total_tokens=160 disagrees with prompt_tokens + completion_tokens = 150"),
+    (
+        dict(prompt_tokens=100, completion_tokens=50, total_tokens=160),
+        "total_tokens=160 disagrees with prompt_tokens + completion_tokens = 150",
+    ),
     (dict(prompt_tokens=100), "give both prompt_tokens and completion_tokens, or neither"),
     (dict(completion_tokens=100, total_tokens=300), "give both prompt_tokens and completion_tokens, or neither"),
     (dict(), "no tokens given"),
@@ -63,7 +86,7 @@ BAD = [
     (dict(provider="", total_tokens=5), "provider must be a non-empty string"),
     (dict(model="  ", total_tokens=5), "model must be a non-empty string"),
     (dict(role=None, total_tokens=5), "role must be a non-empty string"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -91,8 +114,11 @@ def test_the_readme_recording_example_runs_as_written(db_url):
     assert result.returncode == 0, result.stderr
     engine = create_engine(db_url)
     with Session(engine) as db:
-        assert stored(db) == [("anthropic", 12_500, 3_200, 15_700), ("google", None, None, 18_500),
-                              ("openai", 8_400, 2_100, 10_500)]  # fmt: skip
+        assert stored(db) == [
+            ("anthropic", 12_500, 3_200, 15_700),
+            ("google", None, None, 18_500),
+            ("openai", 8_400, 2_100, 10_500),
+        ]
     engine.dispose()
 
 
@@ -149,11 +175,15 @@ OVERFLOWING = [
     (dict(total_tokens=2**63), f"total_tokens=9223372036854775808 is more than {LIMIT}"),
     (dict(prompt_tokens=2**31, completion_tokens=0), f"prompt_tokens=2147483648 is more than {LIMIT}"),
     (dict(prompt_tokens=0, completion_tokens=2**40), f"completion_tokens=1099511627776 is more than {LIMIT}"),
-    (dict(prompt_tokens=2**30, completion_tokens=2**30),
-     f"prompt_tokens + completion_tokens = 2147483648 is more than {LIMIT}"),
-    (dict(prompt_tokens=2**30, completion_tokens=2**30, total_tokens=2**31),
-     f"total_tokens=2147483648 is more than {LIMIT}"),
-]  # fmt: skip
+    (
+        dict(prompt_tokens=2**30, completion_tokens=2**30),
+        f"prompt_tokens + completion_tokens = 2147483648 is more than {LIMIT}",
+    ),
+    (
+        dict(prompt_tokens=2**30, completion_tokens=2**30, total_tokens=2**31),
+        f"total_tokens=2147483648 is more than {LIMIT}",
+    ),
+]
 
 
 @pytest.mark.parametrize(

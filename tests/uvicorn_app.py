@@ -30,8 +30,12 @@ def start(database: URL | str, api_key: str | None, *options: str) -> tuple[subp
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1", "--port", str(port), *options],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return server, port
 
 
