@@ -26,6 +26,9 @@ import sqlalchemy as sa
 from alembic import context, op
 from alembic.util import CommandError
 
+from autopack.migrations.holdover import drop_with_the_baseline
+from autopack.migrations.usage_table import INDEXED, TABLE, baseline_columns
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -33,16 +36,8 @@ depends_on: str | Sequence[str] | None = None
 
 log = logging.getLogger("alembic.build144")
 
-TABLE = "llm_usage_events"
-HOLDOVER = "llm_usage_events_build144_holdover"
-INDEXED = ("id", "provider", "model", "run_id", "created_at")
-BASELINE_COLUMNS = {
-    "id", "provider", "model", "run_id", "phase_id", "role", "prompt_tokens", "completion_tokens",
-    "created_at", "is_doctor_call", "doctor_model", "doctor_action",
-}  # fmt: skip
+BASELINE_COLUMNS = {column.name for column in baseline_columns() if isinstance(column, sa.Column)}
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
-# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
-VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 
 # The four states operators' databases are known to be in, by (has total_tokens, splits nullable).
 KNOWN_STATES = {
@@ -85,47 +80,28 @@ def upgrade() -> None:
             where = bind.exec_driver_sql(
                 "SELECT current_schema()" if bind.dialect.name == "postgresql" else "SELECT DATABASE()"
             ).scalar()
-            log.info("No %s found: creating it in %s %s", TABLE, "schema" if bind.dialect.name == "postgresql"
-                     else "database", where)  # fmt: skip
-    op.create_table(
-        TABLE,
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("provider", VARCHAR, nullable=False),
-        sa.Column("model", VARCHAR, nullable=False),
-        sa.Column("run_id", VARCHAR, nullable=True),
-        sa.Column("phase_id", VARCHAR, nullable=True),
-        sa.Column("role", VARCHAR, nullable=False),
-        sa.Column("prompt_tokens", sa.Integer(), nullable=False),
-        sa.Column("completion_tokens", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("is_doctor_call", sa.Boolean(), nullable=False),
-        sa.Column("doctor_model", VARCHAR, nullable=True),
-        sa.Column("doctor_action", VARCHAR, nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
-    )
+            kind = "schema" if bind.dialect.name == "postgresql" else "database"
+            log.info("No %s found: creating it in %s %s", TABLE, kind, where)
+    op.create_table(TABLE, *baseline_columns())
     for column in INDEXED:
         op.create_index(f"ix_{TABLE}_{column}", TABLE, [column])
 
 
 def downgrade() -> None:
-    if not context.is_offline_mode():
-        refuse_to_drop_rows(op.get_bind())
-    op.execute(sa.text(f"DROP TABLE IF EXISTS {HOLDOVER}"))
+    bind = None if context.is_offline_mode() else op.get_bind()
+    if bind is not None and sa.inspect(bind).has_table(TABLE):
+        refuse_to_drop_rows(TABLE, bind.execute(sa.select(sa.func.count()).select_from(sa.table(TABLE))).scalar_one())
+    drop_with_the_baseline(bind, refuse=refuse_to_drop_rows)  # an empty set-aside table BUILD-144 may have left
     for column in INDEXED:
         op.drop_index(f"ix_{TABLE}_{column}", table_name=TABLE)
     op.drop_table(TABLE)
 
 
-def refuse_to_drop_rows(bind: sa.Connection) -> None:
-    inspector = sa.inspect(bind)
-    for table in (TABLE, HOLDOVER):
-        if not inspector.has_table(table):
-            continue
-        rows = bind.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
-        if rows:
-            raise CommandError(
-                f"{table} holds {rows} rows and the baseline's downgrade would delete them all, so it refuses: "
-                "if an upgrade to 0002 failed, fix its cause and re-run 'alembic upgrade head' (see the README's "
-                "troubleshooting); to remove the table on purpose, back it up and drop it yourself; "
-                f"{table} was not dropped."
-            )
+def refuse_to_drop_rows(table: str, rows: int) -> None:
+    if rows:
+        raise CommandError(
+            f"{table} holds {rows} rows and the baseline's downgrade would delete them all, so it refuses: "
+            "if an upgrade to 0002 failed, fix its cause and re-run 'alembic upgrade head' (see the README's "
+            "troubleshooting); to remove the table on purpose, back it up and drop it yourself; "
+            f"{table} was not dropped."
+        )

@@ -7,7 +7,8 @@ from pathlib import Path
 from alembic.util import CommandError
 
 from autopack.database import database_url
-from autopack.migration_env import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, one_sentence_errors, parse_url
+from autopack.migrations.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, parse_url
+from autopack.migrations.errors import one_sentence_errors
 
 
 def run_verify() -> int:

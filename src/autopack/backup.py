@@ -14,7 +14,8 @@ from pathlib import Path
 from alembic.util import CommandError
 from sqlalchemy.engine import URL
 
-from autopack.migration_env import DEFAULT_LOCK_TIMEOUT, one_sentence_errors, shown
+from autopack.migrations.connection import DEFAULT_LOCK_TIMEOUT
+from autopack.migrations.errors import one_sentence_errors, shown
 from autopack.read_only import existing_sqlite_file, sqlite_uri
 
 TABLE = "llm_usage_events"

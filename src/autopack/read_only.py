@@ -19,8 +19,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from autopack.migration_env import connected, migration_engine, require_sqlite_file, shown
-from autopack.migration_env import sqlite_path as sqlite_file  # the file a SQLite URL opens
+from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
+from autopack.migrations.connection import sqlite_path as sqlite_file  # the file a SQLite URL opens
+from autopack.migrations.errors import shown
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
 BEGIN_READ_ONLY = {

@@ -158,11 +158,8 @@ def record_exact_usage(
     db: Session, *, provider: str, model: str, role: str, prompt_tokens: int, completion_tokens: int, **extra
 ) -> LlmUsageEvent:
     """Record a call whose provider reported both splits."""
-    return record_usage(
-        db,
-        UsageEventData(provider=provider, model=model, role=role, prompt_tokens=prompt_tokens,
-                       completion_tokens=completion_tokens, **extra),
-    )  # fmt: skip
+    splits = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    return record_usage(db, UsageEventData(provider=provider, model=model, role=role, **splits, **extra))
 
 
 def record_total_only_usage(

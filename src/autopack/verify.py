@@ -2,21 +2,24 @@
 
 Exit status: 0 when every check holds, 1 when one fails, 2 when the database cannot be checked at all.
 Rows whose usage was lost before BUILD-144 (both splits NULL, total 0) are a warning, not a failure:
-no migration can recover them.
+no migration can recover them. A total-only row (both splits NULL) with a negative total is malformed: no
+recorder writes one, so the check "total-only rows well-formed" fails on it. The counts come from the same
+survey the upgrade reports from (``backfill_rule.survey``); a schema still to change is described with the
+upgrade report's words (``plan.Plan.describe``).
 """
 
 from dataclasses import dataclass
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, and_, case, func, inspect, or_, select
+from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from autopack.migration_env import shown
-from autopack.migration_preflight import checks_forbidding_total_only
-from autopack.usage_recorder import LlmUsageEvent
-
-E = LlmUsageEvent.__table__.c
+from autopack.migrations.backfill_rule import lost_usage_warning, survey
+from autopack.migrations.errors import shown
+from autopack.migrations.options import Options
+from autopack.migrations.plan import Plan, to_do
+from autopack.migrations.table_inspection import checks_forbidding_total_only
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,6 @@ class Verification:
         return all(c.ok for c in self.checks)
 
 
-def _count(condition) -> object:
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-
 def verify(connection: Connection) -> Verification:
     """Check the BUILD-144 schema and data of ``llm_usage_events`` in one scan of the table."""
     inspector = inspect(connection)
@@ -51,49 +50,53 @@ def verify(connection: Connection) -> Verification:
         raise CommandError(
             f"llm_usage_events has no {' or '.join(missing)}: it is not a table Autopack made; check DATABASE_URL."
         )
-    total_col = columns.get("total_tokens")
-    splits_nullable = [s for s in ("prompt_tokens", "completion_tokens") if columns[s]["nullable"]]
-    forbidding = checks_forbidding_total_only(connection) if len(splits_nullable) == 2 else []
+    plan = to_do(columns)  # what 'alembic upgrade head' would still change, in the report's words
+    upgrade = Plan(dialect=connection.dialect.name, mode="one transaction", options=Options(), **plan)
+    forbidding = checks_forbidding_total_only(connection) if not plan["relax"] else []
     fix = how_to_migrate(connection)
+    total_ok = not plan["add_total"] and not columns["total_tokens"]["nullable"]
     checks = [
-        Check("total_tokens exists and is NOT NULL", bool(total_col) and not total_col["nullable"],
-              "" if total_col else f"missing: {fix}"),
-        Check("prompt_tokens, completion_tokens nullable", len(splits_nullable) == 2 and not forbidding,
-              f"CHECK constraint {', '.join(forbidding)} still forbids NULL splits: drop or relax it" if forbidding
-              else "" if len(splits_nullable) == 2 else f"still NOT NULL: {fix}"),
-    ]  # fmt: skip
-    if not total_col:
+        Check(
+            "total_tokens exists and is NOT NULL",
+            total_ok,
+            f"missing ({upgrade.describe(done=False)}): {fix}" if plan["add_total"] else "",
+        ),
+        Check(
+            "prompt_tokens, completion_tokens nullable",
+            not plan["relax"] and not forbidding,
+            f"CHECK constraint {', '.join(forbidding)} still forbids NULL splits: drop or relax it"
+            if forbidding
+            else f"still NOT NULL ({upgrade.describe(done=False)}): {fix}"
+            if plan["relax"]
+            else "",
+        ),
+    ]
+    if plan["add_total"]:
         return Verification(checks, [])
 
-    p, c, t = E.prompt_tokens, E.completion_tokens, E.total_tokens
-    split_sum = func.coalesce(p, 0) + func.coalesce(c, 0)
-    both_null = and_(p.is_(None), c.is_(None))
-    has_split = or_(p.is_not(None), c.is_not(None))
-    rows, positive, unfilled, total_only, lost, mismatched = connection.execute(
-        select(
-            func.count(),
-            _count(t > 0),
-            _count(and_(has_split, t == 0, split_sum != 0)),
-            _count(and_(both_null, t > 0)),
-            _count(and_(both_null, t == 0)),
-            _count(and_(has_split, t != split_sum)),
-        )
-    ).one()
-    share = f" ({100 * positive / rows:.1f}%)" if rows else ""
+    found = connection.execute(survey()).one()
+    share = f" ({100 * found.positive / found.rows:.1f}%)" if found.rows else ""
+    refill = f" (to fill them: {REFILL})" if found.unfilled else ""
     checks += [
-        Check("total_tokens populated", unfilled == 0,
-              f"{positive} of {rows} rows have total_tokens > 0{share}; {unfilled} rows with splits still at 0"
-              + (f" (to fill them: {REFILL})" if unfilled else "")),
-        Check("total-only rows well-formed", True, f"{total_only} rows with NULL splits and total_tokens > 0"),
-        Check("totals match their splits", mismatched - unfilled == 0,
-              f"{mismatched - unfilled} rows whose total_tokens is not prompt + completion"),
-    ]  # fmt: skip
-    warnings = []
-    if lost:
-        warnings.append(
-            f"{lost} rows have both splits NULL and total_tokens 0: their usage was lost before this migration "
-            "and cannot be recovered"
-        )
+        Check(
+            "total_tokens populated",
+            found.unfilled == 0,
+            f"{found.positive} of {found.rows} rows have total_tokens > 0{share}; "
+            f"{found.unfilled} rows with splits still at 0{refill}",
+        ),
+        Check(
+            "total-only rows well-formed",
+            found.malformed == 0,
+            f"{found.total_only} rows with NULL splits and total_tokens > 0"
+            + (f"; {found.malformed} with NULL splits and a negative total_tokens" if found.malformed else ""),
+        ),
+        Check(
+            "totals match their splits",
+            found.mismatched - found.unfilled == 0,
+            f"{found.mismatched - found.unfilled} rows whose total_tokens is not prompt + completion",
+        ),
+    ]
+    warnings = [lost_usage_warning(found.lost)] if found.lost else []
     return Verification(checks, warnings)
 
 

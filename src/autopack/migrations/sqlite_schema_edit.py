@@ -1,47 +1,29 @@
-"""Operations the revisions use on large tables: progress logging, primary-key batches, SQLite's documented
-in-place schema edits, and keeping the operator's views, triggers and indexes around a SQLite table rebuild.
+"""SQLite: the table's definition changed in place, by SQLite's documented procedure; or rebuilt, keeping what it can.
 
-Nothing here decides data: the revisions pass their rules (the backfill expression) in.
+Why it is safe. SQLite's ALTER TABLE cannot drop NOT NULL or add a DEFAULT. Its documentation gives the
+procedure for changes that "do not affect the on-disk content in any way" (https://www.sqlite.org/
+lang_altertable.html, "Making Other Kinds Of Table Schema Changes"): edit the CREATE TABLE text in
+``sqlite_master`` under ``PRAGMA writable_schema``, bump ``schema_version``, inside the caller's transaction.
+Removing NOT NULL and adding a DEFAULT are such changes; adding NOT NULL back is one too once no row holds a
+NULL (the downgrade proves that first). The edited text is created in a scratch in-memory database and must
+come out with exactly the intended PRAGMA table_info fields, and the real table is checked again after the
+edit; otherwise nothing is written and the table is rebuilt instead (Alembic's batch mode, the portable
+path), with the operator's indexes, views and triggers recreated verbatim, or refused in one sentence when
+the definition holds what a rebuild would lose.
 """
 
 import logging
 import re
 import sqlite3
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from sqlalchemy import Connection
+from alembic import op
+from alembic.util import CommandError
+from sqlalchemy import Connection, exc
 
-PROGRESS_EVERY_S = 2.0
-
-
-class Progress:
-    """Logs ``rows done / total (percent), elapsed, rate`` at most every ``every_s`` seconds.
-
-    Work advances over primary-key ranges, so rows done are estimated from how much of the id span is done.
-    """
-
-    def __init__(self, log: logging.Logger, what: str, total: int, every_s: float = PROGRESS_EVERY_S) -> None:
-        self.log, self.what, self.total, self.every_s = log, what, total, every_s
-        self.start = self.last = time.monotonic()
-
-    def at(self, fraction: float) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every_s:
-            return
-        self.last = now
-        done = round(self.total * min(fraction, 1.0))
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed else 0.0
-        eta = f"about {(self.total - done) / rate:.0f}s left" if rate else "time left unknown"
-        self.log.info(
-            "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s, %s",
-            self.what, f"{done:,}", f"{self.total:,}", 100 * min(fraction, 1.0), elapsed, f"{rate:,.0f}", eta,
-        )  # fmt: skip
-
-
-# --- SQLite: in-place edits of a table's definition ---------------------------------------------------
+from autopack.migrations.plan import Plan
+from autopack.migrations.usage_table import SPLITS, TABLE, total_tokens_column
 
 
 class NotEditableInPlace(Exception):
@@ -162,3 +144,60 @@ def sqlite_objects_kept(connection: Connection, table: str, log: logging.Logger,
             log.warning("      index %s was on %s, which the downgrade drops: not recreated", name, ", ".join(gone))
             continue
         connection.exec_driver_sql(sql)
+
+
+# --- BUILD-144's changes, in place or by a rebuild ----------------------------------------------------------
+
+log = logging.getLogger("alembic.build144")
+
+
+def upgrade_in_place(bind: Connection, plan: Plan, rebuild: Callable[[], None]) -> None:
+    """Splits nullable and total_tokens' DEFAULT 0 by editing the definition (no rebuild, indexes untouched),
+    then ``ALTER TABLE … ADD COLUMN``; ``rebuild`` (the portable batch path) when the edit does not apply."""
+
+    def edit(sql: str) -> str:
+        for split in plan.relax:
+            sql = drop_not_null(sql, split)
+        return add_default_zero(sql, "total_tokens") if plan.add_default else sql
+
+    wanted = {split: {"notnull": 0} for split in plan.relax}
+    wanted |= {"total_tokens": {"dflt_value": "0"}} if plan.add_default else {}
+    try:
+        if plan.add_default or plan.relax:
+            sqlite_edit_definition(bind, TABLE, edit, wanted)
+    except NotEditableInPlace as reason:
+        sqlite_rebuild(bind, str(reason), rebuild)
+        return
+    if plan.add_total:
+        op.add_column(TABLE, total_tokens_column())
+
+
+def downgrade_in_place(bind: Connection, rebuild: Callable[[], None]) -> None:
+    """NOT NULL back on the splits by editing the definition (no row holds a NULL split any more: proven before)
+    and ``ALTER TABLE … DROP COLUMN total_tokens``; ``rebuild`` when either does not apply."""
+    try:
+        sqlite_edit_definition(
+            bind,
+            TABLE,
+            lambda sql: add_not_null(add_not_null(sql, SPLITS[0]), SPLITS[1]),
+            {split: {"notnull": 1} for split in SPLITS},
+        )
+        bind.exec_driver_sql(f"ALTER TABLE {TABLE} DROP COLUMN total_tokens")
+        return
+    except (NotEditableInPlace, exc.OperationalError) as reason:
+        sqlite_rebuild(bind, str(reason).splitlines()[0], rebuild, dropped_columns=("total_tokens",))
+
+
+def sqlite_rebuild(bind: Connection, reason: str, change: Callable[[], None], dropped_columns=()) -> None:
+    """Alembic's batch rebuild, with the operator's indexes, views and triggers kept; refused in one sentence
+    when the table's definition holds what a rebuild cannot carry over."""
+    losses = sqlite_rebuild_losses(bind, TABLE)
+    if losses:
+        raise CommandError(
+            f"{TABLE} cannot be changed in place ({reason}) and rebuilding it would lose {' and '.join(losses)} "
+            "from its definition: write prompt_tokens and completion_tokens as plain 'INTEGER NOT NULL' columns in "
+            "its CREATE TABLE (or make the change by hand), then re-run; nothing was changed."
+        )
+    log.info("      %s is rebuilt (%s)", TABLE, reason)
+    with sqlite_objects_kept(bind, TABLE, log, dropped_columns=dropped_columns):
+        change()

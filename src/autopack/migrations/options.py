@@ -1,4 +1,7 @@
-"""The ``-x key=value`` options of this migrations tree, checked before anything runs.
+"""The ``-x key=value`` options of this migrations tree, parsed and checked once, before anything runs.
+
+``env.py`` parses them (``parse_options``) and keeps the result in the Alembic config's ``attributes``; the
+revisions read that same object (``options_of_this_run``), so no option is ever parsed twice.
 
 An unknown key or a value outside its documented range is refused in one sentence that lists what is
 accepted: a typo such as ``-x onlne=true`` must never quietly run the single-transaction mode the operator
@@ -9,9 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from alembic import context
 from alembic.util import CommandError
 
-from autopack.migration_ops import PROGRESS_EVERY_S
+from autopack.migrations.progress import PROGRESS_EVERY_S
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
@@ -104,6 +108,17 @@ def parse_options(x_arguments: dict[str, str]) -> Options:
         except ValueError:
             raise CommandError(f"-x {key}={raw} is not valid: expected {expected}; nothing was changed.") from None
     return Options(**values)  # type: ignore[arg-type]
+
+
+OPTIONS_KEY = "autopack.options"
+
+
+def options_of_this_run() -> Options:
+    """The options env.py parsed for this command (a revision run outside env.py gets the defaults' check)."""
+    attributes = context.config.attributes
+    if OPTIONS_KEY not in attributes:
+        attributes[OPTIONS_KEY] = parse_options(context.get_x_argument(as_dictionary=True))
+    return attributes[OPTIONS_KEY]
 
 
 def require_mode_fits(options: Options, dialect: str) -> None:

@@ -1,25 +1,30 @@
-"""Engine setup and error translation for ``alembic/env.py`` (kept here so env.py stays short).
+"""Connection set-up for the migrations: one engine per command, set up so every engine's DDL is safe.
 
-SQLite: the pysqlite driver emits no BEGIN before DDL, so a batch rebuild that fails halfway would
-leave ``_alembic_tmp_*`` behind. SQLAlchemy's documented recipe fixes it: autocommit at the driver
-level, and our own ``BEGIN`` on the engine's ``begin`` event; env.py then passes
-``transactional_ddl=True``. Foreign keys are switched off on connect, before any transaction
-(``PRAGMA foreign_keys`` is a no-op inside one), so a rebuild's ``DROP TABLE`` cannot cascade.
+SQLite: the pysqlite driver emits no BEGIN before DDL, so a batch rebuild that fails halfway would leave
+``_alembic_tmp_*`` behind. SQLAlchemy's documented recipe ("Serializable isolation / Savepoints /
+Transactional DDL" in its SQLite dialect notes) fixes it: autocommit at the driver level, our own
+``BEGIN EXCLUSIVE`` on the engine's ``begin`` event, and env.py passes ``transactional_ddl=True``. Foreign keys
+are switched off on connect, before any transaction (``PRAGMA foreign_keys`` is a no-op inside one), so a
+rebuild's ``DROP TABLE`` cannot cascade; ``sqlite_foreign_key_check`` proves nothing dangles before commit.
 
-PostgreSQL: every statement runs under ``lock_timeout`` so a migration waiting behind a long
-transaction gives up with a clear message instead of freezing every reader queued behind it.
+PostgreSQL: every statement runs under ``lock_timeout`` (a migration waiting behind a long transaction gives
+up with a clear message instead of freezing every reader queued behind it) and ``row_security = off`` (a
+role that row-level security would filter is an error, never a partial view). MariaDB/MySQL: strict mode (an
+overflow is an error, not a clamped number) and ``lock_wait_timeout`` instead of the default of a day.
+
+What an operator reads when this fails is in ``errors``.
 """
 
 import math
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, event, exc
@@ -28,17 +33,12 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import asbool
 
 from autopack.database import with_driver
-from autopack.migration_options import Options, interval_seconds
+from autopack.migrations.errors import first_line, one_sentence_errors, shown
+from autopack.migrations.options import Options, interval_seconds
 
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
 DEFAULT_CONNECT_TIMEOUT_S = 10
-
-WAIT_HINT = "-x busy_timeout=SECONDS to wait longer"
-LOCK_HOLDERS = (
-    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
-    "(DB Browser, sqlite3 CLI), then re-run"
-)
 
 
 def parse_url(raw: str) -> URL:
@@ -65,17 +65,6 @@ def parse_url(raw: str) -> URL:
             "pip install that driver; nothing was changed."
         ) from None
     return url
-
-
-# query parameters that carry a secret, in libpq, psycopg and PyMySQL spelling
-SECRET_PARAMETERS = {"password", "passwd", "sslpassword", "ssl_password", "sslkey_password", "passfile"}
-
-
-def shown(url: URL) -> str:
-    """The URL as it may be printed: never with its password, in the userinfo or in a query parameter."""
-    secrets = {key: "HIDDEN" for key in url.query if key.lower() in SECRET_PARAMETERS}
-    rendered = (url.update_query_dict(secrets) if secrets else url).render_as_string(hide_password=True)
-    return rendered.replace("=HIDDEN", "=***")
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -204,93 +193,6 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
             ) from None
 
 
-def explain(
-    error: Exception,
-    url: URL,
-    *,
-    busy_timeout_s: float,
-    lock_timeout: str,
-    wait_hint: str | None = WAIT_HINT,
-    waited_s: float | None = None,
-) -> str | None:
-    """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
-    ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option."""
-    orig = getattr(error, "orig", error)
-    text = first_line(error)
-    where = shown(url)
-    if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
-        return (
-            f"The database {where} is locked by another process (waited {waited_s or busy_timeout_s:.1f}s"
-            f"{', ' + wait_hint if wait_hint else ''}): {LOCK_HOLDERS}; nothing was changed."
-        )
-    if isinstance(orig, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text or "corrupt" in text
-    ):
-        return f"{where} is not a SQLite database or is corrupt ({text}); nothing was changed."
-    if isinstance(orig, sqlite3.OperationalError) and "disk is full" in text:
-        return (
-            f"The disk holding {where} is full: the rebuild needs free space about the size of llm_usage_events; "
-            "free some and re-run; nothing was changed."
-        )
-    if isinstance(orig, sqlite3.OperationalError) and "readonly" in text:
-        return (
-            f"{where} cannot be written ({text}): the file, its directory (SQLite writes a journal beside it) or "
-            "the mount is read-only for this user; run as the user that owns it; nothing was changed."
-        )
-    if getattr(orig, "sqlstate", None) == "25006" or "--read-only" in text:
-        return (
-            f"{where} accepts no writes ({text}): it is a hot standby or the connection is read-only "
-            "(default_transaction_read_only); run the migration against the primary; nothing was changed."
-        )
-    if getattr(orig, "sqlstate", None) == "42501" and "row-level security" in text:
-        return (
-            f"llm_usage_events on {where} has row-level security that would hide rows from this role ({text}): "
-            "every row must be seen, so run as a role with BYPASSRLS (ALTER ROLE … BYPASSRLS) or a superuser; "
-            "nothing was changed."
-        )
-    if getattr(orig, "sqlstate", None) == "42501" or (orig.args[:1] and orig.args[0] in (1142, 1143, 1227)):
-        return (
-            f"The role connected to {where} lacks a privilege the migration needs ({text}): connect as the owner "
-            "of llm_usage_events (ALTER, CREATE, UPDATE); nothing was changed."
-        )
-    if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
-        return (
-            f"Cannot open {where} ({text}): check DATABASE_URL and the permissions of the file and of its directory "
-            "(SQLite writes a journal beside the file); nothing was changed."
-        )
-    if orig.args[:1] == (1205,):  # MariaDB/MySQL lock_wait_timeout
-        return (
-            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another session "
-            "holds it (SHOW PROCESSLIST); retry when it ends, or pass -x lock_timeout=30s; nothing was changed."
-        )
-    if getattr(orig, "sqlstate", None) == "55P03":
-        return (
-            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "
-            "session holds it (see pg_stat_activity); retry when it ends, or pass -x lock_timeout=30s; "
-            "nothing was changed."
-        )
-    if (
-        isinstance(error, exc.OperationalError)
-        and getattr(orig, "sqlstate", None) is None
-        and (url.get_backend_name() != "sqlite")
-    ):
-        return f"Cannot connect to {where}: {text}."
-    return None
-
-
-def first_line(error: Exception) -> str:
-    """The first line of the driver's own message (SQLAlchemy's wrapper adds the statement and a link)."""
-    orig = getattr(error, "orig", error)
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
-
-
-def explained_by_the_environment(error: Exception) -> bool:
-    """True when ``explain`` has a sentence for ``error`` that does not depend on what the migration was doing
-    (a lock, a read-only file or server, a missing privilege, a full disk): callers let it reach ``explain``."""
-    return explain(error, URL.create("sqlite"), busy_timeout_s=0, lock_timeout="0") is not None
-
-
 @contextmanager
 def connected(engine: Engine, url: URL) -> Iterator[Connection]:
     """``engine.connect()``, where any failure to get a connection (server down, wrong password, unknown
@@ -310,33 +212,25 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
 
 
 @contextmanager
-def one_sentence_errors(
-    url: URL, *, busy_timeout_s: float, lock_timeout: str, writes: bool = True, wait_hint: str | None = WAIT_HINT
-) -> Iterator[None]:
-    """Turn a failure an operator can act on into a CommandError of one sentence; bugs keep their traceback.
-    ``writes=False`` for read-only commands, which have nothing to leave unchanged; ``wait_hint=None`` for
-    commands that take no ``-x busy_timeout``."""
-    started = time.monotonic()
+def migration_connection(config: Config, raw_url: str, options: Options) -> Iterator[Connection]:
+    """The connection a migration command runs on: the one a caller passed in ``config.attributes`` (a
+    Connection or an Engine, as pytest-alembic does), or one from ``migration_engine`` for ``raw_url``, where
+    every failure an operator can act on is one sentence (``errors.one_sentence_errors``)."""
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        yield given
+        return
+    if isinstance(given, Engine):
+        with given.connect() as connection:
+            yield connection
+        return
+    url = parse_url(raw_url)
+    command = getattr(config.cmd_opts, "cmd", (None,))[0]
+    require_sqlite_file(url, may_create=command is None or command.__name__ == "upgrade")
+    timeouts = {"busy_timeout_s": options.busy_timeout, "lock_timeout": options.lock_timeout}
+    engine = migration_engine(url, **timeouts)
     try:
-        yield
-    except CommandError:
-        raise
-    except Exception as error:
-        message = explain(
-            error,
-            url,
-            busy_timeout_s=busy_timeout_s,
-            lock_timeout=lock_timeout,
-            wait_hint=wait_hint,
-            waited_s=time.monotonic() - started,
-        )
-        if message is None:
-            raise
-        if not writes:
-            message = message.replace("; nothing was changed.", ".")
-        elif url.get_backend_name() in ("mysql", "mariadb"):  # DDL already run has committed itself
-            message = message.replace(
-                "; nothing was changed.",
-                "; a schema change already made stays (MariaDB commits DDL at once) and re-running finishes the job.",
-            )
-        raise CommandError(message) from None
+        with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
+            yield connection
+    finally:
+        engine.dispose()

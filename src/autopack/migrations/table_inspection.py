@@ -1,17 +1,17 @@
-"""Checks run before the BUILD-144 revision changes anything, each ending in one refusal sentence.
+"""What is on and around ``llm_usage_events`` as it really is: constraints, readers, hooks, publications.
 
 The table an operator has is not always the one this tree would have made: a CHECK constraint may still
-forbid NULL splits, a split may sum past what ``total_tokens`` can hold, a view or trigger may read the
-column a downgrade drops. Each check here reads the table as it really is and, when it would go wrong,
-raises ``CommandError`` naming the object and the fix, before a byte is written.
+forbid NULL splits, a view or trigger may read the column a downgrade drops, a trigger may run on every
+UPDATE. These functions read the catalogs of each engine and return what they find; ``preflight_checks``
+decides what to refuse, and in which words.
 """
 
 import re
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
-TABLE = "llm_usage_events"
+from autopack.migrations.usage_table import TABLE
+
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
@@ -21,18 +21,6 @@ def integer_limit(dialect: str, total_type: sa.types.TypeEngine | None) -> int:
     if dialect == "sqlite" or isinstance(total_type, sa.BigInteger):
         return INT64_MAX
     return INT32_MAX
-
-
-def refuse_totals_that_overflow(bind: sa.Connection, needing_total: sa.Select, limit: int) -> None:
-    """``needing_total`` selects (id, the total the backfill would write): refuse when one exceeds ``limit``."""
-    rows = bind.execute(needing_total.order_by(sa.text("1")).limit(5)).all()
-    if rows:
-        ids = ", ".join(str(r[0]) for r in rows)
-        raise CommandError(
-            f"Rows of {TABLE} whose prompt_tokens + completion_tokens exceed what total_tokens INTEGER can hold "
-            f"({limit:,}), ids {ids}{' and more' if len(rows) == 5 else ''}: correct their splits (they are "
-            "likely corrupt) and re-run; nothing was changed."
-        )
 
 
 def _probe_row(bind: sa.Connection, columns: list[str], has_total: bool) -> str:
@@ -87,16 +75,6 @@ def checks_forbidding_total_only(bind: sa.Connection) -> list[str]:
         if violated:
             forbidding.append(f"{name} ({expression})")
     return forbidding
-
-
-def refuse_checks_forbidding_total_only(bind: sa.Connection) -> None:
-    forbidding = checks_forbidding_total_only(bind)
-    if forbidding:
-        raise CommandError(
-            f"{TABLE} has CHECK constraint {', '.join(forbidding)}, which still forbids total-only rows (NULL "
-            "splits) after the splits become nullable: drop or relax it "
-            f"(PostgreSQL/MariaDB: ALTER TABLE {TABLE} DROP CONSTRAINT <name>) and re-run; nothing was changed."
-        )
 
 
 # --- objects that read total_tokens (the downgrade drops it) -----------------------------------------------
@@ -177,17 +155,6 @@ def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[
     return [r[0] for r in bind.exec_driver_sql(MYSQL_READERS, (TABLE, TABLE))]
 
 
-def refuse_objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> None:
-    readers = objects_reading_total_tokens(bind, own_trigger)
-    if readers:
-        raise CommandError(
-            f"The downgrade drops total_tokens, which {'; '.join(readers)} still read"
-            f"{'s' if len(readers) == 1 else ''}: the pre-BUILD-144 code's writes would then fail on "
-            f"{'it' if len(readers) == 1 else 'them'}; drop or rewrite {'it' if len(readers) == 1 else 'them'} "
-            "first and re-run; nothing was changed."
-        )
-
-
 # --- what runs when the backfill UPDATEs a row ---------------------------------------------------------------
 
 
@@ -238,20 +205,19 @@ WHERE pt.tablename = :name AND pt.schemaname = (SELECT relnamespace::regnamespac
 """
 
 
-def refuse_publications_that_forbid_updates(bind: sa.Connection) -> None:
-    """A publication that publishes UPDATEs makes PostgreSQL refuse the backfill's UPDATE when the table's replica
-    identity cannot carry it: REPLICA IDENTITY NOTHING, or a row filter on columns outside the identity."""
+def publications_refusing_updates(bind: sa.Connection) -> list[tuple[str, str]]:
+    """(publication, why) for each publication that publishes UPDATEs while the table's replica identity cannot
+    carry them: REPLICA IDENTITY NOTHING, or a row filter on columns outside the identity. PostgreSQL would
+    refuse the backfill's UPDATE."""
     if bind.dialect.name != "postgresql":
-        return
+        return []
+    found = []
     for name, identity, row_filter in bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE, "name": TABLE}):
         filtered = row_filter and identity != "f" and re.search(r"\b(?!id\b)[a-z_]+\b", row_filter.lower())
         if identity == "n" or filtered:
             why = "REPLICA IDENTITY NOTHING" if identity == "n" else f"a row filter ({row_filter}) outside its identity"
-            raise CommandError(
-                f"{TABLE} is in publication {name}, which publishes UPDATEs, and has {why}: PostgreSQL would refuse "
-                f"the backfill's UPDATE; run ALTER TABLE {TABLE} REPLICA IDENTITY FULL (or DEFAULT), or take the "
-                "table out of the publication, and re-run; nothing was changed."
-            )
+            found.append((name, why))
+    return found
 
 
 def system_versioned(bind: sa.Connection) -> bool:
@@ -266,12 +232,12 @@ def system_versioned(bind: sa.Connection) -> bool:
     )
 
 
-def refuse_columns_rewritten_on_update(bind: sa.Connection) -> None:
-    """MariaDB/MySQL ``ON UPDATE CURRENT_TIMESTAMP``: every UPDATE the migration makes would rewrite the column (an
-    event's created_at moved to today), so it is refused before any change."""
+def columns_rewritten_on_update(bind: sa.Connection) -> list[str]:
+    """MariaDB/MySQL columns with ``ON UPDATE CURRENT_TIMESTAMP``: every UPDATE the migration makes would rewrite
+    them (an event's created_at moved to today)."""
     if bind.dialect.name not in ("mysql", "mariadb"):
-        return
-    rewritten = (
+        return []
+    return list(
         bind.exec_driver_sql(
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
             "AND LOWER(EXTRA) LIKE %s",
@@ -280,9 +246,3 @@ def refuse_columns_rewritten_on_update(bind: sa.Connection) -> None:
         .scalars()
         .all()
     )
-    if rewritten:
-        raise CommandError(
-            f"{TABLE}.{', '.join(rewritten)} has ON UPDATE CURRENT_TIMESTAMP, so every UPDATE of the migration would "
-            f"rewrite it (events would move to today): ALTER TABLE {TABLE} MODIFY it without ON UPDATE (keep its "
-            "type and NOT NULL), then re-run; nothing was changed."
-        )

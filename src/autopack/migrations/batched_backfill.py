@@ -1,0 +1,70 @@
+"""The backfill in primary-key batches, with progress: the rule applied to ``batch_rows`` actual rows at a time.
+
+Keyset batches (``id >= low ORDER BY id LIMIT n``): a sparse or huge id range (ids near ±2^62) costs no more
+than a dense one. In the default mode the batches run inside the migration's one transaction (so they only
+bound each statement's size); in the online mode each batch commits (``online_backfill``).
+"""
+
+import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
+from autopack.migrations.options import Options
+from autopack.migrations.progress import Progress
+from autopack.migrations.usage_table import TABLE, events, first_ids, some
+
+log = logging.getLogger("alembic.build144")
+
+
+def backfill_statement() -> sa.Update:
+    """The backfill rule applied to the rows of one primary-key range ``[low, high]`` that it changes."""
+    return (
+        events.update()
+        .where(events.c.id >= sa.bindparam("low"), events.c.id <= sa.bindparam("high"), NEEDS_TOTAL)
+        .values(total_tokens=split_sum)
+    )
+
+
+def batch_end(rows: int) -> sa.Select:
+    """The id that ends the batch starting at ``low``: ``batch_rows`` actual rows on, however sparse the ids."""
+    ids = (
+        sa.select(events.c.id)
+        .where(events.c.id >= sa.bindparam("low"), events.c.id <= sa.bindparam("stop"))
+        .order_by(events.c.id)
+        .limit(rows)
+        .subquery()
+    )
+    return sa.select(sa.func.max(ids.c.id))
+
+
+def backfill(
+    execute: Callable[[sa.Executable, dict], sa.CursorResult], first, last, rows: int, options: Options
+) -> int:
+    """The rule over ids ``first..last`` (``rows`` rows) in batches; returns the rows whose total it wrote."""
+    progress = Progress(log, "backfill", rows, options.progress_every)
+    filled = done = 0
+    low, next_end, update = first, batch_end(options.rows_per_batch), backfill_statement()
+    while low is not None and low <= last:
+        high = execute(next_end, {"low": low, "stop": last}).scalar()
+        if high is None:
+            break
+        filled += execute(update, {"low": low, "high": high}).rowcount
+        done = min(rows, done + options.rows_per_batch)
+        progress.at(done / rows if rows else 1.0)
+        low = high + 1 if high < last else None
+    log.info("[2/3] Backfilled %d rows: %s", filled, RULE)
+    return filled
+
+
+def prove_backfilled(bind: sa.Connection, after: str = "nothing was changed") -> None:
+    """Counted in the same transaction, before the stamp: no row may still need its total, whatever the cause."""
+    left = first_ids(bind, sa.select(events.c.id).where(NEEDS_TOTAL))
+    if left:
+        raise CommandError(
+            f"After the backfill, rows of {TABLE} still have total_tokens 0 while a split is set (ids {some(left)}): "
+            "a trigger or rule on the table, or another writer, undid the fill; see 'alembic upgrade head' "
+            f"troubleshooting in the README; {after}."
+        )

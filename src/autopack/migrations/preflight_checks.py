@@ -1,0 +1,211 @@
+"""Everything checked before a BUILD-144 run changes a byte, as one list of named checks.
+
+Like strong_migrations' checks: each has a name (the row of the README's "checked before any change" table),
+the directions it guards, what it looks for on the table as it really is, and its refusal: one sentence
+saying what was found and what to do, ending "nothing was changed". ``refuse_what_would_go_wrong`` runs the
+checks of a direction in this order and raises the first refusal. The README's troubleshooting table quotes
+each refusal's start; a test holds the two together.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from autopack.migrations.backfill_rule import wide_split_sum
+from autopack.migrations.holdover import HOLDOVER, stale_ids
+from autopack.migrations.plan import Plan
+from autopack.migrations.table_inspection import (
+    checks_forbidding_total_only,
+    columns_rewritten_on_update,
+    integer_limit,
+    objects_reading_total_tokens,
+    publications_refusing_updates,
+)
+from autopack.migrations.usage_table import SPLITS, TABLE, events, first_ids, some, total
+
+FILL_TRIGGER = "llm_usage_events_build144_fill_total"  # the online mode's own trigger: never a reader
+
+
+@dataclass(frozen=True)
+class PreflightCheck:
+    name: str
+    directions: tuple[str, ...]
+    find: Callable[[sa.Connection, Plan], dict[str, Any] | None]  # the refusal's fields, or None: all is well
+    refusal: str  # one sentence, formatted with what ``find`` returned
+
+    def sentence(self, found: dict[str, Any]) -> str:
+        return self.refusal.format(table=TABLE, holdover=HOLDOVER, **found)
+
+
+def _ids(ids: list[int]) -> dict[str, Any] | None:
+    return {"ids": some(ids)} if ids else None
+
+
+def overflowing_totals(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
+    needs = total == 0 if plan.has_total else sa.true()
+    rows = sa.select(events.c.id).where(needs, sa.or_(wide_split_sum > limit, wide_split_sum < -limit - 1))
+    ids = list(bind.execute(rows.order_by(events.c.id).limit(5)).scalars())
+    more = " and more" if len(ids) == 5 else ""
+    return {"limit": f"{limit:,}", "ids": ", ".join(map(str, ids)) + more} if ids else None
+
+
+def forbidding_checks(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
+    found = checks_forbidding_total_only(bind)
+    return {"checks": ", ".join(found)} if found else None
+
+
+def refusing_publication(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
+    found = publications_refusing_updates(bind)
+    return {"publication": found[0][0], "why": found[0][1]} if found else None
+
+
+def rewritten_columns(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
+    found = columns_rewritten_on_update(bind)
+    return {"columns": ", ".join(found)} if found else None
+
+
+def no_total_tokens(_bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    return None if plan.has_total else {}
+
+
+def readers_of_total_tokens(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
+    readers = objects_reading_total_tokens(bind, FILL_TRIGGER)
+    if not readers:
+        return None
+    one = len(readers) == 1
+    return {"readers": "; ".join(readers), "s": "s" if one else "", "them": "it" if one else "them"}
+
+
+def splits_not_null(_bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    strict = [s for s in SPLITS if not plan.columns[s]["nullable"]]
+    return {"splits": ", ".join(strict)} if strict else None
+
+
+def split_sums_past_integer(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    limit = integer_limit(plan.dialect, None)
+    return _ids(first_ids(bind, sa.select(events.c.id).where(wide_split_sum > limit)))
+
+
+def totals_a_widened_column_holds(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    limit, column_type = integer_limit(plan.dialect, None), plan.columns["total_tokens"]["type"]
+    if integer_limit(plan.dialect, column_type) <= limit:
+        return None
+    ids = first_ids(bind, sa.select(events.c.id).where(total > limit))
+    return {"type": column_type, "ids": some(ids)} if ids else None
+
+
+def null_splits_in_history(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    if not plan.system_versioned:
+        return None
+    versions = bind.exec_driver_sql(
+        f"SELECT COUNT(*) FROM {TABLE} FOR SYSTEM_TIME ALL WHERE prompt_tokens IS NULL OR completion_tokens IS NULL"
+    ).scalar()
+    return {"versions": versions} if versions else None
+
+
+def held_rows_changed_again(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    return _ids(stale_ids(bind)) if plan.holdover_rows is not None else None
+
+
+UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
+BOTH = UPGRADE + DOWNGRADE
+
+CHECKS = [
+    PreflightCheck(
+        "totals the backfill would write past what `total_tokens` holds",
+        UPGRADE,
+        overflowing_totals,
+        "Rows of {table} whose prompt_tokens + completion_tokens exceed what total_tokens INTEGER can hold "
+        "({limit}), ids {ids}: correct their splits (they are likely corrupt) and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "CHECK constraints that would still forbid total-only rows (NULL splits)",
+        UPGRADE,
+        forbidding_checks,
+        "{table} has CHECK constraint {checks}, which still forbids total-only rows (NULL splits) after the "
+        "splits become nullable: drop or relax it (PostgreSQL/MariaDB: ALTER TABLE {table} DROP CONSTRAINT "
+        "<name>) and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "publications that publish UPDATEs without a usable replica identity (PostgreSQL)",
+        UPGRADE,
+        refusing_publication,
+        "{table} is in publication {publication}, which publishes UPDATEs, and has {why}: PostgreSQL would "
+        "refuse the backfill's UPDATE; run ALTER TABLE {table} REPLICA IDENTITY FULL (or DEFAULT), or take the "
+        "table out of the publication, and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "a table stamped `0002` without being migrated",
+        DOWNGRADE,
+        no_total_tokens,
+        "{table} has no total_tokens although the database is stamped 0002 (stamped without being migrated?): "
+        "there is nothing to downgrade; run 'python -m autopack verify' for the commands that fix it; "
+        "nothing was changed.",
+    ),
+    PreflightCheck(
+        "views, triggers, rules, generated columns, CHECKs, expression/partial indexes reading `total_tokens`",
+        DOWNGRADE,
+        readers_of_total_tokens,
+        "The downgrade drops total_tokens, which {readers} still read{s}: the pre-BUILD-144 code's writes would "
+        "then fail on {them}; drop or rewrite {them} first and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "splits still NOT NULL at `0002` (stamped without being migrated)",
+        DOWNGRADE,
+        splits_not_null,
+        "{table}'s {splits} is still NOT NULL although the database is stamped 0002 (stamped without being "
+        "migrated?): run 'python -m autopack verify' for the commands that fix it; nothing was changed.",
+    ),
+    PreflightCheck(
+        "split sums past INTEGER",
+        DOWNGRADE,
+        split_sums_past_integer,
+        "Rows of {table} whose prompt_tokens + completion_tokens exceed what an INTEGER total can hold (ids "
+        "{ids}) would stop the next upgrade: the round trip would not be lossless, so the downgrade refuses; "
+        "correct those splits first; nothing was changed.",
+    ),
+    PreflightCheck(
+        "totals a widened column holds",
+        DOWNGRADE,
+        totals_a_widened_column_holds,
+        "total_tokens is {type} here and rows hold totals the INTEGER column the next upgrade re-creates cannot "
+        "(ids {ids}): the round trip would not be lossless, so the downgrade refuses; nothing was changed.",
+    ),
+    PreflightCheck(
+        "NULL splits in MariaDB history",
+        DOWNGRADE,
+        null_splits_in_history,
+        "{table} is system-versioned and {versions} row versions (history included) hold NULL splits, which the "
+        "pre-BUILD-144 NOT NULL columns cannot take: the downgrade refuses; keep this revision, or remove system "
+        "versioning first; nothing was changed.",
+    ),
+    PreflightCheck(
+        "held rows whose event changed again",
+        DOWNGRADE,
+        held_rows_changed_again,
+        "{holdover} still holds rows an earlier upgrade kept (ids {ids}) whose events have changed again: "
+        "setting them aside now would mix old and new values; compare each with llm_usage_events, delete the "
+        "held row once resolved, and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "columns MariaDB rewrites on every UPDATE (`ON UPDATE CURRENT_TIMESTAMP`)",
+        BOTH,
+        rewritten_columns,
+        "{table}.{columns} has ON UPDATE CURRENT_TIMESTAMP, so every UPDATE of the migration would rewrite it "
+        "(events would move to today): ALTER TABLE {table} MODIFY it without ON UPDATE (keep its type and NOT "
+        "NULL), then re-run; nothing was changed.",
+    ),
+]
+
+
+def refuse_what_would_go_wrong(bind: sa.Connection, plan: Plan, direction: str) -> None:
+    """Run the checks of ``direction`` in order; the first that finds something is refused in its sentence."""
+    for check in CHECKS:
+        if direction in check.directions:
+            found = check.find(bind, plan)
+            if found is not None:
+                raise CommandError(check.sentence(found))

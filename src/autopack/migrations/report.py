@@ -1,0 +1,73 @@
+"""What a BUILD-144 run tells the operator: the report read from the table as it now is, and a failure midway.
+
+The report counts, in the migration's own transaction after the change, what the table holds (never what a
+statement meant to do): rows, exact splits, total-only rows, the sum of total_tokens, and the rows whose usage
+was lost before this migration; and, when the operator's triggers ran on the backfill's UPDATEs, how often.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from autopack.migrations.backfill_rule import lost_usage_warning, survey
+from autopack.migrations.errors import explained_by_the_environment, first_line
+from autopack.migrations.plan import Plan
+from autopack.migrations.usage_table import TABLE
+
+log = logging.getLogger("alembic.build144")
+
+
+def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]]) -> None:
+    stats = bind.execute(survey()).one()
+    log.info(
+        "[3/3] Verification: total rows %d, exact splits %d, total-only (NULL splits) %d, sum of total_tokens %d",
+        stats.rows,
+        stats.exact,
+        stats.total_only,
+        stats.token_sum,
+    )
+    row_hooks = [name for name, per_row in hooks if per_row]
+    if row_hooks and filled:
+        log.info(
+            "      the backfill's UPDATEs fired %s %d times each (%d firings): what they write (audit rows, say) "
+            "was written that often",
+            ", ".join(row_hooks),
+            filled,
+            filled * len(row_hooks),
+        )
+    if stats.lost:
+        log.warning(lost_usage_warning(stats.lost))
+
+
+def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan: Plan, step: str) -> str:
+    """One sentence for a database error after the change started, naming what on the table likely caused it,
+    and what the failure left: nothing (one transaction), the schema change (MariaDB), or a resumable run."""
+    if getattr(error.orig, "sqlstate", None) == "57014":
+        cause = "a statement_timeout set on the database or role cancelled a batch: pass a smaller -x batch_rows"
+    elif hooks:
+        names = ", ".join(name for name, _ in hooks)
+        cause = f"{names} on {TABLE} run on each UPDATE and likely caused it: fix or disable them for the migration"
+    else:
+        cause = "fix the cause the database names"
+    if plan.online and step == "upgrade":
+        after = "the revision stays 0001 and re-running the same command resumes"
+    elif plan.dialect in ("mysql", "mariadb"):
+        after = "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
+    else:
+        after = "nothing was changed"
+    return f"The BUILD-144 {step} failed while changing {TABLE} ({first_line(error)}): {cause}, then re-run; {after}."
+
+
+@contextmanager
+def failures_in_one_sentence(plan: Plan, hooks: list[tuple[str, bool]], step: str) -> Iterator[None]:
+    """A database error once the change started: one sentence (``failed_midway``); a lock, a read-only file or a
+    privilege is left to env.py, which says it best."""
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        if explained_by_the_environment(error):
+            raise
+        raise CommandError(failed_midway(error, hooks, plan, step)) from None

@@ -1,0 +1,80 @@
+"""``llm_usage_events`` as the revisions see it: its columns, declared once, and a light table to query it.
+
+Revisions never import the application's models (they change; a revision must not): like MLflow's and
+Airflow's trees, they describe the table they change here, with ``sa.table()`` for queries and full
+``sa.Column`` definitions only where DDL is written from them.
+"""
+
+import sqlalchemy as sa
+
+TABLE = "llm_usage_events"
+SPLITS = ("prompt_tokens", "completion_tokens")
+INDEXED = ("id", "provider", "model", "run_id", "created_at")
+# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
+VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
+
+
+def baseline_columns() -> list[sa.Column]:
+    """The columns of the pre-BUILD-144 table (revision 0001): splits NOT NULL, no total_tokens."""
+    return [
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("provider", VARCHAR, nullable=False),
+        sa.Column("model", VARCHAR, nullable=False),
+        sa.Column("run_id", VARCHAR, nullable=True),
+        sa.Column("phase_id", VARCHAR, nullable=True),
+        sa.Column("role", VARCHAR, nullable=False),
+        sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+        sa.Column("completion_tokens", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("is_doctor_call", sa.Boolean(), nullable=False),
+        sa.Column("doctor_model", VARCHAR, nullable=True),
+        sa.Column("doctor_action", VARCHAR, nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_llm_usage_events"),
+    ]
+
+
+def total_tokens_column() -> sa.Column:
+    """BUILD-144's column: INTEGER NOT NULL DEFAULT 0 (a server default, so old code's INSERTs still work)."""
+    return sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0"))
+
+
+def baseline_table() -> sa.Table:
+    """The table as revision 0001 leaves it, indexes included: what SQLite's batch mode copies from offline."""
+    table = sa.Table(TABLE, sa.MetaData(), *baseline_columns())
+    for column in INDEXED:
+        sa.Index(f"ix_{TABLE}_{column}", table.c[column])
+    return table
+
+
+def build144_table() -> sa.Table:
+    """The table as revision 0002 leaves it: what an offline SQLite downgrade copies from."""
+    table = baseline_table()
+    table.c.prompt_tokens.nullable = table.c.completion_tokens.nullable = True
+    table.append_column(total_tokens_column())
+    return table
+
+
+# For queries: only the columns the revisions read or write. The id binds as BIGINT, so that an operator's
+# BIGINT id past 2^31 binds as one.
+events = sa.table(
+    TABLE,
+    sa.column("id", sa.BigInteger),
+    sa.column("provider", sa.String),
+    sa.column("model", sa.String),
+    sa.column("role", sa.String),
+    sa.column("created_at", sa.DateTime),
+    sa.column("prompt_tokens", sa.Integer),
+    sa.column("completion_tokens", sa.Integer),
+    sa.column("total_tokens", sa.Integer),
+)
+prompt, completion, total = events.c.prompt_tokens, events.c.completion_tokens, events.c.total_tokens
+
+
+def first_ids(bind: sa.Connection, rows: sa.Select) -> list[int]:
+    """Up to 6 ids of ``rows`` (a select of event ids), in order: enough for ``some`` to name 5 and say 'more'."""
+    return list(bind.execute(rows.order_by(events.c.id).limit(6)).scalars().all())
+
+
+def some(ids: list[int]) -> str:
+    """Ids for a message: the first 5, and how many more."""
+    return ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
