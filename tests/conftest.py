@@ -18,7 +18,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
-from autopack.migration_env import migration_engine
+from autopack.migrations.connection import migration_engine
 from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,20 @@
 """Helpers the tests share: run the real alembic CLI, seed rows with plain SQL, read rows back."""
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import psycopg
+import pymysql
+from pymysql.constants import CLIENT
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import URL
 
@@ -58,10 +67,6 @@ def start_alembic(url: URL, *args: str) -> subprocess.Popen:
     )
 
 
-def engine_for(url: URL | str):
-    return create_engine(url)
-
-
 def event_row(i: int, **values) -> dict:
     """A plain usage-event row; ``values`` override the defaults."""
     row = {
@@ -89,7 +94,7 @@ def insert_events(connection: Connection, rows: list[dict]) -> None:
 
 def token_rows(url: URL | str, columns: tuple[str, ...] = TOKENS) -> dict[int, tuple]:
     """id -> the token columns that exist now."""
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             present = {c["name"] for c in inspect(connection).get_columns("llm_usage_events")}
@@ -101,7 +106,7 @@ def token_rows(url: URL | str, columns: tuple[str, ...] = TOKENS) -> dict[int, t
 
 
 def columns_of(url: URL | str, table: str = "llm_usage_events") -> dict[str, dict]:
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             return {c["name"]: c for c in inspect(connection).get_columns(table)}
@@ -110,7 +115,7 @@ def columns_of(url: URL | str, table: str = "llm_usage_events") -> dict[str, dic
 
 
 def table_names(url: URL | str) -> set[str]:
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             return set(inspect(connection).get_table_names())
@@ -120,7 +125,7 @@ def table_names(url: URL | str) -> set[str]:
 
 def execute(url: URL | str, *statements: str, **params) -> None:
     """Run plain SQL statements in one transaction, as an operator's psql/sqlite3 session would."""
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.begin() as connection:
             for statement in statements:
@@ -156,3 +161,133 @@ def forced_row_security(owner: str, policy: str) -> list[str]:
         "ALTER TABLE llm_usage_events FORCE ROW LEVEL SECURITY",
         f"CREATE POLICY tenant ON llm_usage_events USING ({policy})",
     ]
+
+
+APP_INSERT = (
+    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, total_tokens, "
+    "created_at, is_doctor_call) VALUES ('openai', 'gpt-4o', 'builder', 10, 5, 15, '2025-11-01 12:00:00', false)"
+)
+LOCK_HOLDERS = (
+    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
+    "(DB Browser, sqlite3 CLI), then re-run"
+)
+
+
+@contextmanager
+def application_committing(path: str) -> Iterator[dict]:
+    """Another connection that, like the application, commits one usage event after another until the block
+    ends; yields its tally ({'commits', 'errors'})."""
+    tally: dict = {"commits": 0, "errors": []}
+    stop = threading.Event()
+
+    def commit_in_a_loop() -> None:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            while not stop.is_set():
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(APP_INSERT)
+                time.sleep(0.005)  # the application's own work, inside its write transaction
+                db.execute("COMMIT")
+                tally["commits"] += 1
+        except sqlite3.Error as error:
+            tally["errors"].append(error)
+        finally:
+            db.close()
+
+    writer = threading.Thread(target=commit_in_a_loop, daemon=True)
+    writer.start()
+    try:
+        while tally["commits"] < 20 and not tally["errors"]:
+            time.sleep(0.01)
+        yield tally
+    finally:
+        stop.set()
+        writer.join(30)
+
+
+ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
+
+
+def seed_large(url, rows=ROWS):
+    """A baseline table of ``rows`` events: every 7th would be total-only once upgraded."""
+    alembic(url, "upgrade", "0001")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text(
+                    "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
+                    " created_at, is_doctor_call) SELECT 'p' || (i % 3), 'm' || (i % 7), 'r' || (i % 100), 'builder',"
+                    " i % 1000, i % 333, TIMESTAMP '2025-01-01' + i * INTERVAL '1 second', false"
+                    " FROM generate_series(1, :n) AS i"
+                ),
+                {"n": rows},
+            )
+        else:  # SQLite, MySQL: executemany (PyMySQL turns it into multi-row INSERTs)
+            values = [
+                {"p": f"p{i % 3}", "m": f"m{i % 7}", "r": f"r{i % 100}", "pt": i % 1000, "ct": i % 333}
+                for i in range(1, rows + 1)
+            ]
+            for chunk in range(0, rows, 50_000):
+                connection.execute(
+                    text(
+                        "INSERT INTO llm_usage_events"
+                        " (provider, model, run_id, role, prompt_tokens, completion_tokens, created_at, is_doctor_call)"
+                        " VALUES (:p, :m, :r, 'builder', :pt, :ct, '2025-01-01 00:00:00', 0)"
+                    ),
+                    values[chunk : chunk + 50_000],
+                )
+    engine.dispose()
+
+
+def kill_midway(url, args, marker, delay_s):
+    """Start ``alembic ARGS``, SIGKILL it ``delay_s`` after ``marker`` appears in its log; True if it was killed."""
+    process = start_alembic(url, *args)
+    for line in process.stderr:
+        if marker in line:
+            break
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if url.get_backend_name() == "postgresql":  # the killed client's server process rolls back on its own time
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            for _ in range(100):
+                others = connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+                if not others:
+                    break
+                time.sleep(0.1)
+        engine.dispose()
+    return process.returncode == -signal.SIGKILL
+
+
+def apply_script(url, script: str) -> None:
+    """Feed the script to the engine's own driver, as a DBA's client would."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        connection = sqlite3.connect(url.database)
+        connection.executescript(script)
+        connection.close()
+    elif backend == "postgresql":
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(False), autocommit=True) as connection:
+            connection.execute(script)
+    else:
+        connection = pymysql.connect(
+            host=url.host,
+            port=url.port or 3306,
+            user=url.username,
+            password=url.password or "",
+            database=url.database,
+            client_flag=CLIENT.MULTI_STATEMENTS,
+            autocommit=True,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(script)
+            while cursor.nextset():
+                pass
+        connection.close()

@@ -1,58 +1,23 @@
 """A migration killed, out of disk, or failing halfway leaves the previous revision whole, and a re-run works."""
 
-import signal
 import sqlite3
-import time
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
-from autopack.migration_env import migration_engine
-from support import MYSQL_BACKENDS, ROOT, TRANSACTIONAL_BACKENDS, alembic, engine_for, start_alembic, table_names
+from autopack.migrations.connection import migration_engine
+from support import MYSQL_BACKENDS, ROOT, ROWS, TRANSACTIONAL_BACKENDS, alembic, kill_midway, seed_large, table_names
 
-ROWS = 300_000  # about a second of upgrade here: long enough to be killed in the middle of it
 # where to SIGKILL: so long after the migration logs this line (the first two land mid-migration for sure)
 UPGRADE_KILLS = (("Running upgrade 0001 -> 0002", 0.0), ("[1/3] Schema", 0.0), ("[1/3] Schema", 0.1), ("[2/3]", 0.0))
 DOWNGRADE_KILLS = (("Running downgrade 0002 -> 0001", 0.0), ("Set aside", 0.0), ("Set aside", 0.1), ("Set aside", 0.3))
 
 
-def seed_large(url, rows=ROWS):
-    """A baseline table of ``rows`` events: every 7th would be total-only once upgraded."""
-    alembic(url, "upgrade", "0001")
-    engine = engine_for(url)
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text(
-                    "INSERT INTO llm_usage_events (provider, model, run_id, role, prompt_tokens, completion_tokens,"
-                    " created_at, is_doctor_call) SELECT 'p' || (i % 3), 'm' || (i % 7), 'r' || (i % 100), 'builder',"
-                    " i % 1000, i % 333, TIMESTAMP '2025-01-01' + i * INTERVAL '1 second', false"
-                    " FROM generate_series(1, :n) AS i"
-                ),
-                {"n": rows},
-            )
-        else:  # SQLite, MySQL: executemany (PyMySQL turns it into multi-row INSERTs)
-            values = [
-                {"p": f"p{i % 3}", "m": f"m{i % 7}", "r": f"r{i % 100}", "pt": i % 1000, "ct": i % 333}
-                for i in range(1, rows + 1)
-            ]
-            for chunk in range(0, rows, 50_000):
-                connection.execute(
-                    text(
-                        "INSERT INTO llm_usage_events"
-                        " (provider, model, run_id, role, prompt_tokens, completion_tokens, created_at, is_doctor_call)"
-                        " VALUES (:p, :m, :r, 'builder', :pt, :ct, '2025-01-01 00:00:00', 0)"
-                    ),
-                    values[chunk : chunk + 50_000],
-                )
-    engine.dispose()
-
-
 def facts(url) -> dict:
     """Revision, integrity, leftovers, row count and token sums: what a kill must not change."""
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             columns = "SUM(prompt_tokens), SUM(completion_tokens), COUNT(prompt_tokens), COUNT(completion_tokens)"
@@ -72,32 +37,6 @@ def facts(url) -> dict:
 
 def _columns(connection) -> list[str]:
     return [c["name"] for c in inspect(connection).get_columns("llm_usage_events")]
-
-
-def kill_midway(url, args, marker, delay_s):
-    """Start ``alembic ARGS``, SIGKILL it ``delay_s`` after ``marker`` appears in its log; True if it was killed."""
-    process = start_alembic(url, *args)
-    for line in process.stderr:
-        if marker in line:
-            break
-    time.sleep(delay_s)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    if url.get_backend_name() == "postgresql":  # the killed client's server process rolls back on its own time
-        engine = engine_for(url)
-        with engine.connect() as connection:
-            for _ in range(100):
-                others = connection.execute(
-                    text(
-                        "SELECT COUNT(*) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                ).scalar()
-                if not others:
-                    break
-                time.sleep(0.1)
-        engine.dispose()
-    return process.returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("backend", TRANSACTIONAL_BACKENDS)
@@ -120,7 +59,7 @@ def test_sigkill_at_any_point_leaves_the_previous_revision_whole(db_url):
     assert upgraded["revision"] == "0002" and upgraded["leftovers"] == []
     assert upgraded["sums"][:5] == start["sums"] and upgraded["sums"][5] == start["sums"][1] + start["sums"][2]
 
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:  # total-only rows, so the downgrade has rows to set aside
         connection.execute(
             text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id % 7 = 0")
@@ -185,7 +124,7 @@ def test_disk_full_midway_rolls_back_and_a_rerun_succeeds(db_url, path):
 def test_failure_after_the_rebuild_before_the_backfill_ends_rolls_everything_back(db_url):
     seed_large(db_url, rows=20_000)
     start = facts(db_url)
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         # fault injection with the engine's own trigger: the backfill UPDATE fails on the last row it reaches
         if connection.dialect.name == "postgresql":
@@ -221,7 +160,7 @@ def test_failure_after_the_rebuild_before_the_backfill_ends_rolls_everything_bac
     assert facts(db_url) == start
     assert "total_tokens" not in _column_names(db_url)
 
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("DROP TRIGGER fail_backfill" + (" ON llm_usage_events" if _is_pg(db_url) else "")))
     engine.dispose()
@@ -235,7 +174,7 @@ def _is_pg(url) -> bool:
 
 
 def _column_names(url) -> list[str]:
-    engine = engine_for(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             return _columns(connection)
@@ -268,7 +207,7 @@ def test_mysql_killed_midway_converges_on_rerun(db_url):
     upgraded = facts(db_url)
     assert upgraded["revision"] == "0002"
     assert upgraded["sums"][:5] == start["sums"] and upgraded["sums"][5] == start["sums"][1] + start["sums"][2]
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(
             text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id % 7 = 0")

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from alembic.util import CommandError
 from sqlalchemy import create_engine
-from test_verify_command import LOCK_HOLDERS, application_committing  # the application's writer loop
 
 from autopack.backup import require_complete_backup
 from autopack.database import Base
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
-from support import event_row, insert_events
+from support import LOCK_HOLDERS, application_committing, event_row, insert_events
 
 ROWS = [(12_500, 3_200, 15_700), (None, None, 18_500), (8_400, 2_100, 10_500), (0, 0, 0), (1, 2, 3)]
 

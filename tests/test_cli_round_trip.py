@@ -1,8 +1,8 @@
 """The real ``alembic`` command line, as an operator types it, against a new database on every backend."""
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from support import alembic, columns_of, engine_for, event_row, insert_events, token_rows
+from support import alembic, columns_of, event_row, insert_events, token_rows
 
 
 def current(url) -> str:
@@ -33,7 +33,7 @@ def test_upgrade_downgrade_upgrade_check_on_a_new_database(db_url):
 
 def test_cli_upgrade_of_a_baseline_database_with_rows(db_url):
     alembic(db_url, "upgrade", "0001")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     seed = [(100, 50), (0, 0), (7, 0), (2_000_000, 1_000_000)]
     with engine.begin() as connection:
         insert_events(connection, [event_row(i, prompt_tokens=p, completion_tokens=c) for i, (p, c) in enumerate(seed)])
@@ -46,7 +46,7 @@ def test_cli_upgrade_of_a_baseline_database_with_rows(db_url):
         up.stderr
     )
 
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(
             text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id = 1")

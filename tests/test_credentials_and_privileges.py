@@ -6,7 +6,7 @@ import sys
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from support import (
     MYSQL_BACKENDS,
@@ -14,7 +14,6 @@ from support import (
     ROOT,
     alembic,
     columns_of,
-    engine_for,
     event_row,
     execute,
     fails,
@@ -74,7 +73,7 @@ def test_verify_never_prints_a_password():
 
 def seeded(url):
     alembic(url, "upgrade", "0001")
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(i, prompt_tokens=10 * i, completion_tokens=i) for i in range(3)])
     engine.dispose()
@@ -100,7 +99,7 @@ def _application_role_fails(db_url, options, *command):
     at = alembic(db_url, "current").stdout.strip()
     columns = set(columns_of(db_url))
     role = f"app_{uuid.uuid4().hex[:8]}"
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text(f"CREATE ROLE {role} LOGIN"))
         connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
@@ -131,7 +130,7 @@ def test_a_read_only_connection_gets_one_sentence_on_postgresql(db_url):
 def test_a_mariadb_user_without_alter_gets_one_sentence(db_url):
     seeded(db_url)
     user = f"app_{uuid.uuid4().hex[:8]}"
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
         connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {db_url.database}.* TO '{user}'@'%'"))
@@ -150,7 +149,7 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
     seeded(db_url)  # three rows: providers anthropic, openai, google
     owner = f"owner_{uuid.uuid4().hex[:8]}"
     execute(db_url, *forced_row_security(owner, "provider = 'anthropic'"))
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     try:
         as_owner = db_url.set(username=owner)
         message = fails(as_owner, "upgrade", "head")

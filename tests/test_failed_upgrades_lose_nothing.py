@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from legacy import build
 from support import (
@@ -12,7 +12,6 @@ from support import (
     alembic,
     columns_of,
     current,
-    engine_for,
     event_row,
     fails,
     insert_events,
@@ -28,7 +27,7 @@ def huge_split(backend: str) -> int:
 
 def test_an_overflowing_total_is_refused_before_any_change_and_rollback_keeps_the_rows(db_url, backend):
     build(db_url, "pre_build144")  # create_all() at the old model, as operators made theirs
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(900, id=900, prompt_tokens=huge_split(backend), completion_tokens=1)])
     engine.dispose()
@@ -48,7 +47,7 @@ def test_an_overflowing_total_is_refused_before_any_change_and_rollback_keeps_th
 
 def test_the_baseline_downgrade_refuses_to_drop_rows_but_drops_an_empty_table(db_url):
     alembic(db_url, "upgrade", "0001")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(1, prompt_tokens=10, completion_tokens=5)])
     message = fails(db_url, "downgrade", "-1")
@@ -66,7 +65,7 @@ def test_the_baseline_downgrade_refuses_to_drop_rows_but_drops_an_empty_table(db
 def test_sparse_and_negative_ids_backfill_in_work_proportional_to_rows(db_url, backend):
     top = 2**62 if backend == "sqlite" else 2**31 - 1
     alembic(db_url, "upgrade", "0001")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         insert_events(
             connection,
@@ -131,7 +130,7 @@ def test_mariadb_wrong_password_and_unknown_database_are_one_sentence(db_url):
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 def test_the_url_search_path_is_the_schema_migrated(db_url):
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("CREATE SCHEMA autopack"))
     engine.dispose()
@@ -148,7 +147,7 @@ def test_the_url_search_path_is_the_schema_migrated(db_url):
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 def test_a_new_table_says_which_schema_it_is_created_in(db_url):
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("CREATE SCHEMA reporting"))
     engine.dispose()
@@ -158,10 +157,10 @@ def test_a_new_table_says_which_schema_it_is_created_in(db_url):
 
 @pytest.mark.parametrize("backend", MYSQL_BACKENDS)
 def test_mariadb_keeps_a_bigint_split_its_default_and_comment_and_runs_strict(db_url):
-    from autopack.migration_env import migration_engine
+    from autopack.migrations.connection import migration_engine
 
     build(db_url, "pre_build144")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(
             text("ALTER TABLE llm_usage_events MODIFY prompt_tokens BIGINT NOT NULL DEFAULT 7 COMMENT 'input side'")
@@ -183,7 +182,7 @@ def test_mariadb_keeps_a_bigint_split_its_default_and_comment_and_runs_strict(db
 
 def test_a_check_that_still_forbids_null_splits_is_refused_naming_it(db_url):
     build(db_url, "pre_build144")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     if engine.dialect.name == "sqlite":  # SQLite cannot add a constraint to a table: make the table with it
         with engine.begin() as connection:
             sql = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'llm_usage_events'")).scalar()
@@ -193,7 +192,7 @@ def test_a_check_that_still_forbids_null_splits_is_refused_naming_it(db_url):
                 {"sql": sql.rstrip().removesuffix(")") + ", CONSTRAINT splits_set CHECK (prompt_tokens IS NOT NULL))"},
             )
         engine.dispose()
-        engine = engine_for(db_url)
+        engine = create_engine(db_url)
     else:
         with engine.begin() as connection:
             connection.execute(

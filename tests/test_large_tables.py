@@ -6,17 +6,16 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
-from test_atomicity import kill_midway, seed_large
+from sqlalchemy import create_engine, text
 
-from support import POSTGRES_BACKENDS, alembic, engine_for, start_alembic, table_names
+from support import POSTGRES_BACKENDS, alembic, kill_midway, seed_large, start_alembic, table_names
 
 ROWS = 60_000
 
 
 def assert_totals_right(url) -> int:
     """Every row's total is what the rule gives: the sum of its splits, or its own total when total-only."""
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.connect() as connection:
         wrong = connection.execute(
             text(
@@ -32,7 +31,7 @@ def assert_totals_right(url) -> int:
 
 
 def revision(url) -> str:
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.connect() as connection:
         value = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
@@ -40,7 +39,7 @@ def revision(url) -> str:
 
 
 def pg_objects(url) -> tuple[int, int]:
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.connect() as connection:
         triggers = connection.execute(text("SELECT COUNT(*) FROM pg_trigger WHERE tgname LIKE '%build144%'")).scalar()
         functions = connection.execute(text("SELECT COUNT(*) FROM pg_proc WHERE proname LIKE '%build144%'")).scalar()
@@ -81,7 +80,7 @@ def test_online_upgrade_killed_mid_backfill_resumes_and_stamps_only_when_done(db
     args = ["-x", "online=true", "-x", "batch_rows=2000", "upgrade", "head"]
     assert kill_midway(db_url, args, "[1/3] Schema (online, committed)", 0.3)
     assert revision(db_url) == "0001"  # not stamped: the backfill did not finish
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         # the killed client's server process may still finish (and commit) the batch it was running
         for _ in range(100):
@@ -117,7 +116,7 @@ def test_online_upgrade_with_old_and_new_code_writing_meanwhile(db_url):
     written = {"old": 0, "new": 0, "updated": 0}
 
     def writer():
-        engine = engine_for(db_url)
+        engine = create_engine(db_url)
         i = 0
         with engine.connect() as connection:
             while not stop.is_set():
@@ -159,7 +158,7 @@ def test_online_upgrade_with_old_and_new_code_writing_meanwhile(db_url):
     assert written["old"] > 10 and written["new"] > 0 and written["updated"] > 10
     assert revision(db_url) == "0002"
     assert assert_totals_right(db_url) == 200_000 + written["old"] + written["new"]
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         assert (
             connection.execute(

@@ -1,16 +1,13 @@
 """``alembic upgrade/downgrade --sql``: scripts for DBAs, applied with each engine's own driver to a database
 seeded at the old revision, must give the same rows as the online path, in both directions."""
 
-import sqlite3
-
 import psycopg
 import pymysql
 import pytest
-from pymysql.constants import CLIENT
 from sqlalchemy import create_engine, text
 
 from legacy import build
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, event_row, insert_events, token_rows
+from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, apply_script, event_row, insert_events, token_rows
 
 SEED = [(12_500, 3_200), (0, 0), (7, 0), (1_000_000_000, 999_999_999)]
 LATER = [(None, None, 18_500), (40, None, 40), (10, 5, 100), (None, None, 0)]  # written once at 0002
@@ -22,33 +19,6 @@ def rows(url):
         result = [dict(r._mapping) for r in connection.execute(text("SELECT * FROM llm_usage_events ORDER BY id"))]
     engine.dispose()
     return result
-
-
-def apply_script(url, script: str) -> None:
-    """Feed the script to the engine's own driver, as a DBA's client would."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        connection = sqlite3.connect(url.database)
-        connection.executescript(script)
-        connection.close()
-    elif backend == "postgresql":
-        with psycopg.connect(url.set(drivername="postgresql").render_as_string(False), autocommit=True) as connection:
-            connection.execute(script)
-    else:
-        connection = pymysql.connect(
-            host=url.host,
-            port=url.port or 3306,
-            user=url.username,
-            password=url.password or "",
-            database=url.database,
-            client_flag=CLIENT.MULTI_STATEMENTS,
-            autocommit=True,
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(script)
-            while cursor.nextset():
-                pass
-        connection.close()
 
 
 def seeded_pair(new_database):

@@ -7,12 +7,12 @@ import subprocess
 import uuid
 
 import pytest
-from test_offline_scripts import apply_script
 
 from support import (
     MYSQL_BACKENDS,
     POSTGRES_BACKENDS,
     alembic,
+    apply_script,
     columns_of,
     current,
     execute,

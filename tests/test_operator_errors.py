@@ -8,13 +8,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from support import (
     POSTGRES_BACKENDS,
     alembic,
-    engine_for,
     event_row,
     fails,
     insert_events,
@@ -25,7 +24,7 @@ from support import (
 
 def seeded_at_baseline(url):
     alembic(url, "upgrade", "0001")
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(i, prompt_tokens=10 * i, completion_tokens=i) for i in range(5)])
     engine.dispose()
@@ -102,7 +101,7 @@ def test_a_file_that_is_not_a_database_is_left_untouched(tmp_path, content):
 
 def test_a_database_at_an_unknown_revision_is_refused(db_url):
     before = seeded_at_baseline(db_url)
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
     engine.dispose()

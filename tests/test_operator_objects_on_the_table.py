@@ -2,14 +2,13 @@
 met before any change or named in one sentence, and never leaves a half state."""
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from support import (
     MYSQL_BACKENDS,
     POSTGRES_BACKENDS,
     alembic,
     columns_of,
-    engine_for,
     event_row,
     execute,
     fails,
@@ -20,7 +19,7 @@ from support import (
 
 def seeded(url, rows=5):
     alembic(url, "upgrade", "0001")
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(i, prompt_tokens=10 * i + 1, completion_tokens=i) for i in range(rows)])
     engine.dispose()
@@ -28,7 +27,7 @@ def seeded(url, rows=5):
 
 
 def own_trigger_left(url) -> int:
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.connect() as connection:
         count = connection.execute(text("SELECT COUNT(*) FROM pg_trigger WHERE tgname LIKE '%build144%'")).scalar()
     engine.dispose()
@@ -120,7 +119,7 @@ def test_a_working_audit_trigger_is_reported_with_its_firings(db_url, backend):
         )
     up = alembic(db_url, "upgrade", "head")
     assert f"fired trigger audit_changes {len(before)} times each ({len(before)} firings)" in up.stderr
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT COUNT(*) FROM audit")).scalar() == len(before)
     engine.dispose()
@@ -172,7 +171,7 @@ def test_a_system_versioned_mariadb_table_migrates_and_keeps_its_history(db_url)
     up = alembic(db_url, "upgrade", "head")
     assert "is system-versioned" in up.stderr
     assert token_rows(db_url) == {i: (p, c, p + c) for i, (p, c) in before.items()}
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         history = connection.execute(text("SELECT COUNT(*) FROM llm_usage_events FOR SYSTEM_TIME ALL")).scalar()
     engine.dispose()

@@ -4,7 +4,7 @@ after it, could not give back is refused before any change; odd ids, locks and r
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from legacy import build
 from support import (
@@ -14,7 +14,6 @@ from support import (
     alembic,
     columns_of,
     current,
-    engine_for,
     execute,
     fails,
     token_rows,
@@ -116,7 +115,7 @@ def test_a_bigint_id_past_2_31_migrates_on_postgresql(db_url, online):
 def test_a_mariadb_downgrade_behind_a_long_transaction_is_one_sentence(db_url):
     alembic(db_url, "upgrade", "head")
     execute(db_url, INSERT.format(id=1, p=10, c=5, t=15))
-    holder = engine_for(db_url).connect()
+    holder = create_engine(db_url).connect()
     holder.execute(text("SELECT COUNT(*) FROM llm_usage_events"))  # an open transaction holds a metadata lock
     try:
         message = fails(db_url, "-x", "lock_timeout=2s", "downgrade", "-1")
@@ -146,7 +145,7 @@ def test_a_system_versioned_mariadb_table_downgrade_is_refused_while_history_hol
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 def test_online_mode_behind_a_lock_says_what_it_changed(db_url):
     build(db_url, "pre_build144")  # unversioned: the adoption stamps 0001 before the online step
-    holder = engine_for(db_url).connect()
+    holder = create_engine(db_url).connect()
     holder.execute(text("LOCK TABLE llm_usage_events IN ACCESS SHARE MODE"))
     try:
         message = fails(db_url, "-x", "online=true", "-x", "online_retries=2", "upgrade", "head")
@@ -227,7 +226,7 @@ def test_a_created_at_that_mariadb_rewrites_on_update_is_refused_before_any_chan
     )
     message = fails(db_url, "upgrade", "head")
     assert "created_at has ON UPDATE CURRENT_TIMESTAMP" in message and message.endswith("nothing was changed.")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         assert (
             str(connection.execute(text("SELECT created_at FROM llm_usage_events")).scalar()) == "2025-11-01 10:00:00"

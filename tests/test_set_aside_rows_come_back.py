@@ -4,7 +4,7 @@ goes only when every row in it is restored or reported superseded; objects readi
 from datetime import datetime
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
 from legacy import build
 from support import (
@@ -12,7 +12,6 @@ from support import (
     POSTGRES_BACKENDS,
     alembic,
     columns_of,
-    engine_for,
     execute,
     fails,
     table_names,
@@ -73,7 +72,7 @@ def test_mariadb_set_aside_table_takes_the_source_collation_length_and_charset(d
     alembic(db_url, "upgrade", "head")
     before = token_rows(db_url)
     alembic(db_url, "downgrade", "-1")
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         collations = dict(
             connection.execute(
@@ -118,7 +117,7 @@ def test_superseded_rows_are_reported_and_changed_ones_keep_the_set_aside_table(
     assert f"1 set-aside rows stay in {HOLDOVER}" in up.stderr and f"(ids {changed})" in up.stderr
     assert token_rows(db_url)[gone] == (1, 2, 3)
     assert token_rows(db_url)[changed] == (40, 0, 40)
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         kept = connection.execute(text(f"SELECT event_id, total_tokens FROM {HOLDOVER}")).all()
     engine.dispose()
@@ -171,7 +170,7 @@ def test_a_downgrade_refuses_while_a_view_or_trigger_reads_total_tokens(db_url, 
     assert alembic(db_url, "current").stdout.strip().startswith("0002")
     assert token_rows(db_url) == before
     assert HOLDOVER not in table_names(db_url)
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.connect() as connection:
         assert "daily_totals" in inspect(connection).get_view_names()
     engine.dispose()

@@ -5,27 +5,26 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import create_engine, exc, text
 
 from autopack.read_only import read_only_connection
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, engine_for, event_row, insert_events, token_rows
-
-APP_INSERT = (
-    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, total_tokens, "
-    "created_at, is_doctor_call) VALUES ('openai', 'gpt-4o', 'builder', 10, 5, 15, '2025-11-01 12:00:00', false)"
-)
-LOCK_HOLDERS = (
-    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
-    "(DB Browser, sqlite3 CLI), then re-run"
+from support import (
+    APP_INSERT,
+    LOCK_HOLDERS,
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    ROOT,
+    alembic,
+    application_committing,
+    event_row,
+    insert_events,
+    token_rows,
 )
 
 
@@ -38,7 +37,7 @@ def verify(url, cwd=ROOT):
 
 def upgraded_with(url, rows):
     alembic(url, "upgrade", "head")
-    engine = engine_for(url)
+    engine = create_engine(url)
     with engine.begin() as connection:
         insert_events(
             connection,
@@ -106,7 +105,7 @@ def test_verify_never_creates_a_database(db_url):
 
 
 def test_verify_on_an_empty_database_says_there_is_no_table(db_url):
-    engine = engine_for(db_url)
+    engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE unrelated (id INTEGER)"))
     engine.dispose()
@@ -127,38 +126,6 @@ def rows_checked(output):
     """The row count verify reports ('N of M rows have total_tokens > 0'): M."""
     words = line(output, "total_tokens populated").split()
     return int(words[words.index("of") + 1])
-
-
-@contextmanager
-def application_committing(path: str) -> Iterator[dict]:
-    """Another connection that, like the application, commits one usage event after another until the block
-    ends; yields its tally ({'commits', 'errors'})."""
-    tally: dict = {"commits": 0, "errors": []}
-    stop = threading.Event()
-
-    def commit_in_a_loop() -> None:
-        db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        try:
-            while not stop.is_set():
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(APP_INSERT)
-                time.sleep(0.005)  # the application's own work, inside its write transaction
-                db.execute("COMMIT")
-                tally["commits"] += 1
-        except sqlite3.Error as error:
-            tally["errors"].append(error)
-        finally:
-            db.close()
-
-    writer = threading.Thread(target=commit_in_a_loop, daemon=True)
-    writer.start()
-    try:
-        while tally["commits"] < 20 and not tally["errors"]:
-            time.sleep(0.01)
-        yield tally
-    finally:
-        stop.set()
-        writer.join(30)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -229,7 +196,7 @@ def test_verify_reads_in_a_transaction_that_refuses_writes(db_url):
 def test_a_role_that_may_only_select_can_verify_on_postgresql(db_url):
     upgraded_with(db_url, [(1, 2, 3), (None, None, 40)])
     role = f"autopack_reader_{uuid.uuid4().hex[:8]}"
-    admin = engine_for(db_url)
+    admin = create_engine(db_url)
     with admin.begin() as connection:
         connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
         connection.exec_driver_sql(f"GRANT SELECT ON llm_usage_events TO {role}")
@@ -248,7 +215,7 @@ def test_a_role_that_may_only_select_can_verify_on_postgresql(db_url):
 @pytest.mark.parametrize("backend", [*POSTGRES_BACKENDS, *MYSQL_BACKENDS])
 def test_verify_behind_a_table_lock_gives_up_in_one_sentence_that_names_no_option(db_url):
     upgraded_with(db_url, [(1, 2, 3)])
-    holder = engine_for(db_url)
+    holder = create_engine(db_url)
     try:
         with holder.connect() as connection:
             postgresql = connection.dialect.name == "postgresql"
@@ -335,3 +302,28 @@ def test_rows_left_at_zero_at_head_get_the_commands_that_fill_them(db_url):
     again = verify(db_url)
     assert again.returncode == 0, again.stdout
     assert sorted(r[2] for r in token_rows(db_url).values()) == [10, 12]
+
+
+def test_a_total_only_row_with_a_negative_total_fails_well_formedness(db_url):
+    upgraded_with(db_url, [(None, None, 500), (None, None, -40), (None, 7, 7), (3, 4, 7)])
+    result = verify(db_url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    well_formed = line(result.stdout, "total-only rows well-formed")
+    assert well_formed.startswith("  FAIL")
+    assert "1 rows with NULL splits and total_tokens > 0; 1 with NULL splits and a negative total_tokens" in well_formed
+    # the partial split (None, 7, 7) of an intermediate release is well-formed and matches its splits
+    assert line(result.stdout, "totals match their splits").startswith("  ok")
+
+
+def test_a_database_not_yet_migrated_is_described_in_the_upgrade_reports_words(db_url):
+    alembic(db_url, "upgrade", "0001")
+    result = verify(db_url)
+    assert result.returncode == 1
+    assert (
+        "missing (add total_tokens INTEGER NOT NULL DEFAULT 0; make prompt_tokens and completion_tokens nullable)"
+        in line(result.stdout, "total_tokens exists and is NOT NULL")
+    )
+    upgrade = alembic(db_url, "upgrade", "head")
+    assert "added total_tokens INTEGER NOT NULL DEFAULT 0; made prompt_tokens and completion_tokens nullable" in (
+        upgrade.stderr
+    )
