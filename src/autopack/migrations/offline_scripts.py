@@ -20,10 +20,15 @@ import sqlalchemy as sa
 from alembic import context, op
 
 from autopack.migrations import holdover
-from autopack.migrations.backfill_rule import NEEDS_TOTAL, split_sum
+from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
 from autopack.migrations.plan import Plan
 from autopack.migrations.table_inspection import MYSQL_READERS_LITERAL, PG_READERS_LITERAL
 from autopack.migrations.usage_table import SPLITS, TABLE, events
+
+DOWNGRADE_PLAN = (
+    f"set aside in {holdover.HOLDOVER} the rows the pre-BUILD-144 schema cannot hold; write 0 for their NULL "
+    "splits; make prompt_tokens and completion_tokens NOT NULL; drop total_tokens"
+)
 
 
 def offline_upgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
@@ -32,6 +37,8 @@ def offline_upgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
     deleted from it and the table is kept (plain SQL cannot drop it only when empty): a row the old code changed
     after the downgrade stays there for the operator. ``change_schema``: the portable path, for the servers."""
     dialect = plan.dialect
+    words = f"{plan.describe(done=False)}; backfill {RULE}"
+    op.get_context().impl.static_output(f"-- BUILD-144 plan ({plan.mode}): {words}")
     offline_preamble(dialect, "upgrade")
     if dialect == "sqlite":
         sqlite_offline_schema_change()
@@ -49,6 +56,7 @@ def offline_upgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
 def offline_downgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
     """A script for a database at 0002: set aside, placeholders, checked, then the schema back."""
     dialect = plan.dialect
+    op.get_context().impl.static_output(f"-- BUILD-144 plan ({plan.mode}): {DOWNGRADE_PLAN}")
     offline_preamble(dialect, "downgrade")
     for statement in holdover.create_statements(dialect):
         op.execute(statement)
