@@ -291,3 +291,16 @@ def apply_script(url, script: str) -> None:
             while cursor.nextset():
                 pass
         connection.close()
+
+
+def verify(url, cwd=ROOT):
+    """Run ``python -m autopack verify`` against ``url`` as an operator would."""
+    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
+    return subprocess.run(
+        [sys.executable, "-m", "autopack", "verify"], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def line(output, name):
+    """The first line of ``output`` that mentions ``name``."""
+    return next(x for x in output.splitlines() if name in x)

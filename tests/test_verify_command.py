@@ -3,8 +3,6 @@
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,20 +17,14 @@ from support import (
     LOCK_HOLDERS,
     MYSQL_BACKENDS,
     POSTGRES_BACKENDS,
-    ROOT,
     alembic,
     application_committing,
     event_row,
     insert_events,
+    line,
     token_rows,
+    verify,
 )
-
-
-def verify(url, cwd=ROOT):
-    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
-    return subprocess.run(
-        [sys.executable, "-m", "autopack", "verify"], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
 
 
 def upgraded_with(url, rows):
@@ -44,10 +36,6 @@ def upgraded_with(url, rows):
             [event_row(i, prompt_tokens=p, completion_tokens=c, total_tokens=t) for i, (p, c, t) in enumerate(rows)],
         )
     engine.dispose()
-
-
-def line(output, name):
-    return next(x for x in output.splitlines() if name in x)
 
 
 def test_a_migrated_database_with_exact_and_total_only_rows_passes(db_url):

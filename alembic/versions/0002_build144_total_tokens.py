@@ -23,9 +23,9 @@ from alembic import context, op
 from autopack.migrations import holdover, sqlite_schema_edit
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
-from autopack.migrations.online_backfill import DROP_FILL_TRIGGER, online_upgrade
+from autopack.migrations.online_backfill import drop_leftover_fill_trigger, online_upgrade
 from autopack.migrations.options import options_of_this_run
-from autopack.migrations.plan import Plan, offline_plan, plan_from_table
+from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
 from autopack.migrations.preflight_checks import FILL_TRIGGER, refuse_what_would_go_wrong
 from autopack.migrations.report import failures_in_one_sentence, report
 from autopack.migrations.table_inspection import update_hooks
@@ -45,20 +45,20 @@ def upgrade() -> None:
         offline_upgrade(plan, change_schema=lambda: new_schema(plan, copy_from=baseline_table()))
         return
     bind = op.get_bind()
-    plan = plan_from_table(bind, options_of_this_run(), "upgrade")  # 1. find the state
+    plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "upgrade")  # ... and refuse, before any change, what would fail
+    plan = with_rows_counted(bind, plan)
     hooks = update_hooks(bind, FILL_TRIGGER)  # the operator's triggers the backfill's UPDATEs will fire
     keep_history(bind, plan)
     with failures_in_one_sentence(plan, hooks, "upgrade"):
         if plan.online:  # PostgreSQL: steps 2-4 with the schema change and each batch committed at once
-            filled = online_upgrade(plan, plan.rows)
+            filled = online_upgrade(plan)
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
             change_schema(bind, plan)  # 2. change the schema
             filled = backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)  # 3. backfill
             holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
-            if plan.dialect == "postgresql":  # left by an interrupted online run
-                for statement in DROP_FILL_TRIGGER:
-                    bind.exec_driver_sql(statement)
+            if plan.dialect == "postgresql":
+                drop_leftover_fill_trigger(bind)  # left by an interrupted online run
             prove_backfilled(bind)
     report(bind, filled, hooks)  # 5. report what the table now holds
 
@@ -69,7 +69,7 @@ def downgrade() -> None:
         offline_downgrade(plan, change_schema=lambda: old_schema(plan, copy_from=build144_table()))
         return
     bind = op.get_bind()
-    plan = plan_from_table(bind, options_of_this_run(), "downgrade")  # 1. find the state
+    plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "downgrade")  # ... and what the round trip could not give back
     keep_history(bind, plan, say=False)
     hooks = update_hooks(bind, FILL_TRIGGER)  # read before: after a failure the transaction takes no more queries

@@ -43,31 +43,42 @@ def lost_usage_warning(rows: int) -> str:
     )
 
 
-def survey(has_total: bool = True) -> sa.Select:
-    """One scan for everything the upgrade reports and batches by and ``verify`` checks, with the rule applied
-    to the totals (a table without ``total_tokens`` yet reads as all totals 0).
+def survey(has_total: bool = True, *, verify: bool = False) -> sa.Select:
+    """One scan of the table for what the upgrade batches by and reports (``verify=False``) or what ``verify``
+    checks (``verify=True``); each count is defined once, in ``counts``. A table without ``total_tokens`` yet
+    reads as all totals 0.
 
-    rows, first and last id; exact (both splits set); total_only (both NULL, a positive total); token_sum;
-    lost (both NULL, total 0); and, as stored: positive (total > 0), unfilled (rows the rule would still change),
-    mismatched (a split set and the total not their sum, unfilled rows included) and malformed (both splits
-    NULL and a negative total)."""
+    Report: rows, first and last id, exact (both splits set), total_only (both NULL, a positive total after the
+    rule), token_sum (after the rule), lost (both NULL, total 0). Verify: rows, total_only, lost, and, as stored,
+    positive (total > 0), unfilled (rows the rule would still change), mismatched (a split set and the total not
+    their sum, unfilled rows included) and malformed (both splits NULL and a negative total). Verify adds the
+    splits as NUMERIC, so no split an operator widened can overflow the check; the report adds them only where
+    the rule would (a total of 0), as the backfill itself does."""
     stored = total if has_total else sa.literal(0)
     totals = sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
+    exact_sum = sa.cast(sa.func.coalesce(prompt, 0), EXACT) + sa.cast(sa.func.coalesce(completion, 0), EXACT)
     both_null = sa.and_(prompt.is_(None), completion.is_(None))
 
     def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
         return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
-    return sa.select(
-        sa.func.count().label("rows"),
-        sa.func.min(events.c.id).label("first"),
-        sa.func.max(events.c.id).label("last"),
-        count(sa.and_(prompt.is_not(None), completion.is_not(None))).label("exact"),
-        count(sa.and_(both_null, totals > 0)).label("total_only"),
-        sa.func.coalesce(sa.func.sum(totals), 0).label("token_sum"),
-        count(sa.and_(both_null, totals == 0)).label("lost"),
-        count(stored > 0).label("positive"),
-        count(sa.and_(stored == 0, wide_split_sum != 0)).label("unfilled"),
-        count(sa.and_(sa.not_(both_null), stored != wide_split_sum)).label("mismatched"),
-        count(sa.and_(both_null, stored < 0)).label("malformed"),
-    ).select_from(events)
+    counts = {
+        "rows": sa.func.count(),
+        "first": sa.func.min(events.c.id),
+        "last": sa.func.max(events.c.id),
+        "exact": count(sa.and_(prompt.is_not(None), completion.is_not(None))),
+        "total_only": count(sa.and_(both_null, totals > 0)),
+        "token_sum": sa.func.coalesce(sa.func.sum(totals), 0),
+        "lost": count(sa.and_(both_null, totals == 0)),
+        "positive": count(stored > 0),
+        "unfilled": count(sa.and_(stored == 0, exact_sum != 0)),
+        "mismatched": count(sa.and_(sa.not_(both_null), stored != exact_sum)),
+        "malformed": count(sa.and_(both_null, stored < 0)),
+    }
+    names = VERIFY_COUNTS if verify else REPORT_COUNTS
+    return sa.select(*(counts[name].label(name) for name in names)).select_from(events)
+
+
+REPORT_COUNTS = ("rows", "first", "last", "exact", "total_only", "token_sum", "lost")
+VERIFY_COUNTS = ("rows", "total_only", "lost", "positive", "unfilled", "mismatched", "malformed")
+EXACT = sa.Numeric(40, 0)  # holds any sum of two 64-bit splits on every engine

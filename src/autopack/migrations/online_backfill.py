@@ -52,7 +52,7 @@ CREATE_FILL_TRIGGER = [
 RESUMES = "the revision stays 0001 and re-running the same command resumes"
 
 
-def online_upgrade(plan: Plan, rows: int) -> int:
+def online_upgrade(plan: Plan) -> int:
     """Schema change and trigger committed at once, backfill in committed batches, restore, proof, trigger gone;
     returns the rows the batches filled."""
     context = op.get_context()
@@ -69,7 +69,7 @@ def online_upgrade(plan: Plan, rows: int) -> int:
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
         try:
-            filled = backfill(connection.execute, first, last, rows, plan.options)
+            filled = backfill(connection.execute, first, last, plan.rows, plan.options)
             holdover.restore(connection)
             prove_backfilled(connection, after=RESUMES)
         except Exception:  # never leave the fill trigger behind at 0001; a re-run fills what old code wrote
@@ -83,6 +83,12 @@ def online_upgrade(plan: Plan, rows: int) -> int:
             "re-run the same command to finish",
         )
     return filled
+
+
+def drop_leftover_fill_trigger(bind: sa.Connection) -> None:
+    """The default mode, after an interrupted online run: its trigger goes in the same transaction."""
+    for statement in DROP_FILL_TRIGGER:
+        bind.exec_driver_sql(statement)
 
 
 def alter_statements(plan: Plan) -> list[str]:

@@ -7,7 +7,7 @@ change with the same words (``describe``).
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -67,14 +67,9 @@ def to_do(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plan_from_table(bind: sa.Connection, options: Options, direction: str) -> Plan:
-    """The plan for this database, read from the table as it is; an upgrade also counts its rows and id range."""
+def plan_from_table(bind: sa.Connection, options: Options) -> Plan:
+    """The plan for this database, read from the table as it is."""
     columns = {c["name"]: c for c in sa.inspect(bind).get_columns(TABLE)}
-    if direction == "upgrade":
-        found = bind.execute(survey(has_total="total_tokens" in columns)).one()
-        counted = {"rows": found.rows, "first_id": found.first, "last_id": found.last}
-    else:
-        counted = {}
     return Plan(
         dialect=bind.dialect.name,
         mode="online" if options.online else "one transaction",
@@ -83,8 +78,14 @@ def plan_from_table(bind: sa.Connection, options: Options, direction: str) -> Pl
         holdover_rows=held_rows(bind),
         system_versioned=system_versioned(bind),
         **to_do(columns),
-        **counted,
     )
+
+
+def with_rows_counted(bind: sa.Connection, plan: Plan) -> Plan:
+    """The plan with the table's rows and id range, the backfill's batches: one scan, made once the checks before
+    any change have passed."""
+    found = bind.execute(survey(has_total=plan.has_total)).one()
+    return replace(plan, rows=found.rows, first_id=found.first, last_id=found.last)
 
 
 def offline_plan(dialect: str, options: Options) -> Plan:
