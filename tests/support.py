@@ -252,18 +252,20 @@ def kill_midway(url, args, marker, delay_s):
     if url.get_backend_name() == "postgresql":  # the killed client's server process rolls back on its own time
         engine = create_engine(url)
         with engine.connect() as connection:
-            for _ in range(100):
-                others = connection.execute(
-                    text(
-                        "SELECT COUNT(*) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                ).scalar()
-                if not others:
-                    break
-                time.sleep(0.1)
+            wait_until_alone(connection)
         engine.dispose()
     return process.returncode == -signal.SIGKILL
+
+
+def wait_until_alone(connection: Connection) -> None:
+    """PostgreSQL: wait (up to 10 s) until no other session is connected to this database."""
+    for _ in range(100):
+        others = connection.execute(
+            text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ).scalar()
+        if not others:
+            break
+        time.sleep(0.1)
 
 
 def apply_script(url, script: str) -> None:

@@ -3,12 +3,11 @@ concurrent writers). Timing lives in benchmarks/, not here: these tests check ro
 
 import re
 import threading
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from support import POSTGRES_BACKENDS, alembic, kill_midway, seed_large, start_alembic, table_names
+from support import POSTGRES_BACKENDS, alembic, kill_midway, seed_large, start_alembic, table_names, wait_until_alone
 
 ROWS = 60_000
 
@@ -83,16 +82,7 @@ def test_online_upgrade_killed_mid_backfill_resumes_and_stamps_only_when_done(db
     engine = create_engine(db_url)
     with engine.connect() as connection:
         # the killed client's server process may still finish (and commit) the batch it was running
-        for _ in range(100):
-            others = connection.execute(
-                text(
-                    "SELECT COUNT(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar()
-            if not others:
-                break
-            time.sleep(0.1)
+        wait_until_alone(connection)
         done, left = connection.execute(
             text(
                 "SELECT SUM(CASE WHEN total_tokens > 0 THEN 1 ELSE 0 END),"

@@ -26,7 +26,7 @@ from autopack.migrations.offline_scripts import offline_downgrade, offline_upgra
 from autopack.migrations.online_backfill import drop_leftover_fill_trigger, online_upgrade
 from autopack.migrations.options import options_of_this_run
 from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
-from autopack.migrations.preflight_checks import FILL_TRIGGER, refuse_what_would_go_wrong
+from autopack.migrations.preflight_checks import refuse_what_would_go_wrong
 from autopack.migrations.report import failures_in_one_sentence, report
 from autopack.migrations.table_inspection import update_hooks
 from autopack.migrations.usage_table import SPLITS, TABLE, baseline_table, build144_table, total_tokens_column
@@ -48,7 +48,7 @@ def upgrade() -> None:
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "upgrade")  # ... and refuse, before any change, what would fail
     plan = with_rows_counted(bind, plan)
-    hooks = update_hooks(bind, FILL_TRIGGER)  # the operator's triggers the backfill's UPDATEs will fire
+    hooks = update_hooks(bind)  # the operator's triggers the backfill's UPDATEs will fire
     keep_history(bind, plan)
     with failures_in_one_sentence(plan, hooks, "upgrade"):
         if plan.online:  # PostgreSQL: steps 2-4 with the schema change and each batch committed at once
@@ -56,7 +56,8 @@ def upgrade() -> None:
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
             change_schema(bind, plan)  # 2. change the schema
             filled = backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)  # 3. backfill
-            holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
+            if plan.has_holdover:
+                holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
             if plan.dialect == "postgresql":
                 drop_leftover_fill_trigger(bind)  # left by an interrupted online run
             prove_backfilled(bind)
@@ -72,7 +73,7 @@ def downgrade() -> None:
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "downgrade")  # ... and what the round trip could not give back
     keep_history(bind, plan, say=False)
-    hooks = update_hooks(bind, FILL_TRIGGER)  # read before: after a failure the transaction takes no more queries
+    hooks = update_hooks(bind)  # read before: after a failure the transaction takes no more queries
     with failures_in_one_sentence(plan, hooks, "downgrade"):
         held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
         holdover.prove_set_aside(bind)

@@ -99,12 +99,7 @@ def held_rows_changed_again() -> sa.Select:
         completion.is_not_distinct_from(h.completion_tokens),
         total == h.total_tokens,
     )
-    return (
-        sa.select(h.event_id)
-        .join(events, events.c.id == h.event_id)
-        .where(NOT_HOLDABLE, ~same_values)
-        .order_by(h.event_id)
-    )
+    return sa.select(h.event_id).join(events, events.c.id == h.event_id).where(NOT_HOLDABLE, ~same_values)
 
 
 def hold_over(bind: sa.Connection, dialect: str) -> int:
@@ -203,10 +198,8 @@ def held_rows_by_outcome() -> sa.Select:
 
 
 def restore(bind: sa.Connection) -> int:
-    """Restore what an earlier downgrade set aside; the held table goes only when no row in it is left unexplained.
-    Returns the rows restored (0 when there is no set-aside table)."""
-    if not sa.inspect(bind).has_table(HOLDOVER):
-        return 0
+    """Restore what an earlier downgrade set aside (the table is there: ``Plan.has_holdover``); the held table goes
+    only when no row in it is left unexplained. Returns the rows restored."""
     bind.execute(restore_statement())
     outcomes: dict[str, list[int]] = {"restored": [], "superseded": [], "changed": []}
     for event_id, outcome in bind.execute(held_rows_by_outcome()):
@@ -237,8 +230,3 @@ def restore(bind: sa.Connection) -> int:
     else:
         bind.exec_driver_sql(f"DROP TABLE {HOLDOVER}")
     return len(restored)
-
-
-def stale_ids(bind: sa.Connection) -> list[int]:
-    """Ids of held rows whose event changed again (see ``held_rows_changed_again``), up to 6."""
-    return list(bind.execute(held_rows_changed_again().limit(6)).scalars().all())

@@ -23,8 +23,7 @@ from autopack.migrations import holdover
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.options import Options
 from autopack.migrations.plan import Plan
-from autopack.migrations.preflight_checks import FILL_TRIGGER
-from autopack.migrations.usage_table import TABLE, events
+from autopack.migrations.usage_table import FILL_TRIGGER, TABLE, events
 
 log = logging.getLogger("alembic.build144")
 
@@ -46,7 +45,7 @@ END $$
 """
 CREATE_FILL_TRIGGER = [
     FILL_TOTAL_FUNCTION,
-    f"DROP TRIGGER IF EXISTS {FILL_TRIGGER} ON {TABLE}",
+    DROP_FILL_TRIGGER[0],
     f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
 ]
 RESUMES = "the revision stays 0001 and re-running the same command resumes"
@@ -70,7 +69,8 @@ def online_upgrade(plan: Plan) -> int:
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
         try:
             filled = backfill(connection.execute, first, last, plan.rows, plan.options)
-            holdover.restore(connection)
+            if plan.has_holdover:
+                holdover.restore(connection)
             prove_backfilled(connection, after=RESUMES)
         except Exception:  # never leave the fill trigger behind at 0001; a re-run fills what old code wrote
             drop_fill_trigger_quietly(connection, plan.options)

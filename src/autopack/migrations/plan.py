@@ -13,7 +13,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from autopack.migrations.backfill_rule import survey
-from autopack.migrations.holdover import held_rows
+from autopack.migrations.holdover import HOLDOVER
 from autopack.migrations.options import Options
 from autopack.migrations.table_inspection import system_versioned
 from autopack.migrations.usage_table import SPLITS, TABLE
@@ -29,7 +29,7 @@ class Plan:
     options: Options
     # found
     columns: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # as reflected; {} offline
-    holdover_rows: int | None = None  # rows in the set-aside table, None when there is none
+    has_holdover: bool = False  # an earlier downgrade's set-aside table is there
     system_versioned: bool = False  # MariaDB: every UPDATE keeps the old row version as history
     rows: int = 0  # upgrade: rows in the table, and its first and last id (the backfill's range)
     first_id: int | None = None
@@ -75,7 +75,7 @@ def plan_from_table(bind: sa.Connection, options: Options) -> Plan:
         mode="online" if options.online else "one transaction",
         options=options,
         columns=columns,
-        holdover_rows=held_rows(bind),
+        has_holdover=sa.inspect(bind).has_table(HOLDOVER),
         system_versioned=system_versioned(bind),
         **to_do(columns),
     )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import wide_split_sum
-from autopack.migrations.holdover import HOLDOVER, stale_ids
+from autopack.migrations.holdover import HOLDOVER, held_rows_changed_again
 from autopack.migrations.plan import Plan
 from autopack.migrations.table_inspection import (
     checks_forbidding_total_only,
@@ -25,8 +25,6 @@ from autopack.migrations.table_inspection import (
     publications_refusing_updates,
 )
 from autopack.migrations.usage_table import SPLITS, TABLE, events, first_ids, some, total
-
-FILL_TRIGGER = "llm_usage_events_build144_fill_total"  # the online mode's own trigger: never a reader
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def no_total_tokens(_bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
 
 
 def readers_of_total_tokens(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
-    readers = objects_reading_total_tokens(bind, FILL_TRIGGER)
+    readers = objects_reading_total_tokens(bind)
     if not readers:
         return None
     one = len(readers) == 1
@@ -107,8 +105,8 @@ def null_splits_in_history(bind: sa.Connection, plan: Plan) -> dict[str, Any] | 
     return {"versions": versions} if versions else None
 
 
-def held_rows_changed_again(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
-    return _ids(stale_ids(bind)) if plan.holdover_rows is not None else None
+def changed_again(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    return _ids(first_ids(bind, held_rows_changed_again())) if plan.has_holdover else None
 
 
 UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
@@ -186,7 +184,7 @@ CHECKS = [
     PreflightCheck(
         "held rows whose event changed again",
         DOWNGRADE,
-        held_rows_changed_again,
+        changed_again,
         "{holdover} still holds rows an earlier upgrade kept (ids {ids}) whose events have changed again: "
         "setting them aside now would mix old and new values; compare each with llm_usage_events, delete the "
         "held row once resolved, and re-run; nothing was changed.",

@@ -10,7 +10,7 @@ import re
 
 import sqlalchemy as sa
 
-from autopack.migrations.usage_table import TABLE
+from autopack.migrations.usage_table import FILL_TRIGGER, TABLE
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -121,12 +121,12 @@ WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND CHECK_CLAUSE LIKE '
 
 # the same queries with the table named literally, for the offline scripts' checks
 PG_READERS_LITERAL = PG_READERS.replace("CAST(:table AS regclass)", f"'{TABLE}'::regclass").replace(
-    ":own_trigger", "'llm_usage_events_build144_fill_total'"
+    ":own_trigger", f"'{FILL_TRIGGER}'"
 )
 MYSQL_READERS_LITERAL = MYSQL_READERS.replace("%s", f"'{TABLE}'").replace("%%", "%")
 
 
-def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[str]:
+def objects_reading_total_tokens(bind: sa.Connection) -> list[str]:
     """Views, triggers (WHEN, body, trigger function), rules, generated columns and CHECKs that refer to
     ``total_tokens``: after the downgrade drops it, each would break the old code's writes or reads."""
     word = re.compile(r"\btotal_tokens\b", re.IGNORECASE)
@@ -151,14 +151,14 @@ def objects_reading_total_tokens(bind: sa.Connection, own_trigger: str) -> list[
             found.append(f"a CHECK constraint or generated column in {TABLE}'s definition")
         return found
     if bind.dialect.name == "postgresql":
-        return [r[0] for r in bind.execute(sa.text(PG_READERS), {"table": TABLE, "own_trigger": own_trigger})]
+        return [r[0] for r in bind.execute(sa.text(PG_READERS), {"table": TABLE, "own_trigger": FILL_TRIGGER})]
     return [r[0] for r in bind.exec_driver_sql(MYSQL_READERS, (TABLE, TABLE))]
 
 
 # --- what runs when the backfill UPDATEs a row ---------------------------------------------------------------
 
 
-def update_hooks(bind: sa.Connection, own_trigger: str) -> list[tuple[str, bool]]:
+def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
     """(description, fires once per row) of every user trigger and rule that runs on an UPDATE of the table."""
     dialect = bind.dialect.name
     if dialect == "sqlite":
@@ -178,7 +178,7 @@ def update_hooks(bind: sa.Connection, own_trigger: str) -> list[tuple[str, bool]
                 "AND NOT tgisinternal AND tgname <> :own "
                 "AND (tgtype & 16) = 16"  # TRIGGER_TYPE_UPDATE
             ),
-            {"table": TABLE, "own": own_trigger},
+            {"table": TABLE, "own": FILL_TRIGGER},
         ).all()
         rules = bind.execute(
             sa.text("SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :name"), {"name": TABLE}

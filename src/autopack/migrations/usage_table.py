@@ -10,6 +10,8 @@ import sqlalchemy as sa
 TABLE = "llm_usage_events"
 SPLITS = ("prompt_tokens", "completion_tokens")
 INDEXED = ("id", "provider", "model", "run_id", "created_at")
+# the online mode's own trigger (and its function) on the table: never one of the operator's readers or hooks
+FILL_TRIGGER = "llm_usage_events_build144_fill_total"
 # VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
 VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 
