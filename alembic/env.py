@@ -16,6 +16,7 @@ from autopack.migrations.connection import (
     require_known_revisions,
     sqlite_foreign_key_check,
 )
+from autopack.migrations.offline_scripts import script_timeouts
 from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
@@ -51,6 +52,7 @@ def run_migrations_offline() -> None:
     if url.get_backend_name() == "sqlite":  # a rebuild's DROP TABLE must not cascade; a no-op inside BEGIN
         context.execute("PRAGMA foreign_keys = OFF")
     with context.begin_transaction():
+        script_timeouts(url.get_dialect().name, options)  # PostgreSQL: SET LOCAL lock_timeout, statement_timeout
         context.run_migrations()
 
 

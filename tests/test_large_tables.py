@@ -46,9 +46,10 @@ def pg_objects(url) -> tuple[int, int]:
     return triggers, functions
 
 
-def test_backfill_logs_progress_lines_up_to_every_row(db_url):
+def test_backfill_logs_progress_lines_up_to_every_row(db_url, backend):
     seed_large(db_url, rows=ROWS)
-    up = alembic(db_url, "-x", "progress_every=0", "-x", "batch_rows=10000", "upgrade", "head")
+    batches = ["-x", "online=true"] if backend in POSTGRES_BACKENDS else []  # the default there: one rewrite
+    up = alembic(db_url, "-x", "progress_every=0", "-x", "batch_rows=10000", *batches, "upgrade", "head")
     lines = re.findall(
         r"backfill: ([\d,]+) / ([\d,]+) rows \(([\d.]+)%\), ([\d.]+)s elapsed, ([\d,]+) rows/s", up.stderr
     )
@@ -59,6 +60,16 @@ def test_backfill_logs_progress_lines_up_to_every_row(db_url):
     etas = re.findall(r"rows/s, about (\d+)s left", up.stderr)
     assert len(etas) == len(lines) and etas[-1] == "0"
     assert assert_totals_right(db_url) == ROWS
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_table_rewrite_says_while_it_runs_that_it_still_does(db_url):
+    seed_large(db_url, rows=300_000)
+    up = alembic(db_url, "-x", "progress_every=0.001", "upgrade", "head")  # a line a second (at least 1 s apart)
+    assert "backfill: one table rewrite, 300,000 of 300,000 rows to fill" in up.stderr, up.stderr
+    seconds = [float(s) for s in re.findall(r"table rewrite: still running, (\d+)s elapsed", up.stderr)]
+    assert seconds == sorted(seconds) and "Backfilled 300000 rows in one table rewrite" in up.stderr
+    assert assert_totals_right(db_url) == 300_000
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
-from autopack.migrations import holdover, sqlite_schema_edit
+from autopack.migrations import holdover, postgres_rewrite, sqlite_schema_edit
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
 from autopack.migrations.online_backfill import drop_leftover_fill_trigger, online_upgrade
@@ -55,7 +55,7 @@ def upgrade() -> None:
             filled = online_upgrade(plan)
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
             change_schema(bind, plan)  # 2. change the schema
-            filled = backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)  # 3. backfill
+            filled = fill_totals(bind, plan)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
             if plan.dialect == "postgresql":
@@ -86,7 +86,7 @@ def downgrade() -> None:
             old_schema(plan)
 
 
-# --- the schema change: the portable path, and the engine-specific one called by name ---------------------
+# --- the schema change and the backfill: the portable path, and the engine-specific ones called by name -----
 
 
 def change_schema(bind: sa.Connection, plan: Plan) -> None:
@@ -95,6 +95,12 @@ def change_schema(bind: sa.Connection, plan: Plan) -> None:
     else:  # PostgreSQL: catalog-only ALTERs; MariaDB: ALTERs that restate each column as it is
         new_schema(plan)
     log.info("[1/3] Schema: %s", plan.describe())
+
+
+def fill_totals(bind: sa.Connection, plan: Plan) -> int:
+    if plan.dialect == "postgresql":  # one table rewrite (the table keeps its size), unless UPDATEs are needed
+        return postgres_rewrite.backfill(bind, plan)
+    return backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)
 
 
 def new_schema(plan: Plan, copy_from: sa.Table | None = None) -> None:

@@ -115,18 +115,20 @@ def require_sqlite_file(url: URL, *, may_create: bool) -> None:
         )
 
 
-def migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> Engine:
+def migration_engine(
+    url: URL, *, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None = None
+) -> Engine:
     """An engine for running migrations, set up for atomic DDL on every engine; a URL option the driver cannot
     read (``connect_timeout=abc``) is one sentence."""
     try:
-        return _migration_engine(url, busy_timeout_s=busy_timeout_s, lock_timeout=lock_timeout)
+        return _migration_engine(url, busy_timeout_s, lock_timeout, statement_timeout)
     except (ValueError, TypeError) as error:
         raise CommandError(
             f"DATABASE_URL has an option the {url.drivername} driver cannot use ({error}): fix it; nothing was changed."
         ) from None
 
 
-def _migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> Engine:
+def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s})
@@ -149,6 +151,7 @@ def _migration_engine(url: URL, *, busy_timeout_s: float, lock_timeout: str) -> 
         # merged with the URL's own options (a search_path, say), never replacing them; row_security=off makes a
         # table whose row-level security would hide rows from this role an error instead of a filtered view
         ours = f"-c lock_timeout={lock_timeout} -c row_security=off"
+        ours += f" -c statement_timeout={statement_timeout}" if statement_timeout else ""
         options = " ".join(filter(None, [url.query.get("options"), ours]))
         return create_engine(
             url.difference_update_query(["options"]),
@@ -228,7 +231,7 @@ def migration_connection(config: Config, raw_url: str, options: Options) -> Iter
     command = getattr(config.cmd_opts, "cmd", (None,))[0]
     require_sqlite_file(url, may_create=command is None or command.__name__ == "upgrade")
     timeouts = {"busy_timeout_s": options.busy_timeout, "lock_timeout": options.lock_timeout}
-    engine = migration_engine(url, **timeouts)
+    engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout)
     try:
         with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
             yield connection

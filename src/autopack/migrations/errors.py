@@ -90,6 +90,11 @@ def explain(
             f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another session "
             "holds it (SHOW PROCESSLIST); retry when it ends, or pass -x lock_timeout=30s; nothing was changed."
         )
+    if getattr(orig, "sqlstate", None) == "57014":  # midway, report.failed_midway says it with what is left
+        return (
+            f"A statement_timeout cancelled the migration on {where} ({text}): give it more time with -x "
+            "statement_timeout=2h, or raise the role's or the database's setting; nothing was changed."
+        )
     if getattr(orig, "sqlstate", None) == "55P03":
         return (
             f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "
@@ -115,6 +120,8 @@ def first_line(error: Exception) -> str:
 def explained_by_the_environment(error: Exception) -> bool:
     """True when ``explain`` has a sentence for ``error`` that does not depend on what the migration was doing
     (a lock, a read-only file or server, a missing privilege, a full disk): callers let it reach ``explain``."""
+    if getattr(getattr(error, "orig", None), "sqlstate", None) == "57014":
+        return False  # a statement_timeout midway: what it left depends on the mode (report.failed_midway)
     return explain(error, URL.create("sqlite"), busy_timeout_s=0, lock_timeout="0") is not None
 
 

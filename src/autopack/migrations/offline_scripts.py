@@ -21,9 +21,17 @@ from alembic import context, op
 
 from autopack.migrations import holdover
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
+from autopack.migrations.options import SCRIPT_STATEMENT_TIMEOUT, Options
 from autopack.migrations.plan import Plan
-from autopack.migrations.table_inspection import MYSQL_READERS_LITERAL, PG_READERS_LITERAL
-from autopack.migrations.usage_table import SPLITS, TABLE, events
+from autopack.migrations.postgres_rewrite import rewrite_statement
+from autopack.migrations.table_inspection import (
+    MYSQL_READERS_LITERAL,
+    PG_PUBLICATIONS,
+    PG_READERS_LITERAL,
+    PG_UPDATE_RULES,
+    PG_UPDATE_TRIGGERS,
+)
+from autopack.migrations.usage_table import FILL_TRIGGER, SPLITS, TABLE, events
 
 DOWNGRADE_PLAN = (
     f"set aside in {holdover.HOLDOVER} the rows the pre-BUILD-144 schema cannot hold; write 0 for their NULL "
@@ -44,7 +52,10 @@ def offline_upgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
         sqlite_offline_schema_change()
     else:
         change_schema()
-    op.execute(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum))
+    if dialect == "postgresql":
+        postgres_script_backfill()
+    else:
+        op.execute(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum))
     for statement in holdover.create_statements(dialect):
         op.execute(statement)
     op.execute(holdover.restore_statement())
@@ -80,6 +91,49 @@ def offline_downgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
 
 def literal_sql(statement) -> str:
     return str(statement.compile(dialect=context.get_context().dialect, compile_kwargs={"literal_binds": True}))
+
+
+def literal_text(sql: str, **names: str) -> str:
+    """A catalog query written with bound names (``:table``) as plain SQL, for a script."""
+    return literal_sql(sa.text(sql).bindparams(**{k: v for k, v in names.items() if f":{k}" in sql}))
+
+
+def script_timeouts(dialect: str, options: Options) -> None:
+    """PostgreSQL scripts open their transaction with both limits, as squawk's require-lock-timeout and
+    require-statement-timeout ask: a script waiting for the table never queues every session behind it for
+    longer than lock_timeout, and the rewrite never runs past statement_timeout (both from -x)."""
+    if dialect == "postgresql":
+        context.execute(f"SET LOCAL lock_timeout = '{options.lock_timeout}'")
+        context.execute(f"SET LOCAL statement_timeout = '{options.statement_timeout or SCRIPT_STATEMENT_TIMEOUT}'")
+
+
+PG_SCRIPT_BACKFILL = """DO $build144$ BEGIN
+  IF EXISTS ({triggers}) OR EXISTS ({rules}) OR EXISTS ({publications}) THEN
+    {update};
+  ELSE
+    {rewrite};
+  END IF;
+END $build144$"""
+
+
+def postgres_script_backfill() -> None:
+    """The backfill as the live upgrade makes it (``postgres_rewrite``): one table rewrite that keeps the table's
+    size, unless UPDATE triggers or rules on the table, or a publication of it, need each row UPDATEd."""
+    op.get_context().impl.static_output(
+        "-- The backfill: one table rewrite (ALTER COLUMN ... TYPE ... USING the rule), or an UPDATE where the "
+        "table's UPDATE triggers, rules or publications need one; then ANALYZE."
+    )
+    names = {"table": TABLE, "name": TABLE, "own": FILL_TRIGGER}
+    op.execute(
+        PG_SCRIPT_BACKFILL.format(
+            triggers=literal_text(PG_UPDATE_TRIGGERS, **names).strip(),
+            rules=literal_text(PG_UPDATE_RULES, **names),
+            publications=literal_text(PG_PUBLICATIONS, **names).strip(),
+            update=literal_sql(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum)),
+            rewrite=rewrite_statement("INTEGER"),
+        )
+    )
+    op.execute(f"ANALYZE {TABLE}")
 
 
 PG_CHECK = "DO $build144$ BEGIN IF EXISTS ({query}) THEN RAISE EXCEPTION '{message}'; END IF; END $build144$"

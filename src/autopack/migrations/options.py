@@ -17,6 +17,7 @@ from alembic.util import CommandError
 
 from autopack.migrations.progress import PROGRESS_EVERY_S
 
+SCRIPT_STATEMENT_TIMEOUT = "1h"  # what a --sql script sets when -x statement_timeout is not given
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 INTERVAL_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -26,6 +27,7 @@ INTERVAL_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, 
 class Options:
     busy_timeout: float = 10.0  # SQLite: seconds to wait for another process's lock
     lock_timeout: str = "10s"  # PostgreSQL lock_timeout / MariaDB lock_wait_timeout of every statement
+    statement_timeout: str | None = None  # PostgreSQL: each statement's limit (scripts: SCRIPT_STATEMENT_TIMEOUT)
     online: bool = False  # PostgreSQL only: committed batches instead of one transaction
     batch_rows: int | None = None  # rows per backfill batch (default 100,000; online 20,000)
     online_lock_timeout: str = "500ms"
@@ -61,7 +63,7 @@ def _positive_int(value: str) -> int:
 def _interval(value: str) -> str:
     if not INTERVAL.match(value.strip()) or interval_seconds(value) <= 0:
         raise ValueError
-    return value.strip()
+    return re.sub(r"\s+", "", value)  # "30 min" -> "30min": it goes into a connection's "-c name=value" options
 
 
 def _boolean(value: str) -> bool:
@@ -81,6 +83,7 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "online_lock_timeout": (_interval, "a duration > 0 such as 500ms or 2s"),
     "online_retries": (_positive_int, "a whole number from 1 to 2147483647"),
     "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
+    "statement_timeout": (_interval, "a duration > 0 such as 30min or 2h"),
 }
 
 

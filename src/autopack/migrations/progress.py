@@ -1,7 +1,11 @@
-"""Progress of long work, logged through Alembic's logger: rows done / total, percent, elapsed, rate and ETA."""
+"""Progress of long work, logged through Alembic's logger: rows done / total, percent, elapsed, rate and ETA;
+for one statement that reports none (a table rewrite), how long it has been running."""
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PROGRESS_EVERY_S = 2.0
 
@@ -32,3 +36,22 @@ class Progress:
             f"{rate:,.0f}",
             eta,
         )
+
+
+@contextmanager
+def while_running(log: logging.Logger, what: str, every_s: float = PROGRESS_EVERY_S) -> Iterator[None]:
+    """For one long statement that reports no progress of its own (a table rewrite): a line every ``every_s``
+    seconds (at least 1) saying it is still running and for how long, from a thread, until it ends."""
+    start, done = time.monotonic(), threading.Event()
+
+    def beat() -> None:
+        while not done.wait(max(every_s, 1.0)):
+            log.info("      %s: still running, %.0fs elapsed", what, time.monotonic() - start)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

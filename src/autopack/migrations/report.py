@@ -46,7 +46,11 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan:
     """One sentence for a database error after the change started, naming what on the table likely caused it,
     and what the failure left: nothing (one transaction), the schema change (MariaDB), or a resumable run."""
     if getattr(error.orig, "sqlstate", None) == "57014":
-        cause = "a statement_timeout set on the database or role cancelled a batch: pass a smaller -x batch_rows"
+        cause = (
+            "a statement_timeout (the database's, the role's or -x statement_timeout) cancelled the backfill: give "
+            "the migration more time with -x statement_timeout=2h (the default mode rewrites the table in one "
+            "statement), or pass a smaller -x batch_rows where it runs batches"
+        )
     elif hooks:
         names = ", ".join(name for name, _ in hooks)
         cause = f"{names} on {TABLE} run on each UPDATE and likely caused it: fix or disable them for the migration"

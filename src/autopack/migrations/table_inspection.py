@@ -158,6 +158,15 @@ def objects_reading_total_tokens(bind: sa.Connection) -> list[str]:
 # --- what runs when the backfill UPDATEs a row ---------------------------------------------------------------
 
 
+PG_UPDATE_TRIGGERS = """
+SELECT 'trigger ' || tgname, (tgtype & 1) = 1 FROM pg_trigger
+WHERE (tgrelid = CAST(:table AS regclass)
+       OR tgrelid IN (SELECT relid FROM pg_partition_tree(CAST(:table AS regclass))))
+  AND NOT tgisinternal AND tgname <> :own AND (tgtype & 16) = 16
+"""  # (tgtype & 1): FOR EACH ROW; (tgtype & 16): TRIGGER_TYPE_UPDATE
+PG_UPDATE_RULES = "SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :name"
+
+
 def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
     """(description, fires once per row) of every user trigger and rule that runs on an UPDATE of the table."""
     dialect = bind.dialect.name
@@ -170,19 +179,8 @@ def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
             if re.search(r"\bUPDATE\b(\s+OF\b[^O]*)?\s+ON\b", sql, re.IGNORECASE)
         ]
     if dialect == "postgresql":
-        triggers = bind.execute(
-            sa.text(
-                "SELECT 'trigger ' || tgname, (tgtype & 1) = 1 FROM pg_trigger "
-                "WHERE (tgrelid = CAST(:table AS regclass) "
-                "OR tgrelid IN (SELECT relid FROM pg_partition_tree(CAST(:table AS regclass)))) "
-                "AND NOT tgisinternal AND tgname <> :own "
-                "AND (tgtype & 16) = 16"  # TRIGGER_TYPE_UPDATE
-            ),
-            {"table": TABLE, "own": FILL_TRIGGER},
-        ).all()
-        rules = bind.execute(
-            sa.text("SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :name"), {"name": TABLE}
-        ).all()
+        triggers = bind.execute(sa.text(PG_UPDATE_TRIGGERS), {"table": TABLE, "own": FILL_TRIGGER}).all()
+        rules = bind.execute(sa.text(PG_UPDATE_RULES), {"name": TABLE}).all()
         return [(name, bool(per_row)) for name, per_row in [*triggers, *rules]]
     return [
         (f"trigger {name}", True)
@@ -218,6 +216,12 @@ def publications_refusing_updates(bind: sa.Connection) -> list[tuple[str, str]]:
             why = "REPLICA IDENTITY NOTHING" if identity == "n" else f"a row filter ({row_filter}) outside its identity"
             found.append((name, why))
     return found
+
+
+def publications_of(bind: sa.Connection) -> list[str]:
+    """The publications that publish the table's UPDATEs (PostgreSQL)."""
+    rows = bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE, "name": TABLE})
+    return sorted({name for name, _identity, _filter in rows})
 
 
 def system_versioned(bind: sa.Connection) -> bool:

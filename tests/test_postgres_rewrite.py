@@ -1,0 +1,137 @@
+"""PostgreSQL's default upgrade backfills by one table rewrite: the table keeps its size, non-zero totals stay,
+statistics are fresh; where something on the table needs the UPDATEs, the batched UPDATE runs and the log says
+why (each cause the tree detects, on tables built as operators built theirs)."""
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from legacy import ROWS, build, expected_total
+from support import POSTGRES_BACKENDS, alembic, execute, fails, seed_large, token_rows
+
+pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+
+REWRITE = "in one table rewrite, then ANALYZE"
+FALLBACK = "backfill by batched UPDATE instead of one table rewrite"
+
+
+def scalar(url, sql: str):
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def expected(state: str, rows=None) -> list[int]:
+    return [expected_total(p, c, t) for p, c, t in (rows or ROWS[state])]
+
+
+def totals(url) -> list[int]:
+    return [row[0] for row in token_rows(url, ("total_tokens",)).values()]
+
+
+def test_the_backfill_is_one_rewrite_that_keeps_the_tables_size_and_its_statistics(db_url):
+    seed_large(db_url, 20_000)
+    before = scalar(db_url, "SELECT pg_total_relation_size('llm_usage_events')")
+    splits = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert f"Backfilled {sum(1 for p, c in splits.values() if p + c)} rows {REWRITE}" in log, log
+    after = scalar(db_url, "SELECT pg_total_relation_size('llm_usage_events')")
+    assert after <= 1.10 * before, (before, after)  # an UPDATE of every row leaves about twice the size
+    assert {i: t for i, (t,) in token_rows(db_url, ("total_tokens",)).items()} == {
+        i: p + c for i, (p, c) in splits.items()
+    }
+    analyzed = "SELECT count(*) FROM pg_stats WHERE tablename = 'llm_usage_events' AND attname = 'total_tokens'"
+    assert scalar(db_url, analyzed) == 1
+
+
+def test_a_total_already_there_is_never_changed_by_the_rewrite(db_url):
+    build(db_url, "old_script")  # totals 150, 0 (to fill), 0 (splits 0), 500 (not the sum: kept), 3
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert REWRITE in log and FALLBACK not in log, log
+    assert totals(db_url) == expected("old_script")
+
+
+CAUSES = {
+    "view": ["CREATE VIEW v_totals AS SELECT id, total_tokens FROM llm_usage_events"],
+    "materialized view": [
+        "CREATE MATERIALIZED VIEW mv_totals AS SELECT provider, SUM(total_tokens) AS s FROM llm_usage_events "
+        "GROUP BY provider"
+    ],
+    "rule": [
+        "CREATE TABLE big_events (id INTEGER)",
+        "CREATE RULE r_big AS ON INSERT TO llm_usage_events WHERE NEW.total_tokens > 1000 "
+        "DO ALSO INSERT INTO big_events VALUES (NEW.id)",
+    ],
+    "BEGIN ATOMIC function": [
+        "CREATE FUNCTION f_all_tokens() RETURNS bigint LANGUAGE sql BEGIN ATOMIC "
+        "SELECT SUM(total_tokens) FROM llm_usage_events; END"
+    ],
+    "RLS policy": ["CREATE POLICY p_small ON llm_usage_events USING (total_tokens < 1000000000)"],
+    "CHECK constraint": [
+        "ALTER TABLE llm_usage_events ADD CONSTRAINT c_not_negative CHECK (total_tokens >= 0)",
+    ],
+}
+NAMES = {
+    "view": "view v_totals",
+    "materialized view": "materialized view mv_totals",
+    "rule": "rule r_big",
+    "BEGIN ATOMIC function": "function f_all_tokens()",
+    "RLS policy": "policy p_small",
+    "CHECK constraint": "constraint c_not_negative",
+}
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+def test_an_object_depending_on_total_tokens_makes_it_the_batched_update_and_the_log_says_so(db_url, cause):
+    build(db_url, "create_all_build144")  # total_tokens already there, so something can depend on it
+    execute(db_url, *CAUSES[cause])
+    log = alembic(db_url, "upgrade", "head").stderr
+    fallback = [line for line in log.splitlines() if FALLBACK in line]
+    assert fallback and NAMES[cause] in fallback[0] and "depend" in fallback[0], log
+    assert REWRITE not in log
+    assert totals(db_url) == expected("create_all_build144")
+
+
+@pytest.mark.parametrize(
+    "statements, named",
+    [
+        (
+            [
+                "CREATE TABLE audit (id INTEGER)",
+                "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
+                "CREATE TRIGGER t_audit AFTER UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION audit_row()",
+            ],
+            "trigger t_audit must run on each UPDATE",
+        ),
+        (["CREATE PUBLICATION pub_usage FOR TABLE llm_usage_events"], "publication pub_usage replicates UPDATEs"),
+    ],
+    ids=["update trigger", "publication"],
+)
+def test_what_needs_each_update_makes_it_the_batched_update(db_url, statements, named):
+    build(db_url, "pre_build144")
+    execute(db_url, *statements)
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert FALLBACK in log and named in log, log
+    assert totals(db_url) == expected("pre_build144")
+
+
+def test_a_table_whose_row_type_another_table_uses_is_one_sentence_on_either_path(db_url):
+    build(db_url, "pre_build144")
+    execute(db_url, "CREATE TABLE snapshots (event llm_usage_events)")  # PostgreSQL refuses even the ADD COLUMN
+    before = token_rows(db_url)
+    message = fails(db_url, "upgrade", "head")
+    assert "snapshots.event" in message and message.endswith("nothing was changed."), message
+    assert token_rows(db_url) == before
+
+
+def test_a_check_the_new_totals_violate_is_one_sentence_and_nothing_changes(db_url):
+    rows = [(100, 50, 0), (1, 2, 3), (None, None, 40)]
+    build(db_url, "create_all_build144", rows)
+    execute(db_url, "ALTER TABLE llm_usage_events ADD CONSTRAINT c_below_100 CHECK (total_tokens < 100)")
+    before = token_rows(db_url)
+    message = fails(db_url, "upgrade", "head")
+    assert "c_below_100" in message and message.endswith("nothing was changed."), message
+    assert token_rows(db_url) == before
