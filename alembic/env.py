@@ -34,7 +34,7 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:
 
 
 def configure(dialect: str, **kwargs) -> None:
-    require_mode_fits(options, dialect)
+    require_mode_fits(options, dialect, offline=context.is_offline_mode())
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=True,

@@ -8,7 +8,9 @@ rows once, then, alternating and repeating, measures from a fresh copy of it:
   cost every command pays, so that time per row can be compared across sizes without it;
 - the floor, timed inside one connection: on SQLite one hand-written copy into the new table computing
   total_tokens in the same INSERT ... SELECT, then the index rebuild, in one transaction; on PostgreSQL
-  one bare full-table UPDATE (after the catalog-only ADD COLUMN, which is not timed).
+  the ADD COLUMN and one bare full-table UPDATE in one transaction;
+- on PostgreSQL also the table + index size (``pg_total_relation_size``) after against before, and the WAL
+  each wrote (``pg_current_wal_lsn`` before and after, nothing else running), upgrade against the floor.
 
 It prints medians, seconds per million rows, and ratios (migration / floor, downgrade / upgrade).
 
@@ -164,25 +166,47 @@ def pg_fresh(admin: str, seed: str) -> str:
     return pg_url(admin, "bench_work")
 
 
-def pg_floor(url: str) -> float:
+def pg_table_and_wal(url: str) -> tuple[int, int]:
+    """(table + index bytes of llm_usage_events, the server's current WAL position in bytes)."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
+        size = connection.execute("SELECT pg_total_relation_size('llm_usage_events')").fetchone()[0]
+        wal = connection.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()[0]
+        return size, int(wal)
+
+
+def pg_floor(url: str) -> dict:
+    """The floor (DECISIONS, issue 12): ADD COLUMN and a bare full-table UPDATE in one transaction, timed."""
+    size_before, wal_before = pg_table_and_wal(url)
     with psycopg.connect(url.replace("+psycopg", "")) as connection:
-        connection.execute("ALTER TABLE llm_usage_events ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0")
-        connection.commit()
         start = time.perf_counter()
+        connection.execute("ALTER TABLE llm_usage_events ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0")
         connection.execute(
             "UPDATE llm_usage_events SET total_tokens = COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)"
         )
         connection.commit()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+    size_after, wal_after = pg_table_and_wal(url)
+    return {"floor": elapsed, "floor_size": size_after / size_before, "floor_wal": wal_after - wal_before}
 
 
 def pg_round(admin: str, seed: str) -> dict:
     floor = pg_floor(pg_fresh(admin, seed))
     url = pg_fresh(admin, seed)
     startup, _ = alembic(url, "current")
+    size_before, wal_before = pg_table_and_wal(url)
     up, up_rss = alembic(url, "upgrade", "head")
+    size_after, wal_after = pg_table_and_wal(url)
     down, down_rss = alembic(url, "downgrade", "-1")
-    return {"floor": floor, "upgrade": up, "downgrade": down, "startup": startup, "rss": max(up_rss, down_rss)}
+    return {
+        **floor,
+        "upgrade": up,
+        "downgrade": down,
+        "startup": startup,
+        "rss": max(up_rss, down_rss),
+        "size": size_after / size_before,
+        "wal": wal_after - wal_before,
+        "size_before": size_before,
+    }
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -190,7 +214,7 @@ def pg_round(admin: str, seed: str) -> dict:
 
 def summarize(engine: str, rows: int, rounds: list[dict]) -> dict:
     median = {k: statistics.median(r[k] for r in rounds) for k in ("floor", "upgrade", "downgrade", "startup")}
-    return {
+    summary = {
         "engine": engine,
         "rows": rows,
         **median,
@@ -200,6 +224,10 @@ def summarize(engine: str, rows: int, rounds: list[dict]) -> dict:
         "s_per_m": median["upgrade"] / rows * 1e6,
         "work_s_per_m": (median["upgrade"] - median["startup"]) / rows * 1e6,
     }
+    if engine == "postgresql":
+        pg = {k: statistics.median(r[k] for r in rounds) for k in ("size", "floor_size", "wal", "floor_wal")}
+        summary.update(pg, size_before=rounds[0]["size_before"], wal_ratio=pg["wal"] / pg["floor_wal"])
+    return summary
 
 
 def print_table(results: list[dict]) -> None:
@@ -215,6 +243,20 @@ def print_table(results: list[dict]) -> None:
             f"{r['rss']} |",
             flush=True,
         )
+    pg = [r for r in results if "wal" in r]
+    if pg:
+        print()
+        print(
+            "| rows | table+indexes before MiB | after upgrade / before | after floor / before | upgrade WAL MiB |"
+            " floor WAL MiB | WAL upgrade / floor |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in pg:
+            print(
+                f"| {r['rows']:,} | {r['size_before'] / 2**20:.1f} | {r['size']:.3f}x | {r['floor_size']:.3f}x | "
+                f"{r['wal'] / 2**20:.0f} | {r['floor_wal'] / 2**20:.0f} | {r['wal_ratio']:.2f}x |",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Benchmark: what the application feels during the PostgreSQL upgrade, default mode vs ``-x online=true``.
+"""Benchmark: what the application feels during the PostgreSQL upgrade (or ``--direction downgrade``), default mode
+vs ``-x online=true``.
 
 On a pre-BUILD-144 table of N rows (default 1M), while ``alembic upgrade head`` runs, three clients run on
 their own connections until it ends:
@@ -70,7 +71,7 @@ def sampler(conninfo: str, stop: threading.Event, holds: list[float]) -> None:
             holds.append(time.perf_counter() - held_since)
 
 
-def run(url: str, rows: int, extra: list[str]) -> dict:
+def run(url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", "head")) -> dict:
     conninfo = url.replace("+psycopg", "")
     stop = threading.Event()
     writes, reads, holds = [], [], []
@@ -86,7 +87,7 @@ def run(url: str, rows: int, extra: list[str]) -> dict:
     time.sleep(0.5)
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, "upgrade", "head"],
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, *command],
         env={**os.environ, "DATABASE_URL": url},
         cwd=ROOT,
         capture_output=True,
@@ -115,18 +116,45 @@ def run(url: str, rows: int, extra: list[str]) -> dict:
     }
 
 
+def at_head_with_total_only_rows(url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+        env={**os.environ, "DATABASE_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    with psycopg.connect(url.replace("+psycopg", "")) as connection:
+        connection.execute(
+            "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call) "
+            "SELECT 'new-code', 'm', 'builder', 1000 + i, now(), false FROM generate_series(1, 1000) AS i"
+        )
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE llm_usage_events")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--modes", default="default,online")
+    parser.add_argument(
+        "--direction",
+        choices=("upgrade", "downgrade"),
+        default="upgrade",
+        help="downgrade: bring the table to head first (default mode, 1,000 total-only rows added), then measure "
+        "'alembic downgrade -1'",
+    )
     args = parser.parse_args()
+    command = ("upgrade", "head") if args.direction == "upgrade" else ("downgrade", "-1")
     admin, server = pg_admin_url()
     try:
         seed = pg_seed(admin, args.rows)
         results = {}
         for mode in args.modes.split(","):
             url = pg_fresh(admin, seed)
-            results[mode] = run(url, args.rows, ["-x", "online=true"] if mode == "online" else [])
+            if args.direction == "downgrade":
+                at_head_with_total_only_rows(url)
+            results[mode] = run(url, args.rows, ["-x", "online=true"] if mode == "online" else [], command)
             print(f"{mode}: {results[mode]}", file=sys.stderr, flush=True)
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute("DROP DATABASE IF EXISTS bench_work")
@@ -135,7 +163,7 @@ def main() -> None:
         if server is not None:
             server.cleanup()
     print(
-        "| mode | rows | upgrade s | writer max s | writer p99 s | reader max s | reader p99 s |"
+        f"| mode | rows | {args.direction} s | writer max s | writer p99 s | reader max s | reader p99 s |"
         " longest ACCESS EXCLUSIVE s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

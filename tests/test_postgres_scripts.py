@@ -80,6 +80,20 @@ def test_the_timeouts_come_from_x():
     assert "SET LOCAL lock_timeout = '3s';" in sql and "SET LOCAL statement_timeout = '20min';" in sql
 
 
+def test_the_online_mode_has_no_script_and_says_so():
+    result = alembic(
+        "postgresql://postgres@127.0.0.1/unused", "-x", "online=true", "upgrade", "0001:0002", "--sql", check=False
+    )
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert failed == [
+        "FAILED: -x online=true has no --sql script: the online mode commits as it goes and checks the table "
+        "between steps, which a script cannot; apply the one-transaction script (without -x online=true), or run "
+        "the online command against the database; no script was written."
+    ]
+    assert "ALTER TABLE" not in result.stdout
+
+
 def seeded(url) -> None:
     alembic(url, "upgrade", "0001")
     engine = create_engine(url)

@@ -24,6 +24,7 @@ from autopack.migrations import holdover, postgres_rewrite, sqlite_schema_edit
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
 from autopack.migrations.online_backfill import drop_leftover_fill_trigger, online_upgrade
+from autopack.migrations.online_downgrade import online_downgrade
 from autopack.migrations.options import options_of_this_run
 from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
 from autopack.migrations.preflight_checks import refuse_what_would_go_wrong
@@ -75,6 +76,9 @@ def downgrade() -> None:
     keep_history(bind, plan, say=False)
     hooks = update_hooks(bind)  # read before: after a failure the transaction takes no more queries
     with failures_in_one_sentence(plan, hooks, "downgrade"):
+        if plan.online:  # PostgreSQL: CHECKs validated while the application runs; no scan under ACCESS EXCLUSIVE
+            online_downgrade(plan)
+            return
         held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
         holdover.prove_set_aside(bind)
         if not held:

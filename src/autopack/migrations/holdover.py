@@ -66,13 +66,15 @@ def create_statements(dialect: str) -> list[str]:
 # --- downgrade: set aside ------------------------------------------------------------------------------
 
 
-def hold_over_statement() -> sa.Insert:
-    """Copy the rows the old schema cannot hold, skipping any a resumed downgrade already holds."""
+def hold_over_statement(after_id: int | None = None) -> sa.Insert:
+    """Copy the rows the old schema cannot hold (with ids above ``after_id``, if given), skipping any a resumed
+    downgrade already holds."""
     source = [events.c.id, events.c.provider, events.c.model, events.c.role, events.c.created_at]
+    newer = events.c.id > after_id if after_id is not None else sa.true()
     return holdover.insert().from_select(
         [h.event_id, h.provider, h.model, h.role, h.created_at, h.prompt_tokens, h.completion_tokens, h.total_tokens],
         sa.select(*source, prompt, completion, total).where(
-            NOT_HOLDABLE, ~sa.exists().where(h.event_id == events.c.id)
+            newer, NOT_HOLDABLE, ~sa.exists().where(h.event_id == events.c.id)
         ),
     )
 

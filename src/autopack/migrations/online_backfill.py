@@ -99,15 +99,15 @@ def alter_statements(plan: Plan) -> list[str]:
     return [f"ALTER TABLE {TABLE} {', '.join(alter)}"] if alter else []
 
 
-def with_lock_retries(connection, statements: list[str], options: Options, changed: str = "nothing was changed"):
+def with_lock_retries(connection, statements: list, options: Options, changed: str = "nothing was changed"):
     """Run ``statements`` in one short transaction that gives up on a lock after ``online_lock_timeout``, so
     readers and writers never queue behind it for long; retry a few times, then fail with one sentence."""
     for attempt in range(1, options.online_retries + 1):
         try:
             connection.exec_driver_sql("BEGIN")
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{options.online_lock_timeout}'")
-            for statement in statements:
-                connection.exec_driver_sql(statement)
+            for statement in statements:  # SQL, or a step that runs its own statements on the connection
+                connection.exec_driver_sql(statement) if isinstance(statement, str) else statement(connection)
             connection.exec_driver_sql("COMMIT")
             return
         except sa.exc.OperationalError as error:

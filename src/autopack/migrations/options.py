@@ -124,8 +124,15 @@ def options_of_this_run() -> Options:
     return attributes[OPTIONS_KEY]
 
 
-def require_mode_fits(options: Options, dialect: str) -> None:
-    """``-x online=true`` is the PostgreSQL online mode: on another engine it is refused, never ignored."""
+def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> None:
+    """``-x online=true`` is the PostgreSQL online mode: on another engine, or for a ``--sql`` script (which
+    cannot commit as it goes), it is refused, never ignored."""
+    if options.online and offline:
+        raise CommandError(
+            "-x online=true has no --sql script: the online mode commits as it goes and checks the table between "
+            "steps, which a script cannot; apply the one-transaction script (without -x online=true), or run the "
+            "online command against the database; no script was written."
+        )
     if options.online and dialect != "postgresql":
         raise CommandError(
             f"-x online=true is the PostgreSQL online mode and does not apply to {dialect}: run without it "

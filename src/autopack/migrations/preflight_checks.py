@@ -46,9 +46,8 @@ def overflowing_totals(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None
     limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
     needs = total == 0 if plan.has_total else sa.true()
     rows = sa.select(events.c.id).where(needs, sa.or_(wide_split_sum > limit, wide_split_sum < -limit - 1))
-    ids = list(bind.execute(rows.order_by(events.c.id).limit(5)).scalars())
-    more = " and more" if len(ids) == 5 else ""
-    return {"limit": f"{limit:,}", "ids": ", ".join(map(str, ids)) + more} if ids else None
+    ids = first_ids(bind, rows)
+    return {"limit": f"{limit:,}", "ids": some(ids)} if ids else None
 
 
 def forbidding_checks(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:

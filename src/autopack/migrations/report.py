@@ -58,6 +58,10 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan:
         cause = "fix the cause the database names"
     if plan.online and step == "upgrade":
         after = "the revision stays 0001 and re-running the same command resumes"
+    elif plan.online:
+        after = (
+            "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"
+        )
     elif plan.dialect in ("mysql", "mariadb"):
         after = "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
     else:

@@ -73,8 +73,10 @@ prompt, completion, total = events.c.prompt_tokens, events.c.completion_tokens, 
 
 
 def first_ids(bind: sa.Connection, rows: sa.Select) -> list[int]:
-    """Up to 6 ids of ``rows`` (a select of event ids), in order: enough for ``some`` to name 5 and say 'more'."""
-    return list(bind.execute(rows.order_by(events.c.id).limit(6)).scalars().all())
+    """Up to 6 ids of ``rows`` (a select of event ids), in order: enough for ``some`` to name 5 and say 'more'.
+    Ordered by ``id + 0``: one sequential scan and a top-6 sort, where ``ORDER BY id`` lets PostgreSQL walk the
+    whole primary-key index when no row matches (the usual case), at about twice the cost."""
+    return list(bind.execute(rows.order_by(events.c.id + 0).limit(6)).scalars().all())
 
 
 def some(ids: list[int]) -> str:
