@@ -55,14 +55,15 @@ def alembic(url: URL | str, *args: str, check: bool = True, timeout: float = 300
     return result
 
 
-def start_alembic(url: URL, *args: str) -> subprocess.Popen:
-    """Start ``python -m alembic ARGS`` against ``url`` with its log readable line by line on ``stderr``."""
+def start_alembic(url: URL, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start ``python -m alembic ARGS`` against ``url`` with its log readable line by line on ``stderr`` (and its
+    ``FAILED:`` line on ``stdout`` if asked for)."""
     return subprocess.Popen(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
         env={**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)},
         cwd=ROOT,
         stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         text=True,
     )
 

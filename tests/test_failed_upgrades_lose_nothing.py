@@ -91,6 +91,10 @@ def test_sparse_and_negative_ids_backfill_in_work_proportional_to_rows(db_url, b
         ("batch_rows=-3", "-x batch_rows=-3 is not valid"),
         ("busy_timeout=abc", "-x busy_timeout=abc is not valid: expected seconds > 0"),
         ("lock_timeout=soon", "-x lock_timeout=soon is not valid"),
+        ("lock_timeout=100us", "-x lock_timeout=100us is not valid: expected a duration from 1ms"),  # PostgreSQL: 0
+        ("online_lock_timeout=0.4ms", "-x online_lock_timeout=0.4ms is not valid: expected a duration from 1ms"),
+        ("statement_timeout=3000000000s", "-x statement_timeout=3000000000s is not valid"),  # past 2^31-1 ms
+        ("statement_timeout=-1s", "-x statement_timeout=-1s is not valid"),
         ("online=ture", "-x online=ture is not valid: expected true or false"),
         ("onlne=true", "Unknown option -x onlne: this tree accepts -x busy_timeout, -x lock_timeout, -x online"),
         ("progress_every=-1", "-x progress_every=-1 is not valid"),

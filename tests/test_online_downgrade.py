@@ -2,12 +2,23 @@
 application runs, SET NOT NULL without a scan; the same rows as the default downgrade, lossless round trip,
 and a failure midway leaves 0002 with no CHECK behind, finished by re-running."""
 
+import subprocess
 import threading
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from support import POSTGRES_BACKENDS, alembic, columns_of, event_row, execute, fails, insert_events, token_rows
+from support import (
+    POSTGRES_BACKENDS,
+    alembic,
+    columns_of,
+    event_row,
+    execute,
+    fails,
+    insert_events,
+    start_alembic,
+    token_rows,
+)
 
 pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 
@@ -147,3 +158,32 @@ def test_writers_of_old_code_go_on_during_the_online_downgrade_and_keep_their_ro
     assert errors == [] and len(written) > 0
     old_rows = [row for row in everything(db_url)[0] if row["provider"] == "old"]
     assert sorted(r["prompt_tokens"] for r in old_rows) == written
+
+
+def test_a_lock_timeout_after_rows_were_set_aside_says_so_and_a_rerun_finishes(db_url):
+    at_head(db_url)
+    upgraded = token_rows(db_url)
+    execute(  # the set-aside step takes 2 s, long enough to take a lock meanwhile
+        db_url,
+        "CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2); "
+        "RETURN NULL; END $$",
+        "CREATE TRIGGER slow AFTER UPDATE ON llm_usage_events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement()",
+    )
+    args = ["-x", "online=true", "-x", "lock_timeout=1s", "-x", "online_retries=2", "downgrade", "-1"]
+    process = start_alembic(db_url, *args, stdout=subprocess.PIPE)
+    for line in process.stderr:
+        if "[1/3]" in line:
+            break
+    engine = create_engine(db_url)
+    with engine.begin() as connection:  # a manual VACUUM or CREATE INDEX CONCURRENTLY holds this lock
+        connection.execute(text("LOCK TABLE llm_usage_events IN SHARE UPDATE EXCLUSIVE MODE"))
+        output = process.communicate(timeout=120)[0]
+    engine.dispose()
+    failed = [line for line in output.splitlines() if line.startswith("FAILED: ")]
+    assert process.returncode != 0 and len(failed) == 1, output
+    assert "re-running the same command finishes" in failed[0] and "nothing was changed" not in failed[0]
+    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
+    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    assert alembic(db_url, "current").stdout.strip() == "0001" and build144_checks(db_url) == []
+    alembic(db_url, "upgrade", "head")
+    assert token_rows(db_url) == upgraded

@@ -135,3 +135,59 @@ def test_a_check_the_new_totals_violate_is_one_sentence_and_nothing_changes(db_u
     message = fails(db_url, "upgrade", "head")
     assert "c_below_100" in message and message.endswith("nothing was changed."), message
     assert token_rows(db_url) == before
+
+
+PARTITIONED = [
+    "CREATE TABLE llm_usage_events (id INTEGER NOT NULL, provider VARCHAR NOT NULL, model VARCHAR NOT NULL, "
+    "run_id VARCHAR, phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, "
+    "completion_tokens INTEGER NOT NULL, created_at TIMESTAMP NOT NULL, is_doctor_call BOOLEAN NOT NULL, "
+    "doctor_model VARCHAR, doctor_action VARCHAR, PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)",
+    "CREATE TABLE llm_usage_events_p202511 PARTITION OF llm_usage_events "
+    "FOR VALUES FROM ('2025-11-01') TO ('2025-12-01')",
+    "CREATE TABLE llm_usage_events_default PARTITION OF llm_usage_events DEFAULT",
+    "INSERT INTO llm_usage_events SELECT i, 'p', 'm', NULL, NULL, 'builder', i, 2 * i, "
+    "TIMESTAMP '2025-11-20' + i * INTERVAL '1 day', false, NULL, NULL FROM generate_series(1, 40) AS i",
+]
+INHERITED = [
+    "CREATE TABLE llm_usage_events_archive () INHERITS (llm_usage_events)",
+    "INSERT INTO llm_usage_events_archive (id, provider, model, role, prompt_tokens, completion_tokens, created_at, "
+    "is_doctor_call) SELECT 1000 + i, 'p', 'm', 'r', i, 1, now(), false FROM generate_series(1, 30) AS i",
+    "CREATE TABLE audit (id INTEGER)",
+    "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
+    "CREATE TRIGGER t_archive_audit AFTER UPDATE ON llm_usage_events_archive FOR EACH ROW EXECUTE FUNCTION audit_row()",
+]
+
+
+def test_a_publication_of_a_partitioned_tables_leaves_makes_it_the_batched_update(db_url):
+    execute(db_url, *PARTITIONED, "CREATE PUBLICATION pub_leaves FOR TABLE llm_usage_events")  # lists the leaves
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert FALLBACK in log and "publication pub_leaves" in log, log
+    assert {i: t for i, (t,) in token_rows(db_url, ("total_tokens",)).items()} == {i: 3 * i for i in range(1, 41)}
+
+
+def test_an_update_trigger_on_an_inheriting_child_makes_it_the_batched_update_and_it_fires(db_url):
+    build(db_url, "pre_build144")
+    execute(db_url, *INHERITED)
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert FALLBACK in log and "trigger t_archive_audit" in log, log
+    assert scalar(db_url, "SELECT COUNT(*) FROM audit") == 30  # each child row the backfill filled
+    assert scalar(db_url, "SELECT SUM(total_tokens) FROM ONLY llm_usage_events_archive") == sum(range(1, 31)) + 30
+
+
+def test_a_disabled_trigger_does_not_stop_the_rewrite(db_url):
+    build(db_url, "pre_build144")
+    execute(db_url, *INHERITED, "ALTER TABLE llm_usage_events_archive DISABLE TRIGGER t_archive_audit")
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert REWRITE in log and FALLBACK not in log, log
+    assert scalar(db_url, "SELECT COUNT(*) FROM audit") == 0
+    assert scalar(db_url, "SELECT SUM(total_tokens) FROM ONLY llm_usage_events_archive") == sum(range(1, 31)) + 30
+
+
+def test_nothing_to_fill_rewrites_nothing(db_url):
+    build(db_url, "old_script", [(100, 50, 150), (0, 0, 0)])  # every total already there
+    relfilenode = "SELECT relfilenode FROM pg_class WHERE relname = 'llm_usage_events'"
+    before = scalar(db_url, relfilenode)
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert "Backfilled 0 rows: no row needs a total, the table was not rewritten" in log, log
+    assert scalar(db_url, relfilenode) == before and totals(db_url) == [150, 0]

@@ -78,6 +78,7 @@ def test_the_squawk_config_never_ignores_the_timeout_rules_and_says_why_for_each
 def test_the_timeouts_come_from_x():
     sql = script("-x", "lock_timeout=3s", "-x", "statement_timeout=20 min", "upgrade", "0001:0002")
     assert "SET LOCAL lock_timeout = '3s';" in sql and "SET LOCAL statement_timeout = '20min';" in sql
+    assert "SET LOCAL statement_timeout = '0';" in script("-x", "statement_timeout=0", "upgrade", "0001:0002")
 
 
 def test_the_online_mode_has_no_script_and_says_so():

@@ -25,7 +25,7 @@ def table_after(heading_cell: str) -> list[list[str]]:
 SAMPLES = {
     "table": "llm_usage_events",
     "holdover": "llm_usage_events_build144_holdover",
-    "ids": "3, 7 and 2 more",
+    "ids": "3, 7, 9, 12, 15 and more",
     "limit": "2,147,483,647",
     "checks": "ck_prompt_set (prompt_tokens IS NOT NULL)",
     "publication": "usage_pub",

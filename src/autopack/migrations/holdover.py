@@ -95,10 +95,16 @@ def not_set_aside() -> sa.Select:
 
 
 def held_rows_changed_again() -> sa.Select:
-    """Rows an earlier upgrade kept whose event has changed again since: setting them aside would mix values."""
+    """Rows an earlier upgrade kept whose event has changed again since: setting them aside would mix values. An
+    event that still carries its held row's placeholders (NULL splits read 0, as an interrupted online downgrade
+    leaves it) has not changed."""
     same_values = sa.and_(
-        prompt.is_not_distinct_from(h.prompt_tokens),
-        completion.is_not_distinct_from(h.completion_tokens),
+        sa.or_(
+            sa.and_(prompt.is_not_distinct_from(h.prompt_tokens), completion.is_not_distinct_from(h.completion_tokens)),
+            sa.and_(
+                prompt == sa.func.coalesce(h.prompt_tokens, 0), completion == sa.func.coalesce(h.completion_tokens, 0)
+            ),
+        ),
         total == h.total_tokens,
     )
     return sa.select(h.event_id).join(events, events.c.id == h.event_id).where(NOT_HOLDABLE, ~same_values)

@@ -26,7 +26,7 @@ from autopack.migrations.plan import Plan
 from autopack.migrations.postgres_rewrite import rewrite_statement
 from autopack.migrations.table_inspection import (
     MYSQL_READERS_LITERAL,
-    PG_PUBLICATIONS,
+    PG_PUBLISHED,
     PG_READERS_LITERAL,
     PG_UPDATE_RULES,
     PG_UPDATE_TRIGGERS,
@@ -128,7 +128,7 @@ def postgres_script_backfill() -> None:
         PG_SCRIPT_BACKFILL.format(
             triggers=literal_text(PG_UPDATE_TRIGGERS, **names).strip(),
             rules=literal_text(PG_UPDATE_RULES, **names),
-            publications=literal_text(PG_PUBLICATIONS, **names).strip(),
+            publications=literal_text(PG_PUBLISHED, **names).strip(),
             update=literal_sql(events.update().where(NEEDS_TOTAL).values(total_tokens=split_sum)),
             rewrite=rewrite_statement("INTEGER"),
         )

@@ -23,8 +23,10 @@ import logging
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 from autopack.migrations import holdover
+from autopack.migrations.errors import first_line
 from autopack.migrations.online_backfill import with_lock_retries
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import SPLITS, TABLE, events
@@ -75,7 +77,12 @@ def online_downgrade(plan: Plan) -> None:
             log.info(
                 "[3/3] Schema (online, committed): splits NOT NULL (the CHECKs prove it: no scan), total_tokens dropped"
             )
-        except Exception:
+        except sa.exc.DBAPIError as error:  # a lock or statement timeout included: what is left is not "nothing"
+            drop_checks_quietly(connection, plan)
+            raise CommandError(
+                f"The BUILD-144 online downgrade stopped ({first_line(error)}): {AFTER_FAILURE}."
+            ) from None
+        except BaseException:  # Ctrl-C too: never leave CHECKs that refuse the BUILD-144 code's total-only rows
             drop_checks_quietly(connection, plan)
             raise
 

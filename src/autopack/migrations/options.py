@@ -20,6 +20,7 @@ from autopack.migrations.progress import PROGRESS_EVERY_S
 SCRIPT_STATEMENT_TIMEOUT = "1h"  # what a --sql script sets when -x statement_timeout is not given
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
+MAX_INTERVAL_S = (2**31 - 1) / 1000  # PostgreSQL's limit for lock_timeout and statement_timeout (about 24.8 days)
 INTERVAL_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -61,9 +62,14 @@ def _positive_int(value: str) -> int:
 
 
 def _interval(value: str) -> str:
-    if not INTERVAL.match(value.strip()) or interval_seconds(value) <= 0:
+    # PostgreSQL rounds a duration below 1ms to 0 (no limit at all) and takes at most 2^31-1 ms
+    if not INTERVAL.match(value.strip()) or not 0.001 <= interval_seconds(value) <= MAX_INTERVAL_S:
         raise ValueError
     return re.sub(r"\s+", "", value)  # "30 min" -> "30min": it goes into a connection's "-c name=value" options
+
+
+def _interval_or_off(value: str) -> str:
+    return "0" if value.strip() == "0" else _interval(value)
 
 
 def _boolean(value: str) -> bool:
@@ -77,13 +83,13 @@ def _boolean(value: str) -> bool:
 # key -> (parser, what a valid value looks like)
 PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "busy_timeout": (_positive_number, "seconds > 0, e.g. 30"),
-    "lock_timeout": (_interval, "a duration > 0 such as 500ms, 10s or 1min"),
+    "lock_timeout": (_interval, "a duration from 1ms to 24d such as 500ms, 10s or 1min"),
     "online": (_boolean, "true or false"),
     "batch_rows": (_positive_int, "a whole number of rows from 1 to 2147483647"),
-    "online_lock_timeout": (_interval, "a duration > 0 such as 500ms or 2s"),
+    "online_lock_timeout": (_interval, "a duration from 1ms to 24d such as 500ms or 2s"),
     "online_retries": (_positive_int, "a whole number from 1 to 2147483647"),
     "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
-    "statement_timeout": (_interval, "a duration > 0 such as 30min or 2h"),
+    "statement_timeout": (_interval_or_off, "a duration from 1ms to 24d such as 30min or 2h, or 0 for none"),
 }
 
 

@@ -28,23 +28,24 @@ from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, new_total
 from autopack.migrations.batched_backfill import backfill as batched_backfill
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
-from autopack.migrations.table_inspection import publications_of, update_hooks
+from autopack.migrations.table_inspection import PG_FAMILY, publications_of, update_hooks
 from autopack.migrations.usage_table import TABLE, events
 
 log = logging.getLogger("alembic.build144")
 
-# what depends on total_tokens, in the table or any of its partitions, that stops or changes a type rewrite;
-# the column's own default, indexes (rebuilt by the rewrite) and extended statistics are not among them
-DEPENDENTS_OF_TOTAL = """
+# what depends on total_tokens, in the table or any partition or child, that stops or changes a type rewrite; the
+# column's own default, indexes and the constraints they back (rebuilt by the rewrite) and extended statistics are not
+DEPENDENTS_OF_TOTAL = f"""{PG_FAMILY}
 SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid)
 FROM pg_depend d
+JOIN family f ON d.refobjid = f.relid
 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND a.attname = 'total_tokens'
 WHERE d.refclassid = 'pg_class'::regclass
-  AND d.refobjid IN (SELECT CAST(:table AS regclass)
-                     UNION SELECT relid FROM pg_partition_tree(CAST(:table AS regclass)))
   AND d.classid <> 'pg_statistic_ext'::regclass
   AND NOT (d.classid = 'pg_class'::regclass
            AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = d.objid AND c.relkind IN ('i', 'I')))
+  AND NOT (d.classid = 'pg_constraint'::regclass
+           AND EXISTS (SELECT 1 FROM pg_constraint c WHERE c.oid = d.objid AND c.contype IN ('p', 'u', 'x')))
   AND NOT (d.classid = 'pg_attrdef'::regclass
            AND EXISTS (SELECT 1 FROM pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = d.refobjid
                        AND ad.adnum = d.refobjsubid))
@@ -82,8 +83,11 @@ def backfill(bind: sa.Connection, plan: Plan) -> int:
     one table rewrite, or the batched UPDATE where that is the right one; returns the rows whose total it wrote."""
     reasons = why_not_rewrite(bind, plan)
     if not reasons:
-        column_type = bind.execute(sa.text(TOTAL_TYPE), {"table": TABLE}).scalar_one()
         filled = bind.execute(sa.select(sa.func.count()).select_from(events).where(NEEDS_TOTAL)).scalar_one()
+        if not filled:  # counted under the schema change's lock: no row needs a total, so nothing to rewrite
+            log.info("[2/3] Backfilled 0 rows: no row needs a total, the table was not rewritten")
+            return 0
+        column_type = bind.execute(sa.text(TOTAL_TYPE), {"table": TABLE}).scalar_one()
         log.info("      backfill: one table rewrite, %s of %s rows to fill", f"{filled:,}", f"{plan.rows:,}")
         with while_running(log, "table rewrite", plan.options.progress_every):
             bind.exec_driver_sql(rewrite_statement(column_type))

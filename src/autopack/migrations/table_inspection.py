@@ -158,13 +158,18 @@ def objects_reading_total_tokens(bind: sa.Connection) -> list[str]:
 # --- what runs when the backfill UPDATEs a row ---------------------------------------------------------------
 
 
-PG_UPDATE_TRIGGERS = """
-SELECT 'trigger ' || tgname, (tgtype & 1) = 1 FROM pg_trigger
-WHERE (tgrelid = CAST(:table AS regclass)
-       OR tgrelid IN (SELECT relid FROM pg_partition_tree(CAST(:table AS regclass))))
-  AND NOT tgisinternal AND tgname <> :own AND (tgtype & 16) = 16
-"""  # (tgtype & 1): FOR EACH ROW; (tgtype & 16): TRIGGER_TYPE_UPDATE
-PG_UPDATE_RULES = "SELECT 'rule ' || rulename, false FROM pg_rules WHERE tablename = :name"
+# the table and everything an ALTER TABLE or UPDATE of it reaches: its partitions and INHERITS children, any depth
+PG_FAMILY = """WITH RECURSIVE family(relid) AS (
+    SELECT CAST(CAST(:table AS regclass) AS oid)
+    UNION SELECT i.inhrelid FROM pg_inherits i JOIN family f ON i.inhparent = f.relid)"""
+PG_UPDATE_TRIGGERS = f"""{PG_FAMILY}
+SELECT 'trigger ' || t.tgname, (t.tgtype & 1) = 1 FROM pg_trigger t JOIN family f ON t.tgrelid = f.relid
+WHERE NOT t.tgisinternal AND t.tgname <> :own AND (t.tgtype & 16) = 16 AND t.tgenabled IN ('O', 'A')
+"""  # (tgtype & 1): FOR EACH ROW; (tgtype & 16): TRIGGER_TYPE_UPDATE; tgenabled O/A: fires in this session
+PG_UPDATE_RULES = f"""{PG_FAMILY}
+SELECT 'rule ' || r.rulename, false FROM pg_rewrite r JOIN family f ON r.ev_class = f.relid
+WHERE r.ev_type = '2' AND r.ev_enabled IN ('O', 'A')
+"""  # ev_type 2: ON UPDATE
 
 
 def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
@@ -180,7 +185,7 @@ def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
         ]
     if dialect == "postgresql":
         triggers = bind.execute(sa.text(PG_UPDATE_TRIGGERS), {"table": TABLE, "own": FILL_TRIGGER}).all()
-        rules = bind.execute(sa.text(PG_UPDATE_RULES), {"name": TABLE}).all()
+        rules = bind.execute(sa.text(PG_UPDATE_RULES), {"table": TABLE}).all()
         return [(name, bool(per_row)) for name, per_row in [*triggers, *rules]]
     return [
         (f"trigger {name}", True)
@@ -197,9 +202,15 @@ SELECT p.pubname, c.relreplident, pt.rowfilter
 FROM pg_publication p
 JOIN pg_publication_tables pt ON pt.pubname = p.pubname
 JOIN pg_class c ON c.oid = CAST(:table AS regclass)
-WHERE pt.tablename = :name AND pt.schemaname = (SELECT relnamespace::regnamespace::text FROM pg_class
-                                                WHERE oid = CAST(:table AS regclass))
+WHERE pt.tablename = :name AND pt.schemaname = (SELECT n.nspname FROM pg_namespace n WHERE n.oid = c.relnamespace)
   AND p.pubupdate
+"""
+# publications that send UPDATEs of the table or of any partition or child (pg_publication_tables lists the leaf
+# partitions of a partitioned table unless it is published via its root)
+PG_PUBLISHED = f"""{PG_FAMILY}
+SELECT DISTINCT pt.pubname FROM pg_publication_tables pt JOIN pg_publication p ON p.pubname = pt.pubname
+JOIN family f ON f.relid = CAST(CAST(format('%I.%I', pt.schemaname, pt.tablename) AS regclass) AS oid)
+WHERE p.pubupdate
 """
 
 
@@ -219,9 +230,8 @@ def publications_refusing_updates(bind: sa.Connection) -> list[tuple[str, str]]:
 
 
 def publications_of(bind: sa.Connection) -> list[str]:
-    """The publications that publish the table's UPDATEs (PostgreSQL)."""
-    rows = bind.execute(sa.text(PG_PUBLICATIONS), {"table": TABLE, "name": TABLE})
-    return sorted({name for name, _identity, _filter in rows})
+    """The publications that send UPDATEs of the table, its partitions or its children (PostgreSQL)."""
+    return sorted(bind.execute(sa.text(PG_PUBLISHED), {"table": TABLE}).scalars())
 
 
 def system_versioned(bind: sa.Connection) -> bool:

@@ -80,5 +80,5 @@ def first_ids(bind: sa.Connection, rows: sa.Select) -> list[int]:
 
 
 def some(ids: list[int]) -> str:
-    """Ids for a message: the first 5, and how many more."""
-    return ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    """Ids for a message: the first 5, then 'and more' (``first_ids`` reads 6: whether there are more, not how many)."""
+    return ", ".join(map(str, ids[:5])) + (" and more" if len(ids) > 5 else "")
