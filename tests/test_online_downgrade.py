@@ -2,8 +2,10 @@
 application runs, SET NOT NULL without a scan; the same rows as the default downgrade, lossless round trip,
 and a failure midway leaves 0002 with no CHECK behind, finished by re-running."""
 
+import signal
 import subprocess
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -187,3 +189,44 @@ def test_a_lock_timeout_after_rows_were_set_aside_says_so_and_a_rerun_finishes(d
     assert alembic(db_url, "current").stdout.strip() == "0001" and build144_checks(db_url) == []
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == upgraded
+
+
+SLOW_SET_ASIDE = [
+    "CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); "
+    "RETURN NULL; END $$",
+    "CREATE TRIGGER slow AFTER UPDATE ON llm_usage_events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement()",
+]
+
+
+def test_ctrl_c_midway_leaves_no_check_behind_and_a_rerun_finishes(db_url):
+    at_head(db_url)
+    upgraded = token_rows(db_url)
+    execute(db_url, *SLOW_SET_ASIDE)
+    process = start_alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    for line in process.stderr:
+        if "[1/3]" in line:
+            break
+    time.sleep(1)  # inside the set-aside step's 3 s statement
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert build144_checks(db_url) == []  # BUILD-144 code can still write total-only rows
+    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
+    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    alembic(db_url, "upgrade", "head")
+    assert token_rows(db_url) == upgraded
+
+
+@pytest.mark.parametrize("mode", [[], ["-x", "online=true"]], ids=["default", "online"])
+def test_the_upgrade_removes_checks_an_interrupted_online_downgrade_left(db_url, mode):
+    at_head(db_url)
+    upgraded = token_rows(db_url)
+    alembic(db_url, "downgrade", "-1")  # the set-aside rows' NULL splits read 0 at 0001
+    execute(  # what a killed online downgrade leaves once a default downgrade finished the job
+        db_url,
+        "ALTER TABLE llm_usage_events ADD CONSTRAINT build144_prompt_tokens_not_null CHECK (prompt_tokens IS NOT NULL)",
+        "ALTER TABLE llm_usage_events ADD CONSTRAINT build144_completion_tokens_not_null "
+        "CHECK (completion_tokens IS NOT NULL)",
+    )
+    alembic(db_url, *mode, "upgrade", "head")
+    assert build144_checks(db_url) == [] and token_rows(db_url) == upgraded  # NULL splits back

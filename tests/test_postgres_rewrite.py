@@ -191,3 +191,18 @@ def test_nothing_to_fill_rewrites_nothing(db_url):
     log = alembic(db_url, "upgrade", "head").stderr
     assert "Backfilled 0 rows: no row needs a total, the table was not rewritten" in log, log
     assert scalar(db_url, relfilenode) == before and totals(db_url) == [150, 0]
+
+
+def test_a_trigger_on_a_partitioned_parent_is_named_and_counted_once(db_url):
+    execute(
+        db_url,
+        *PARTITIONED,
+        "CREATE TABLE audit (id INTEGER)",
+        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
+        "CREATE TRIGGER t_audit AFTER UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION audit_row()",
+    )  # PostgreSQL clones it onto each partition
+    log = alembic(db_url, "upgrade", "head").stderr
+    assert "trigger t_audit must run on each UPDATE" in log, log
+    assert "fired trigger t_audit 40 times each (40 firings)" in log, log
+    assert scalar(db_url, "SELECT COUNT(*) FROM audit") == 40

@@ -23,7 +23,7 @@ from alembic import context, op
 from autopack.migrations import holdover, postgres_rewrite, sqlite_schema_edit
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
-from autopack.migrations.online_backfill import drop_leftover_fill_trigger, online_upgrade
+from autopack.migrations.online_backfill import drop_leftovers, online_upgrade
 from autopack.migrations.online_downgrade import online_downgrade
 from autopack.migrations.options import options_of_this_run
 from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
@@ -55,12 +55,12 @@ def upgrade() -> None:
         if plan.online:  # PostgreSQL: steps 2-4 with the schema change and each batch committed at once
             filled = online_upgrade(plan)
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
+            if plan.dialect == "postgresql":
+                drop_leftovers(bind)  # of an interrupted online run: its fill trigger, an online downgrade's CHECKs
             change_schema(bind, plan)  # 2. change the schema
             filled = fill_totals(bind, plan)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
-            if plan.dialect == "postgresql":
-                drop_leftover_fill_trigger(bind)  # left by an interrupted online run
             prove_backfilled(bind)
     report(bind, filled, hooks)  # 5. report what the table now holds
 

@@ -122,6 +122,7 @@ def hold_over(bind: sa.Connection, dialect: str) -> int:
         log.info("%s already held %d rows (an interrupted downgrade, or rows an upgrade kept)", HOLDOVER, held_before)
     if held:
         bind.execute(placeholders_statement())
+    if held > held_before:
         log.info(
             "Set aside %d rows the pre-BUILD-144 schema cannot hold (NULL splits or a total that is not their sum) "
             "in %s; their NULL splits read 0 until 'alembic upgrade head' restores them",

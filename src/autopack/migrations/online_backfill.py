@@ -23,7 +23,7 @@ from autopack.migrations import holdover
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.options import Options
 from autopack.migrations.plan import Plan
-from autopack.migrations.usage_table import FILL_TRIGGER, TABLE, events
+from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, FILL_TRIGGER, TABLE, events
 
 log = logging.getLogger("alembic.build144")
 
@@ -59,7 +59,7 @@ def online_upgrade(plan: Plan) -> int:
         connection = context.connection
         with_lock_retries(
             connection,
-            alter_statements(plan) + CREATE_FILL_TRIGGER,
+            [*alter_statements(plan), DROP_NOT_NULL_CHECKS, *CREATE_FILL_TRIGGER],
             plan.options,
             changed=f"{TABLE} was not changed (an unversioned database is now stamped 0001, from which a re-run "
             "continues)",
@@ -85,9 +85,10 @@ def online_upgrade(plan: Plan) -> int:
     return filled
 
 
-def drop_leftover_fill_trigger(bind: sa.Connection) -> None:
-    """The default mode, after an interrupted online run: its trigger goes in the same transaction."""
-    for statement in DROP_FILL_TRIGGER:
+def drop_leftovers(bind: sa.Connection) -> None:
+    """The default mode, after an interrupted online run: its fill trigger, or an online downgrade's CHECKs (which
+    would refuse the NULL splits the restore puts back), go in the same transaction."""
+    for statement in [*DROP_FILL_TRIGGER, DROP_NOT_NULL_CHECKS]:
         bind.exec_driver_sql(statement)
 
 

@@ -29,15 +29,15 @@ from autopack.migrations import holdover
 from autopack.migrations.errors import first_line
 from autopack.migrations.online_backfill import with_lock_retries
 from autopack.migrations.plan import Plan
-from autopack.migrations.usage_table import SPLITS, TABLE, events
+from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECKS, SPLITS, TABLE, events
 
 log = logging.getLogger("alembic.build144")
 
-CHECKS = {split: f"build144_{split}_not_null" for split in SPLITS}
+CHECKS = NOT_NULL_CHECKS
 ADD_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(
     f"ADD CONSTRAINT {name} CHECK ({split} IS NOT NULL) NOT VALID" for split, name in CHECKS.items()
 )
-DROP_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(f"DROP CONSTRAINT IF EXISTS {name}" for name in CHECKS.values())
+DROP_CHECKS = DROP_NOT_NULL_CHECKS
 SET_NOT_NULL = f"ALTER TABLE {TABLE} " + ", ".join(f"ALTER COLUMN {split} SET NOT NULL" for split in SPLITS)
 FINISH = f"ALTER TABLE {TABLE} " + ", ".join(
     [*(f"DROP CONSTRAINT {name}" for name in CHECKS.values()), "DROP COLUMN total_tokens"]
@@ -83,7 +83,9 @@ def online_downgrade(plan: Plan) -> None:
                 f"The BUILD-144 online downgrade stopped ({first_line(error)}): {AFTER_FAILURE}."
             ) from None
         except BaseException:  # Ctrl-C too: never leave CHECKs that refuse the BUILD-144 code's total-only rows
-            drop_checks_quietly(connection, plan)
+            connection.invalidate()  # interrupted mid-statement: end that session (its locks go), clean up from anew
+            with connection.engine.connect() as fresh:
+                drop_checks_quietly(fresh.execution_options(isolation_level="AUTOCOMMIT"), plan)
             raise
 
 
@@ -91,6 +93,6 @@ def drop_checks_quietly(connection: sa.Connection, plan: Plan) -> None:
     try:
         if connection.in_transaction():
             connection.exec_driver_sql("ROLLBACK")  # a server-side one only: Alembic's autocommit block stays usable
-        with_lock_retries(connection, [DROP_CHECKS], plan.options)
+        with_lock_retries(connection, [DROP_CHECKS], plan.options, changed="they stay")
     except Exception as error:  # the failure being reported matters more; say what is left
         log.warning("      could not drop the CHECKs %s (%s): drop them by hand", ", ".join(CHECKS.values()), error)
