@@ -2,6 +2,8 @@
 concurrent writers). Timing lives in benchmarks/, not here: these tests check rows, revisions and locks."""
 
 import re
+import signal
+import subprocess
 import threading
 
 import pytest
@@ -191,3 +193,36 @@ def run_online_to_the_end(url, stop: threading.Event) -> bool:
             stop.set()
     assert process.wait() == 0, "".join(output)
     return seen
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_online_backfill_between_batches_and_a_rerun_resumes_without_redoing(db_url, signum):
+    seed_large(db_url, rows=300_000)
+    args = ["-x", "online=true", "-x", "batch_rows=5000", "-x", "progress_every=0", "upgrade", "head"]
+    process = start_alembic(db_url, *args, stdout=subprocess.PIPE)
+    for line in process.stderr:
+        if "backfill: 20,000 / " in line:
+            break
+    process.send_signal(signum)
+    output = process.communicate(timeout=120)[0]
+    failed = [line for line in output.splitlines() if line.startswith("FAILED: ")]
+    assert process.returncode != 0 and failed == [
+        f"FAILED: Stopped on {signum.name} between batches, every batch done so far committed: the revision stays "
+        "0001 and re-running the same command resumes where it stopped."
+    ], output
+    assert revision(db_url) == "0001"
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        done = dict(
+            connection.execute(text("SELECT id, xmin::text FROM llm_usage_events WHERE total_tokens <> 0")).all()
+        )
+    engine.dispose()
+    assert 20_000 <= len(done) < 300_000
+    alembic(db_url, "-x", "online=true", "upgrade", "head")
+    assert revision(db_url) == "0002" and assert_totals_right(db_url) == 300_000
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        after = dict(connection.execute(text("SELECT id, xmin::text FROM llm_usage_events")).all())
+    engine.dispose()
+    assert {i: after[i] for i in done} == done  # no row done twice: those rows were not written again

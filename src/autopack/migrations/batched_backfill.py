@@ -6,6 +6,7 @@ bound each statement's size); in the online mode each batch commits (``online_ba
 """
 
 import logging
+import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from alembic.util import CommandError
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
 from autopack.migrations.options import Options
 from autopack.migrations.progress import Progress
+from autopack.migrations.throttle import Throttle
 from autopack.migrations.usage_table import TABLE, events, first_ids, some
 
 log = logging.getLogger("alembic.build144")
@@ -41,18 +43,30 @@ def batch_end(rows: int) -> sa.Select:
 
 
 def backfill(
-    execute: Callable[[sa.Executable, dict], sa.CursorResult], first, last, rows: int, options: Options
+    execute: Callable[[sa.Executable, dict], sa.CursorResult],
+    first,
+    last,
+    rows: int,
+    options: Options,
+    throttle: Throttle | None = None,
 ) -> int:
-    """The rule over ids ``first..last`` (``rows`` rows) in batches; returns the rows whose total it wrote."""
+    """The rule over ids ``first..last`` (``rows`` rows) in batches; returns the rows whose total it wrote. With a
+    ``throttle`` (online mode), each batch waits for it and takes its batch size."""
     progress = Progress(log, "backfill", rows, options.progress_every)
     filled = done = 0
-    low, next_end, update = first, batch_end(options.rows_per_batch), backfill_statement()
+    low, update = first, backfill_statement()
     while low is not None and low <= last:
-        high = execute(next_end, {"low": low, "stop": last}).scalar()
+        if throttle:
+            throttle.before_batch()
+        size = throttle.batch_rows if throttle else options.rows_per_batch
+        started = time.monotonic()
+        high = execute(batch_end(size), {"low": low, "stop": last}).scalar()
         if high is None:
             break
         filled += execute(update, {"low": low, "high": high}).rowcount
-        done = min(rows, done + options.rows_per_batch)
+        if throttle:
+            throttle.after_batch(time.monotonic() - started)
+        done = min(rows, done + size)
         progress.at(done / rows if rows else 1.0)
         low = high + 1 if high < last else None
     log.info("[2/3] Backfilled %d rows: %s", filled, RULE)

@@ -23,6 +23,7 @@ from autopack.migrations import holdover
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.options import Options
 from autopack.migrations.plan import Plan
+from autopack.migrations.throttle import Throttle
 from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, FILL_TRIGGER, TABLE, events
 
 log = logging.getLogger("alembic.build144")
@@ -68,7 +69,9 @@ def online_upgrade(plan: Plan) -> int:
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
         try:
-            filled = backfill(connection.execute, first, last, plan.rows, plan.options)
+            throttle = Throttle(plan.options, connection)  # pauses, batch size, replica lag, Ctrl-C between batches
+            with throttle.stopping_on_signals():
+                filled = backfill(connection.execute, first, last, plan.rows, plan.options, throttle)
             if plan.has_holdover:
                 holdover.restore(connection)
             prove_backfilled(connection, after=RESUMES)

@@ -34,6 +34,12 @@ class Options:
     online_lock_timeout: str = "500ms"
     online_retries: int = 20
     progress_every: float = PROGRESS_EVERY_S  # seconds between progress lines (0: every batch)
+    # online backfill only (``throttle``): a pause between batches, a target batch duration, the replica-lag wait
+    batch_pause: str | None = None
+    batch_seconds: str | None = None
+    max_replica_lag: str = "1.5s"  # "off": wait for no replica
+    max_replica_lag_bytes: int = 64 * 2**20
+    replica_wait_max: str = "10min"
 
     @property
     def rows_per_batch(self) -> int:
@@ -72,6 +78,24 @@ def _interval_or_off(value: str) -> str:
     return "0" if value.strip() == "0" else _interval(value)
 
 
+def _lag(value: str) -> str:
+    return "off" if value.strip().lower() in ("0", "off", "false", "no") else _interval(value)
+
+
+BYTES = re.compile(r"^(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?$", re.IGNORECASE)
+BYTE_UNITS = {"b": 1, "kb": 2**10, "kib": 2**10, "mb": 2**20, "mib": 2**20, "gb": 2**30, "gib": 2**30}
+
+
+def _bytes(value: str) -> int:
+    match = BYTES.match(value.strip())
+    if not match:
+        raise ValueError
+    number = int(match.group(1)) * BYTE_UNITS[(match.group(2) or "b").lower()]
+    if not 1 <= number <= 2**62:
+        raise ValueError
+    return number
+
+
 def _boolean(value: str) -> bool:
     if value.lower() in TRUE:
         return True
@@ -89,6 +113,11 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "online_lock_timeout": (_interval, "a duration from 1ms to 24d such as 500ms or 2s"),
     "online_retries": (_positive_int, "a whole number from 1 to 2147483647"),
     "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
+    "batch_pause": (_interval, "a duration from 1ms to 24d such as 50ms"),
+    "batch_seconds": (_interval, "a duration from 1ms to 24d such as 0.5s (a target per batch)"),
+    "max_replica_lag": (_lag, "a duration such as 1.5s, or off to wait for no replica"),
+    "max_replica_lag_bytes": (_bytes, "a size such as 64MB or 1048576 (bytes)"),
+    "replica_wait_max": (_interval, "a duration from 1ms to 24d such as 10min"),
     "statement_timeout": (_interval_or_off, "a duration from 1ms to 24d such as 30min or 2h, or 0 for none"),
 }
 

@@ -1,0 +1,123 @@
+"""The online backfill's manners on a replicated cluster: a pause between batches, a batch size that adapts to a
+target duration, and a wait while any streaming replica is too far behind.
+
+Why. Each committed batch is WAL that every streaming replica must replay; pushed as fast as the primary takes
+them, replicas fall behind, reads from them go stale and a failover loses its margin. So before each batch the
+backfill reads ``pg_stat_replication`` (https://www.postgresql.org/docs/current/monitoring-stats.html) and
+waits while a replica is more than ``max_replica_lag`` behind by ``replay_lag`` or more than
+``max_replica_lag_bytes`` of WAL behind by ``pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)``: a replica
+whose replay is paused or stuck stops acknowledging, so its ``replay_lag`` can stay small or turn NULL while the
+bytes grow. Lag that cannot be read (a role without ``pg_read_all_stats`` sees NULLs) for 15 s is treated as
+too high (fail closed). After ``replica_wait_max`` of waiting in all, the backfill stops, resumable, in one
+sentence: a replica delayed on purpose (``recovery_min_apply_delay``) must not hold the upgrade forever.
+The same limits as gh-ost's ``--max-lag-millis`` (1.5 s) and pt-online-schema-change's ``--max-lag``.
+"""
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from autopack.migrations.options import Options, interval_seconds
+
+log = logging.getLogger("alembic.build144")
+
+UNREADABLE_FOR_S = 15.0  # lag unreadable this long counts as too high
+POLL_S = 0.5
+SAY_EVERY_S = 5.0
+REPLICAS = """
+SELECT COALESCE(NULLIF(application_name, ''), client_addr::text, 'replica') AS name,
+       EXTRACT(EPOCH FROM replay_lag) AS lag_s,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) AS lag_bytes
+FROM pg_stat_replication
+"""
+
+
+@dataclass
+class Throttle:
+    options: Options
+    connection: sa.Connection
+    batch_rows: int = 0
+    waited_s: float = 0.0
+    stop_asked: str | None = None
+    unreadable_since: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batch_rows = self.options.rows_per_batch
+
+    @contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM during the backfill: the batch running finishes and commits, then the backfill stops
+        (``before_batch``) in one sentence; a second signal is not waited for."""
+
+        def ask(signum: int, _frame: object) -> None:
+            if self.stop_asked:
+                raise KeyboardInterrupt
+            self.stop_asked = signal.Signals(signum).name
+            log.info("      %s: stopping after the batch running now (send it again to stop at once)", self.stop_asked)
+
+        previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def before_batch(self) -> None:
+        """Stop if asked; pause; wait while a replica is too far behind; stop past ``replica_wait_max``."""
+        self.stop_if_asked()
+        if self.options.batch_pause:
+            time.sleep(interval_seconds(self.options.batch_pause))
+        if self.options.max_replica_lag == "off":
+            return
+        started, last_said = time.monotonic(), None
+        while reason := self.too_far_behind():
+            now = time.monotonic()
+            if self.waited_s + (now - started) > interval_seconds(self.options.replica_wait_max):
+                raise CommandError(
+                    f"The backfill waited {self.options.replica_wait_max} in all for streaming replicas ({reason}): "
+                    "it stopped; the revision stays 0001 and re-running the same command resumes once they catch "
+                    "up (or raise -x replica_wait_max, or -x max_replica_lag=off for a replica delayed on purpose)."
+                )
+            if last_said is None or now - last_said >= SAY_EVERY_S:
+                log.info("      throttled: %s; waiting (%.0fs so far)", reason, self.waited_s + now - started)
+                last_said = now
+            time.sleep(POLL_S)
+            self.stop_if_asked()
+        self.waited_s += time.monotonic() - started
+
+    def stop_if_asked(self) -> None:
+        if self.stop_asked:
+            raise CommandError(
+                f"Stopped on {self.stop_asked} between batches, every batch done so far committed: the revision "
+                "stays 0001 and re-running the same command resumes where it stopped."
+            )
+
+    def too_far_behind(self) -> str | None:
+        max_lag_s = interval_seconds(self.options.max_replica_lag)
+        behind, unreadable = [], []
+        for name, lag_s, lag_bytes in self.connection.exec_driver_sql(REPLICAS):
+            if lag_bytes is None:
+                unreadable.append(name)
+            elif lag_bytes > self.options.max_replica_lag_bytes or (lag_s is not None and lag_s > max_lag_s):
+                behind.append(f"{name} {float(lag_s or 0):.1f}s / {int(lag_bytes) / 2**20:.1f} MiB behind")
+        now = time.monotonic()
+        if not unreadable:
+            self.unreadable_since = None
+        elif self.unreadable_since is None:
+            self.unreadable_since = now
+        elif now - self.unreadable_since >= UNREADABLE_FOR_S:
+            behind.append(f"lag of {', '.join(unreadable)} unreadable for {now - self.unreadable_since:.0f}s")
+        return "; ".join(behind) or None
+
+    def after_batch(self, seconds: float) -> None:
+        """With ``batch_seconds``: the next batch's size aims at that duration (at most doubling or halving)."""
+        if self.options.batch_seconds and seconds > 0:
+            target = interval_seconds(self.options.batch_seconds)
+            factor = min(2.0, max(0.5, target / seconds))
+            self.batch_rows = max(100, min(1_000_000, round(self.batch_rows * factor)))
