@@ -135,6 +135,26 @@ def execute(url: URL | str, *statements: str, **params) -> None:
         engine.dispose()
 
 
+def scalar(url: URL | str, sql: str):
+    """One value read with plain SQL, as an operator's psql session would."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def audit_trigger(name: str, table: str = "llm_usage_events") -> list[str]:
+    """A PostgreSQL audit trigger as operators add them: each row UPDATEd on ``table`` writes its id to ``audit``."""
+    return [
+        "CREATE TABLE audit (id INTEGER)",
+        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
+        f"CREATE TRIGGER {name} AFTER UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION audit_row()",
+    ]
+
+
 def fails(url: URL | str, *args: str, **env: str) -> str:
     """Run alembic expecting a clean failure: non-zero exit, no traceback, exactly one ``FAILED:`` sentence."""
     result = alembic(url, *args, check=False, **env)

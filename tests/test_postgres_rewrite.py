@@ -3,24 +3,14 @@ statistics are fresh; where something on the table needs the UPDATEs, the batche
 why (each cause the tree detects, on tables built as operators built theirs)."""
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from legacy import ROWS, build, expected_total
-from support import POSTGRES_BACKENDS, alembic, execute, fails, seed_large, token_rows
+from support import POSTGRES_BACKENDS, alembic, audit_trigger, execute, fails, scalar, seed_large, token_rows
 
 pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 
 REWRITE = "in one table rewrite, then ANALYZE"
 FALLBACK = "backfill by batched UPDATE instead of one table rewrite"
-
-
-def scalar(url, sql: str):
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
 
 
 def expected(state: str, rows=None) -> list[int]:
@@ -98,12 +88,7 @@ def test_an_object_depending_on_total_tokens_makes_it_the_batched_update_and_the
     "statements, named",
     [
         (
-            [
-                "CREATE TABLE audit (id INTEGER)",
-                "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
-                "CREATE TRIGGER t_audit AFTER UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION audit_row()",
-            ],
+            audit_trigger("t_audit"),
             "trigger t_audit must run on each UPDATE",
         ),
         (["CREATE PUBLICATION pub_usage FOR TABLE llm_usage_events"], "publication pub_usage replicates UPDATEs"),
@@ -152,10 +137,7 @@ INHERITED = [
     "CREATE TABLE llm_usage_events_archive () INHERITS (llm_usage_events)",
     "INSERT INTO llm_usage_events_archive (id, provider, model, role, prompt_tokens, completion_tokens, created_at, "
     "is_doctor_call) SELECT 1000 + i, 'p', 'm', 'r', i, 1, now(), false FROM generate_series(1, 30) AS i",
-    "CREATE TABLE audit (id INTEGER)",
-    "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
-    "CREATE TRIGGER t_archive_audit AFTER UPDATE ON llm_usage_events_archive FOR EACH ROW EXECUTE FUNCTION audit_row()",
+    *audit_trigger("t_archive_audit", "llm_usage_events_archive"),
 ]
 
 
@@ -197,10 +179,7 @@ def test_a_trigger_on_a_partitioned_parent_is_named_and_counted_once(db_url):
     execute(
         db_url,
         *PARTITIONED,
-        "CREATE TABLE audit (id INTEGER)",
-        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
-        "CREATE TRIGGER t_audit AFTER UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION audit_row()",
+        *audit_trigger("t_audit"),
     )  # PostgreSQL clones it onto each partition
     log = alembic(db_url, "upgrade", "head").stderr
     assert "trigger t_audit must run on each UPDATE" in log, log

@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from support import POSTGRES_BACKENDS, ROOT, alembic, event_row, execute, insert_events, seed_large, token_rows
+from support import (
+    POSTGRES_BACKENDS,
+    ROOT,
+    alembic,
+    audit_trigger,
+    event_row,
+    execute,
+    insert_events,
+    scalar,
+    seed_large,
+    token_rows,
+)
 
 SCRIPTS = {
     "upgrade head": ("upgrade", "head"),
@@ -153,9 +164,9 @@ def test_the_script_rewrites_the_table_and_keeps_its_size(db_url, tmp_path):
     seed_large(db_url, 20_000)
     splits = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
     size = "SELECT pg_total_relation_size('llm_usage_events')"
-    before = create_engine(db_url).connect().execute(text(size)).scalar()
+    before = scalar(db_url, size)
     assert apply_with_psql(db_url, script("upgrade", "0001:0002"), tmp_path).returncode == 0
-    after = create_engine(db_url).connect().execute(text(size)).scalar()
+    after = scalar(db_url, size)
     assert after <= 1.10 * before, (before, after)  # an UPDATE of every row would leave about twice the size
     assert {i: t for i, (t,) in token_rows(db_url, ("total_tokens",)).items()} == {
         i: p + c for i, (p, c) in splits.items()
@@ -167,13 +178,10 @@ def test_the_script_updates_where_an_update_trigger_must_see_each_row(db_url, tm
     seeded(db_url)
     execute(
         db_url,
-        "CREATE TABLE audit (id INTEGER)",
-        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$",
-        "CREATE TRIGGER t_audit AFTER UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION audit_row()",
+        *audit_trigger("t_audit"),
     )
     assert apply_with_psql(db_url, script("upgrade", "0001:0002"), tmp_path).returncode == 0
-    audited = create_engine(db_url).connect().execute(text("SELECT COUNT(*) FROM audit")).scalar()
+    audited = scalar(db_url, "SELECT COUNT(*) FROM audit")
     assert audited == sum(1 for p, c in SEED if p + c)  # fired once per row the backfill filled
     assert [r["total_tokens"] for r in everything(db_url)] == [p + c for p, c in SEED]
 

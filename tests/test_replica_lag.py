@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
-from support import POSTGRES_BACKENDS, alembic, seed_large, start_alembic
+from support import POSTGRES_BACKENDS, alembic, scalar, seed_large, start_alembic
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 FINGERPRINT = (
@@ -84,7 +83,7 @@ def primary_and_replica() -> Iterator[tuple[URL, URL]]:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(replica), "-l", str(folder / "replica.log"), "-w", "start")
         started.append(replica)
         urls = tuple(make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres") for port in ports)
-        wait_for(lambda: query(urls[0], "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == 1)
+        wait_for(lambda: scalar(urls[0], "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == 1)
         yield urls
     finally:
         for data in reversed(started):
@@ -96,15 +95,6 @@ def primary_and_replica() -> Iterator[tuple[URL, URL]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def query(url: URL, sql: str):
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
-
-
 def wait_for(condition, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -114,7 +104,7 @@ def wait_for(condition, timeout_s: float = 60) -> None:
 
 def caught_up(primary: URL) -> bool:
     return (
-        query(
+        scalar(
             primary,
             "SELECT COALESCE(MAX(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0) FROM pg_stat_replication",
         )
@@ -124,7 +114,7 @@ def caught_up(primary: URL) -> bool:
 
 def filled(url: URL) -> int:
     try:
-        return query(url, "SELECT count(*) FROM llm_usage_events WHERE total_tokens <> 0")
+        return scalar(url, "SELECT count(*) FROM llm_usage_events WHERE total_tokens <> 0")
     except Exception:  # the column is not there yet
         return 0
 
@@ -132,9 +122,9 @@ def filled(url: URL) -> int:
 def test_a_paused_replica_stops_the_online_backfill_until_it_resumes(primary_and_replica):
     primary, replica = primary_and_replica
     seed_large(primary, 600_000)  # about 3x the default 64 MiB of WAL when backfilled
-    to_fill = query(primary, "SELECT count(*) FROM llm_usage_events WHERE prompt_tokens + completion_tokens <> 0")
+    to_fill = scalar(primary, "SELECT count(*) FROM llm_usage_events WHERE prompt_tokens + completion_tokens <> 0")
     wait_for(lambda: caught_up(primary))
-    query(replica, "SELECT pg_wal_replay_pause()")
+    scalar(replica, "SELECT pg_wal_replay_pause()")
     process = start_alembic(primary, "-x", "online=true", "upgrade", "head")
     for line in process.stderr:
         if "throttled:" in line:
@@ -146,43 +136,43 @@ def test_a_paused_replica_stops_the_online_backfill_until_it_resumes(primary_and
     time.sleep(5.5)
     assert filled(primary) == held and process.poll() is None  # no batch while the replica is behind
     assert 0 < held < to_fill
-    query(replica, "SELECT pg_wal_replay_resume()")
+    scalar(replica, "SELECT pg_wal_replay_resume()")
     process.communicate(timeout=300)
     assert process.returncode == 0
     assert filled(primary) == to_fill
     assert alembic(primary, "current").stdout.strip() == "0002 (head)"
     wait_for(lambda: caught_up(primary))
-    assert query(replica, FINGERPRINT) == query(primary, FINGERPRINT)
+    assert scalar(replica, FINGERPRINT) == scalar(primary, FINGERPRINT)
 
 
 def test_a_replica_that_never_catches_up_stops_the_backfill_resumably(primary_and_replica):
     primary, replica = primary_and_replica
     seed_large(primary, 300_000)
     wait_for(lambda: caught_up(primary))
-    query(replica, "SELECT pg_wal_replay_pause()")
+    scalar(replica, "SELECT pg_wal_replay_pause()")
     args = ("-x", "online=true", "-x", "max_replica_lag_bytes=1MB", "-x", "replica_wait_max=3s", "upgrade", "head")
     result = alembic(primary, *args, check=False)
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
     assert result.returncode != 0 and len(failed) == 1, result.stdout + result.stderr
     assert "waited 3s in all for streaming replicas" in failed[0] and "re-running the same command resumes" in failed[0]
     assert alembic(primary, "current").stdout.strip() == "0001"
-    query(replica, "SELECT pg_wal_replay_resume()")
+    scalar(replica, "SELECT pg_wal_replay_resume()")
     alembic(primary, "-x", "online=true", "upgrade", "head")
     assert filled(primary) == 300_000  # every row's splits sum to more than 0 here (seed_large)
     wait_for(lambda: caught_up(primary))
-    assert query(replica, FINGERPRINT) == query(primary, FINGERPRINT)
+    assert scalar(replica, FINGERPRINT) == scalar(primary, FINGERPRINT)
 
 
 def test_max_replica_lag_off_does_not_wait(primary_and_replica):
     primary, replica = primary_and_replica
     seed_large(primary, 100_000)
     wait_for(lambda: caught_up(primary))
-    query(replica, "SELECT pg_wal_replay_pause()")
+    scalar(replica, "SELECT pg_wal_replay_pause()")
     up = alembic(
         primary, "-x", "online=true", "-x", "max_replica_lag=off", "-x", "max_replica_lag_bytes=1MB", "upgrade", "head"
     )
     assert "throttled" not in up.stderr and filled(primary) == 100_000
-    query(replica, "SELECT pg_wal_replay_resume()")
+    scalar(replica, "SELECT pg_wal_replay_resume()")
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
