@@ -16,6 +16,7 @@ from support import (
     ROOT,
     alembic,
     audit_trigger,
+    columns_of,
     event_row,
     execute,
     insert_events,
@@ -207,3 +208,18 @@ def test_a_statement_timeout_mid_rewrite_is_one_sentence_and_nothing_changes(db_
     assert "-x statement_timeout" in failed[0] and failed[0].endswith("nothing was changed."), failed[0]
     assert token_rows(db_url) == before
     assert alembic(db_url, "current").stdout.strip() == "0001"
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_the_upgrade_head_script_applied_with_psql_builds_what_the_online_command_builds(new_database, tmp_path):
+    online, offline = new_database(), new_database()
+    alembic(online, "-x", "online=true", "upgrade", "head")
+    applied = apply_with_psql(offline, script("upgrade", "head"), tmp_path)
+    assert applied.returncode == 0 and "WARNING" not in applied.stderr, applied.stderr
+    assert alembic(offline, "current").stdout.strip() == "0002 (head)"
+
+    def shape(url) -> dict:
+        return {name: (str(c["type"]), c["nullable"], c["default"]) for name, c in columns_of(url).items()}
+
+    assert shape(offline) == shape(online) and shape(online)["total_tokens"] == ("INTEGER", False, "0")
+    assert "No new upgrade operations detected." in alembic(offline, "check").stdout
