@@ -112,6 +112,13 @@ def caught_up(primary: URL) -> bool:
     )
 
 
+def seeded_with_replay_paused(primary: URL, replica: URL, rows: int) -> None:
+    """A pre-BUILD-144 table of ``rows`` on the primary, replayed on the replica, whose replay is then paused."""
+    seed_large(primary, rows)
+    wait_for(lambda: caught_up(primary))
+    scalar(replica, "SELECT pg_wal_replay_pause()")
+
+
 def filled(url: URL) -> int:
     try:
         return scalar(url, "SELECT count(*) FROM llm_usage_events WHERE total_tokens <> 0")
@@ -121,10 +128,8 @@ def filled(url: URL) -> int:
 
 def test_a_paused_replica_stops_the_online_backfill_until_it_resumes(primary_and_replica):
     primary, replica = primary_and_replica
-    seed_large(primary, 600_000)  # about 3x the default 64 MiB of WAL when backfilled
+    seeded_with_replay_paused(primary, replica, 600_000)  # about 3x the default 64 MiB of WAL when backfilled
     to_fill = scalar(primary, "SELECT count(*) FROM llm_usage_events WHERE prompt_tokens + completion_tokens <> 0")
-    wait_for(lambda: caught_up(primary))
-    scalar(replica, "SELECT pg_wal_replay_pause()")
     process = start_alembic(primary, "-x", "online=true", "upgrade", "head")
     for line in process.stderr:
         if "throttled:" in line:
@@ -147,9 +152,7 @@ def test_a_paused_replica_stops_the_online_backfill_until_it_resumes(primary_and
 
 def test_a_replica_that_never_catches_up_stops_the_backfill_resumably(primary_and_replica):
     primary, replica = primary_and_replica
-    seed_large(primary, 300_000)
-    wait_for(lambda: caught_up(primary))
-    scalar(replica, "SELECT pg_wal_replay_pause()")
+    seeded_with_replay_paused(primary, replica, 300_000)
     args = ("-x", "online=true", "-x", "max_replica_lag_bytes=1MB", "-x", "replica_wait_max=3s", "upgrade", "head")
     result = alembic(primary, *args, check=False)
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
@@ -165,9 +168,7 @@ def test_a_replica_that_never_catches_up_stops_the_backfill_resumably(primary_an
 
 def test_max_replica_lag_off_does_not_wait(primary_and_replica):
     primary, replica = primary_and_replica
-    seed_large(primary, 100_000)
-    wait_for(lambda: caught_up(primary))
-    scalar(replica, "SELECT pg_wal_replay_pause()")
+    seeded_with_replay_paused(primary, replica, 100_000)
     up = alembic(
         primary, "-x", "online=true", "-x", "max_replica_lag=off", "-x", "max_replica_lag_bytes=1MB", "upgrade", "head"
     )

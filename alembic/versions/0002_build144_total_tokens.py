@@ -58,7 +58,7 @@ def upgrade() -> None:
             if plan.dialect == "postgresql":
                 drop_leftovers(bind)  # of an interrupted online run: its fill trigger, an online downgrade's CHECKs
             change_schema(bind, plan)  # 2. change the schema
-            filled = fill_totals(bind, plan)  # 3. backfill
+            filled = fill_totals(bind, plan, hooks)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
             prove_backfilled(bind)
@@ -101,9 +101,9 @@ def change_schema(bind: sa.Connection, plan: Plan) -> None:
     log.info("[1/3] Schema: %s", plan.describe())
 
 
-def fill_totals(bind: sa.Connection, plan: Plan) -> int:
+def fill_totals(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> int:
     if plan.dialect == "postgresql":  # one table rewrite (the table keeps its size), unless UPDATEs are needed
-        return postgres_rewrite.backfill(bind, plan)
+        return postgres_rewrite.backfill(bind, plan, hooks)
     return backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)
 
 

@@ -123,7 +123,7 @@ def postgres_script_backfill() -> None:
         "-- The backfill: one table rewrite (ALTER COLUMN ... TYPE ... USING the rule), or an UPDATE where the "
         "table's UPDATE triggers, rules or publications need one; then ANALYZE."
     )
-    names = {"table": TABLE, "name": TABLE, "own": FILL_TRIGGER}
+    names = {"table": TABLE, "own": FILL_TRIGGER}
     op.execute(
         PG_SCRIPT_BACKFILL.format(
             triggers=literal_text(PG_UPDATE_TRIGGERS, **names).strip(),

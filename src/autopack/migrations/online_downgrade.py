@@ -33,14 +33,12 @@ from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECK
 
 log = logging.getLogger("alembic.build144")
 
-CHECKS = NOT_NULL_CHECKS
 ADD_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(
-    f"ADD CONSTRAINT {name} CHECK ({split} IS NOT NULL) NOT VALID" for split, name in CHECKS.items()
+    f"ADD CONSTRAINT {name} CHECK ({split} IS NOT NULL) NOT VALID" for split, name in NOT_NULL_CHECKS.items()
 )
-DROP_CHECKS = DROP_NOT_NULL_CHECKS
 SET_NOT_NULL = f"ALTER TABLE {TABLE} " + ", ".join(f"ALTER COLUMN {split} SET NOT NULL" for split in SPLITS)
 FINISH = f"ALTER TABLE {TABLE} " + ", ".join(
-    [*(f"DROP CONSTRAINT {name}" for name in CHECKS.values()), "DROP COLUMN total_tokens"]
+    [*(f"DROP CONSTRAINT {name}" for name in NOT_NULL_CHECKS.values()), "DROP COLUMN total_tokens"]
 )
 AFTER_FAILURE = (
     "the revision stays 0002, rows set aside so far stay in the set-aside table, and re-running the same command "
@@ -52,13 +50,13 @@ def online_downgrade(plan: Plan) -> None:
     context = op.get_context()
     with context.autocommit_block():
         connection = context.connection
-        with_lock_retries(connection, [DROP_CHECKS, ADD_CHECKS], plan.options)  # 1.
-        log.info("[1/3] Schema (online, committed): NOT VALID CHECKs %s", ", ".join(CHECKS.values()))
-        seen: dict[str, int | None] = {}
+        with_lock_retries(connection, [DROP_NOT_NULL_CHECKS, ADD_CHECKS], plan.options)  # 1.
+        log.info("[1/3] Schema (online, committed): NOT VALID CHECKs %s", ", ".join(NOT_NULL_CHECKS.values()))
+        seen: dict[str, int | None] = {}  # the last id step 2 saw
 
         def set_aside(bind: sa.Connection) -> None:  # 2.
             seen["last"] = bind.execute(sa.select(sa.func.max(events.c.id))).scalar()
-            seen["held"] = holdover.hold_over(bind, plan.dialect)
+            holdover.hold_over(bind, plan.dialect)
             holdover.prove_set_aside(bind)
 
         def set_aside_since(bind: sa.Connection) -> None:  # 4., under the lock: an index range of new ids
@@ -70,9 +68,9 @@ def online_downgrade(plan: Plan) -> None:
 
         try:
             with_lock_retries(connection, [set_aside], plan.options, changed=AFTER_FAILURE)
-            for name in CHECKS.values():  # 3.
+            for name in NOT_NULL_CHECKS.values():  # 3.
                 connection.exec_driver_sql(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}")
-            log.info("[2/3] Validated %s while reads and writes went on", ", ".join(CHECKS.values()))
+            log.info("[2/3] Validated %s while reads and writes went on", ", ".join(NOT_NULL_CHECKS.values()))
             with_lock_retries(connection, [set_aside_since, SET_NOT_NULL, FINISH], plan.options, changed=AFTER_FAILURE)
             log.info(
                 "[3/3] Schema (online, committed): splits NOT NULL (the CHECKs prove it: no scan), total_tokens dropped"
@@ -93,6 +91,8 @@ def drop_checks_quietly(connection: sa.Connection, plan: Plan) -> None:
     try:
         if connection.in_transaction():
             connection.exec_driver_sql("ROLLBACK")  # a server-side one only: Alembic's autocommit block stays usable
-        with_lock_retries(connection, [DROP_CHECKS], plan.options, changed="they stay")
+        with_lock_retries(connection, [DROP_NOT_NULL_CHECKS], plan.options, changed="they stay")
     except Exception as error:  # the failure being reported matters more; say what is left
-        log.warning("      could not drop the CHECKs %s (%s): drop them by hand", ", ".join(CHECKS.values()), error)
+        log.warning(
+            "      could not drop the CHECKs %s (%s): drop them by hand", ", ".join(NOT_NULL_CHECKS.values()), error
+        )

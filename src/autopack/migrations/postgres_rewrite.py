@@ -28,7 +28,7 @@ from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, new_total
 from autopack.migrations.batched_backfill import backfill as batched_backfill
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
-from autopack.migrations.table_inspection import PG_FAMILY, publications_of, update_hooks
+from autopack.migrations.table_inspection import PG_FAMILY, publications_of
 from autopack.migrations.usage_table import TABLE, events
 
 log = logging.getLogger("alembic.build144")
@@ -57,14 +57,14 @@ WHERE attrelid = CAST(:table AS regclass) AND attname = 'total_tokens' AND NOT a
 """
 
 
-def why_not_rewrite(bind: sa.Connection, plan: Plan) -> list[str]:
+def why_not_rewrite(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> list[str]:
     """What on the table makes the batched UPDATE the right backfill (empty: one rewrite is)."""
     reasons = []
     if plan.has_total:
         found = bind.execute(sa.text(DEPENDENTS_OF_TOTAL), {"table": TABLE}).scalars().all()
         reasons += [f"{', '.join(found)} depend{'s' if len(found) == 1 else ''} on total_tokens"] if found else []
-    hooks = [name for name, _ in update_hooks(bind)]
-    reasons += [f"{', '.join(hooks)} must run on each UPDATE"] if hooks else []
+    names = [name for name, _ in hooks]
+    reasons += [f"{', '.join(names)} must run on each UPDATE"] if names else []
     publications = publications_of(bind)
     reasons += [f"publication {', '.join(publications)} replicates UPDATEs, not a rewrite"] if publications else []
     return reasons
@@ -78,10 +78,10 @@ def rewrite_statement(column_type: str) -> str:
     return f"ALTER TABLE {TABLE} ALTER COLUMN total_tokens TYPE {column_type} USING ({rule})"
 
 
-def backfill(bind: sa.Connection, plan: Plan) -> int:
+def backfill(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> int:
     """The backfill of the default mode on PostgreSQL, after the schema change (whose lock it runs under):
     one table rewrite, or the batched UPDATE where that is the right one; returns the rows whose total it wrote."""
-    reasons = why_not_rewrite(bind, plan)
+    reasons = why_not_rewrite(bind, plan, hooks)
     if not reasons:
         filled = bind.execute(sa.select(sa.func.count()).select_from(events).where(NEEDS_TOTAL)).scalar_one()
         if not filled:  # counted under the schema change's lock: no row needs a total, so nothing to rewrite

@@ -12,8 +12,8 @@ SPLITS = ("prompt_tokens", "completion_tokens")
 INDEXED = ("id", "provider", "model", "run_id", "created_at")
 # the online mode's own trigger (and its function) on the table: never one of the operator's readers or hooks
 # the helper CHECKs of the PostgreSQL online downgrade (online_downgrade), one per split
-NOT_NULL_CHECKS = {split: f"build144_{split}_not_null" for split in ("prompt_tokens", "completion_tokens")}
-DROP_NOT_NULL_CHECKS = "ALTER TABLE llm_usage_events " + ", ".join(
+NOT_NULL_CHECKS = {split: f"build144_{split}_not_null" for split in SPLITS}
+DROP_NOT_NULL_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(
     f"DROP CONSTRAINT IF EXISTS {name}" for name in NOT_NULL_CHECKS.values()
 )
 FILL_TRIGGER = "llm_usage_events_build144_fill_total"
