@@ -12,7 +12,19 @@ their own connections until it ends:
 It prints the upgrade's wall time, each client's slowest and 99th-percentile statement, and the longest
 ACCESS EXCLUSIVE hold, per mode.
 
+``--replica`` (issue 13): the same writer and reader on the primary of a private primary + streaming replica
+(``tests/replica_cluster.py``: Debian's binaries, run as root), comparing ``-x online=true`` with its default
+replica limit (``online``) against ``-x max_replica_lag=off`` (``online-no-limit``). In place of the lock sampler,
+every 100 ms the primary's ``pg_stat_replication`` gives the replica's ``replay_lag`` (NULL, which PostgreSQL
+reports once the replica has caught up and nothing new arrives, counts as 0 and is counted) and its unreplayed WAL
+(``pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)``): their peak and median, and how long after the command
+the replica still needed to replay everything it wrote, since without a limit it can end with the replica behind.
+
+Modes alternate within a run, each round on a fresh copy of one seeded database; with ``--repeats`` the
+figures printed are medians over the rounds.
+
     BENCH_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres python benchmarks/bench_online.py --rows 1000000
+    python benchmarks/bench_online.py --replica --rows 1000000 --repeats 3
 """
 
 import argparse
@@ -29,7 +41,17 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_migration import ROOT, pg_admin_url, pg_fresh, pg_seed
 
+sys.path.insert(0, str(ROOT / "tests"))
+from replica_cluster import primary_and_replica_cluster, unavailable
+
 INTERVAL_S = 0.01
+REPLICA_INTERVAL_S = 0.1
+CATCH_UP_TIMEOUT_S = 600
+MODES = {
+    "default": [],
+    "online": ["-x", "online=true"],
+    "online-no-limit": ["-x", "online=true", "-x", "max_replica_lag=off"],
+}
 # the writer, as pre-BUILD-144 code, and the reader, as the dashboard (see the module docstring)
 WRITER_STATEMENT = (
     "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
@@ -71,16 +93,66 @@ def sampler(conninfo: str, stop: threading.Event, holds: list[float]) -> None:
             holds.append(time.perf_counter() - held_since)
 
 
-def run(url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", "head")) -> dict:
+def replica_sampler(conninfo: str, stop: threading.Event, samples: list[tuple]) -> None:
+    """(replay_lag in seconds or None, unreplayed WAL bytes) of each replica, every 100 ms, read on the primary as
+    the throttle reads them."""
+    query = (
+        "SELECT EXTRACT(epoch FROM replay_lag), pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) "
+        "FROM pg_stat_replication"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        while not stop.is_set():
+            samples.extend(connection.execute(query).fetchall())
+            time.sleep(REPLICA_INTERVAL_S)
+
+
+def replica_catch_up_s(conninfo: str) -> float:
+    """Seconds until every replica has replayed the primary's WAL up to now: before a round so that it starts from
+    a replica that is not still replaying the fresh copy, after the command to see what it left behind (a
+    written-to primary is never exactly caught up, so this waits for the position of the call, not for zero)."""
+    query = "SELECT COALESCE(bool_and(replay_lsn >= %s::pg_lsn), false) FROM pg_stat_replication"
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        target = connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        start = time.perf_counter()
+        while not connection.execute(query, (target,)).fetchone()[0]:
+            if time.perf_counter() - start > CATCH_UP_TIMEOUT_S:
+                raise SystemExit(f"the replica did not replay up to {target} in {CATCH_UP_TIMEOUT_S} s")
+            time.sleep(INTERVAL_S)
+        return time.perf_counter() - start
+
+
+def replica_summary(samples: list[tuple], catch_up_s: float, log: str) -> dict:
+    """The sampled lag, NULL ``replay_lag`` as 0 (and counted), and how often the command said it waited."""
+    lags = [float(lag or 0) for lag, _ in samples]
+    lag_bytes = [float(b) / 2**20 for _, b in samples if b is not None]
+    return {
+        "lag_samples": len(samples),
+        "lag_null": sum(lag is None for lag, _ in samples),
+        "lag_peak_s": max(lags, default=0.0),
+        "lag_median_s": statistics.median(lags) if lags else 0.0,
+        "bytes_peak_mib": max(lag_bytes, default=0.0),
+        "bytes_median_mib": statistics.median(lag_bytes) if lag_bytes else 0.0,
+        "catch_up_s": catch_up_s,
+        "throttled": log.count("throttled:"),
+    }
+
+
+def run(
+    url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", "head"), replica: bool = False
+) -> dict:
+    """One measured command with the writer and reader running, and the lock sampler or, with ``replica``, the
+    replica sampler."""
     conninfo = url.replace("+psycopg", "")
+    if replica:
+        replica_catch_up_s(conninfo)
     stop = threading.Event()
-    writes, reads, holds = [], [], []
+    writes, reads, samples = [], [], []
     threads = [
         threading.Thread(target=client, args=(conninfo, WRITER_STATEMENT, lambda i: (i,), stop, writes)),
         threading.Thread(
             target=client, args=(conninfo, READER_STATEMENT, lambda i: (1 + (i * 7919) % rows,), stop, reads)
         ),
-        threading.Thread(target=sampler, args=(conninfo, stop, holds)),
+        threading.Thread(target=replica_sampler if replica else sampler, args=(conninfo, stop, samples)),
     ]
     for thread in threads:
         thread.start()
@@ -94,6 +166,7 @@ def run(url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgr
         text=True,
     )
     elapsed = time.perf_counter() - start
+    catch_up_s = replica_catch_up_s(conninfo) if replica else 0.0
     time.sleep(0.5)
     stop.set()
     for thread in threads:
@@ -112,7 +185,11 @@ def run(url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgr
         "reads": len(reads),
         "read_max": max(reads),
         "read_p99": p99(reads),
-        "longest_hold": max(holds, default=0.0),
+        **(
+            replica_summary(samples, catch_up_s, result.stderr)
+            if replica
+            else {"longest_hold": max(samples, default=0.0)}
+        ),
     }
 
 
@@ -133,10 +210,77 @@ def at_head_with_total_only_rows(url: str) -> None:
         connection.execute("VACUUM ANALYZE llm_usage_events")
 
 
+def measure(admin: str, args: argparse.Namespace, modes: list[str], replica: bool) -> dict[str, dict]:
+    """Per mode, the median of each figure over ``args.repeats`` rounds; the modes alternate so that a drift of the
+    machine falls on all of them, and every round starts from a fresh copy of one seed."""
+    command = ("upgrade", "head") if args.direction == "upgrade" else ("downgrade", "-1")
+    seed = pg_seed(admin, args.rows)
+    rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for _ in range(args.repeats):
+        for mode in modes:
+            url = pg_fresh(admin, seed)
+            if args.direction == "downgrade":
+                at_head_with_total_only_rows(url)
+            rounds[mode].append(run(url, args.rows, MODES[mode], command, replica))
+            print(f"{mode}: {rounds[mode][-1]}", file=sys.stderr, flush=True)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute("DROP DATABASE IF EXISTS bench_work")
+        connection.execute(f"DROP DATABASE {seed}")
+    return {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in rounds.items()}
+
+
+def measure_with_replica(args: argparse.Namespace, modes: list[str]) -> dict[str, dict]:
+    reason = unavailable()
+    if reason is not None:
+        raise SystemExit(f"--replica: {reason}")
+    with primary_and_replica_cluster() as (primary, _):
+        return measure(primary.set(drivername="postgresql").render_as_string(False), args, modes, replica=True)
+
+
+def measure_alone(args: argparse.Namespace, modes: list[str]) -> dict[str, dict]:
+    admin, server = pg_admin_url()
+    try:
+        return measure(admin, args, modes, replica=False)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+CLIENT_COLUMNS = (
+    ("writer max s", "write_max", ".3f"),
+    ("writer p99 s", "write_p99", ".3f"),
+    ("reader max s", "read_max", ".3f"),
+    ("reader p99 s", "read_p99", ".3f"),
+)
+LOCK_COLUMNS = (("longest ACCESS EXCLUSIVE s", "longest_hold", ".3f"),)
+REPLICA_COLUMNS = (
+    ("replay_lag peak s", "lag_peak_s", ".3f"),
+    ("replay_lag median s", "lag_median_s", ".3f"),
+    ("byte lag peak MiB", "bytes_peak_mib", ".1f"),
+    ("byte lag median MiB", "bytes_median_mib", ".2f"),
+    ("replica done after s", "catch_up_s", ".2f"),
+    ("samples", "lag_samples", ".0f"),
+    ("NULL replay_lag samples", "lag_null", ".0f"),
+    ("'throttled' log lines", "throttled", ".0f"),
+)
+
+
+def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    tail = REPLICA_COLUMNS if args.replica else LOCK_COLUMNS
+    columns = ((f"{args.direction} s", "upgrade_s", ".2f"), *CLIENT_COLUMNS, *tail)
+    print("| mode | rows | " + " | ".join(header for header, _, _ in columns) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for mode, r in results.items():
+        figures = " | ".join(format(r[key], spec) for _, key, spec in columns)
+        print(f"| {mode} | {args.rows:,} | {figures} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--modes", default="default,online")
+    parser.add_argument(
+        "--modes", help=f"comma-separated, of {', '.join(MODES)} (default: default,online; online,online-no-limit)"
+    )
     parser.add_argument(
         "--direction",
         choices=("upgrade", "downgrade"),
@@ -144,34 +288,17 @@ def main() -> None:
         help="downgrade: bring the table to head first (default mode, 1,000 total-only rows added), then measure "
         "'alembic downgrade -1'",
     )
-    args = parser.parse_args()
-    command = ("upgrade", "head") if args.direction == "upgrade" else ("downgrade", "-1")
-    admin, server = pg_admin_url()
-    try:
-        seed = pg_seed(admin, args.rows)
-        results = {}
-        for mode in args.modes.split(","):
-            url = pg_fresh(admin, seed)
-            if args.direction == "downgrade":
-                at_head_with_total_only_rows(url)
-            results[mode] = run(url, args.rows, ["-x", "online=true"] if mode == "online" else [], command)
-            print(f"{mode}: {results[mode]}", file=sys.stderr, flush=True)
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute("DROP DATABASE IF EXISTS bench_work")
-            connection.execute(f"DROP DATABASE {seed}")
-    finally:
-        if server is not None:
-            server.cleanup()
-    print(
-        f"| mode | rows | {args.direction} s | writer max s | writer p99 s | reader max s | reader p99 s |"
-        " longest ACCESS EXCLUSIVE s |"
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="on a private primary + streaming replica (root, Debian's postgresql binaries; BENCH_POSTGRES unused): "
+        "replay lag in time and bytes in place of the lock sampler",
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, r in results.items():
-        print(
-            f"| {mode} | {args.rows:,} | {r['upgrade_s']:.2f} | {r['write_max']:.3f} | {r['write_p99']:.3f} | "
-            f"{r['read_max']:.3f} | {r['read_p99']:.3f} | {r['longest_hold']:.3f} |"
-        )
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every mode, alternating; medians printed")
+    args = parser.parse_args()
+    modes = (args.modes or ("online,online-no-limit" if args.replica else "default,online")).split(",")
+    results = (measure_with_replica if args.replica else measure_alone)(args, modes)
+    print_table(args, results)
 
 
 if __name__ == "__main__":

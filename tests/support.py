@@ -324,6 +324,20 @@ def verify(url, cwd=ROOT):
     )
 
 
+def finish_online(url, cwd=ROOT, check=True):
+    """Run ``python -m autopack finish-online`` against ``url`` as an operator would (by default it must succeed)."""
+    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
+    return subprocess.run(
+        [sys.executable, "-m", "autopack", "finish-online"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
+
+
 def line(output, name):
     """The first line of ``output`` that mentions ``name``."""
     return next(x for x in output.splitlines() if name in x)

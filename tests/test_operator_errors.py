@@ -4,6 +4,7 @@ import re
 import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -12,8 +13,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from support import (
+    MYSQL_BACKENDS,
     POSTGRES_BACKENDS,
     alembic,
+    columns_of,
     event_row,
     fails,
     insert_events,
@@ -149,6 +152,37 @@ def test_postgresql_lock_timeout_gives_up_cleanly(db_url):
     assert alembic(db_url, "current").stdout.strip() == "0001"
     assert token_rows(db_url) == before
     assert "alembic_version" in table_names(db_url)
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["-x", "lock_timeout=2s"], r"Could not lock llm_usage_events on mysql\+pymysql://.* within lock_timeout=2s"),
+        (
+            ["-x", "online=true", "-x", "online_lock_timeout=1s", "-x", "online_retries=3"],
+            r"Could not lock llm_usage_events within online_lock_timeout=1s in 3 attempts",
+        ),
+    ],
+    ids=["default", "online"],
+)
+def test_mariadb_upgrade_blocked_by_an_open_transaction_gives_up_within_lock_timeout(db_url, options, expected):
+    before = seeded_at_baseline(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as holder:  # an open transaction that read the table holds its metadata lock
+        holder.execute(text("SELECT COUNT(*) FROM llm_usage_events")).scalar()
+        started = time.monotonic()
+        message = fails(db_url, *options, "upgrade", "head")
+        waited = time.monotonic() - started
+        holder.rollback()
+    engine.dispose()
+    assert re.match(expected, message) and "SHOW PROCESSLIST" in message, message
+    # the default mode's sentence hedges (MariaDB commits DDL at once); here its one ALTER never ran
+    assert message.endswith("re-running finishes the job.") or "llm_usage_events was not changed" in message, message
+    assert waited < 30  # MariaDB's own default would wait a day
+    assert alembic(db_url, "current").stdout.strip() == "0001"
+    assert token_rows(db_url) == before
+    assert "total_tokens" not in columns_of(db_url) and not columns_of(db_url)["prompt_tokens"]["nullable"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -1,19 +1,14 @@
 """The online backfill waits for a streaming replica that falls behind, on a real primary and replica this test
 starts itself (initdb, pg_basebackup -R -X stream, as the postgres OS user), and says so in its log."""
 
-import glob
 import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import URL, make_url
+from replica_cluster import primary_and_replica_cluster, unavailable, wait_for
+from sqlalchemy.engine import URL
 
 from support import POSTGRES_BACKENDS, alembic, scalar, seed_large, start_alembic
 
@@ -24,82 +19,15 @@ FINGERPRINT = (
 )
 
 
-def binaries() -> Path | None:
-    """Debian's PostgreSQL binaries (``.ci/run`` installs the package), newest version first."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_basebackup"), key=lambda p: int(p.split("/")[4]))
-    return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(*command: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
-
-
 @pytest.fixture
 def primary_and_replica() -> Iterator[tuple[URL, URL]]:
-    bin_dir = binaries()
-    if bin_dir is None or shutil.which("runuser") is None or os.geteuid() != 0:
-        reason = "a streaming replica needs Debian's postgresql binaries and root (runuser -u postgres)"
+    reason = unavailable()
+    if reason is not None:
         if IN_CI:
             pytest.fail(f"required in CI: {reason}", pytrace=False)
         pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="autopack-replica-"))
-    shutil.chown(folder, "postgres")
-    primary, replica = folder / "primary", folder / "replica"
-    ports = free_port(), free_port()
-    started = []
-    try:
-        as_postgres(str(bin_dir / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust")
-        with open(primary / "postgresql.conf", "a") as conf:
-            conf.write(
-                f"port = {ports[0]}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{folder}'\n"
-                "wal_level = replica\nmax_wal_senders = 4\n"
-            )
-        with open(primary / "pg_hba.conf", "a") as hba:
-            hba.write("host replication postgres 127.0.0.1/32 trust\n")
-        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(primary), "-l", str(folder / "primary.log"), "-w", "start")
-        started.append(primary)
-        as_postgres(
-            str(bin_dir / "pg_basebackup"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(ports[0]),
-            "-U",
-            "postgres",
-            "-D",
-            str(replica),
-            "-R",
-            "-X",
-            "stream",
-        )
-        conf = (replica / "postgresql.conf").read_text().replace(f"port = {ports[0]}", f"port = {ports[1]}")
-        (replica / "postgresql.conf").write_text(conf)
-        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(replica), "-l", str(folder / "replica.log"), "-w", "start")
-        started.append(replica)
-        urls = tuple(make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres") for port in ports)
-        wait_for(lambda: scalar(urls[0], "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == 1)
+    with primary_and_replica_cluster() as urls:
         yield urls
-    finally:
-        for data in reversed(started):
-            subprocess.run(
-                ["runuser", "-u", "postgres", "--", str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                capture_output=True,
-                timeout=60,
-            )
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def wait_for(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def caught_up(primary: URL) -> bool:

@@ -20,6 +20,7 @@ from support import (
     alembic,
     application_committing,
     event_row,
+    finish_online,
     insert_events,
     line,
     token_rows,
@@ -284,9 +285,9 @@ def test_rows_left_at_zero_at_head_get_the_commands_that_fill_them(db_url):
     upgraded_with(db_url, [(5, 7, 0), (10, 0, 10)])  # the first written by code that did not know total_tokens
     result = verify(db_url)
     assert result.returncode == 1
-    assert "(to fill them: run 'alembic stamp 0001' then 'alembic upgrade head')" in line(result.stdout, "populated")
-    alembic(db_url, "stamp", "0001")  # the commands, as printed
-    alembic(db_url, "upgrade", "head")
+    assert "(to fill them: run 'python -m autopack finish-online')" in line(result.stdout, "populated")
+    finished = finish_online(db_url)  # the command, as printed
+    assert "filled 1 rows whose total was 0 beside a split" in finished.stdout
     again = verify(db_url)
     assert again.returncode == 0, again.stdout
     assert sorted(r[2] for r in token_rows(db_url).values()) == [10, 12]

@@ -14,13 +14,12 @@ Create Date: 2025-12-02
 """
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import context, op
 
-from autopack.migrations import holdover, postgres_rewrite, sqlite_schema_edit
+from autopack.migrations import fill_trigger, holdover, mariadb_schema_change, postgres_rewrite, sqlite_schema_edit
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
 from autopack.migrations.online_backfill import drop_leftovers, online_upgrade
@@ -30,7 +29,7 @@ from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_r
 from autopack.migrations.preflight_checks import refuse_what_would_go_wrong
 from autopack.migrations.report import failures_in_one_sentence, report
 from autopack.migrations.table_inspection import update_hooks
-from autopack.migrations.usage_table import SPLITS, TABLE, baseline_table, build144_table, total_tokens_column
+from autopack.migrations.usage_table import SPLITS, TABLE, as_it_is, baseline_table, build144_table, total_tokens_column
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -57,7 +56,7 @@ def upgrade() -> None:
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
             if plan.dialect == "postgresql":
                 drop_leftovers(bind)  # of an interrupted online run: its fill trigger, an online downgrade's CHECKs
-            change_schema(bind, plan)  # 2. change the schema
+            change_schema(bind, plan, hooks)  # 2. change the schema
             filled = fill_totals(bind, plan, hooks)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
@@ -79,6 +78,7 @@ def downgrade() -> None:
         if plan.online:  # PostgreSQL: CHECKs validated while the application runs; no scan under ACCESS EXCLUSIVE
             online_downgrade(plan)
             return
+        drop_fill_trigger(bind)  # an online upgrade's, if finish-online never ran: its column goes
         held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
         holdover.prove_set_aside(bind)
         if not held:
@@ -93,17 +93,21 @@ def downgrade() -> None:
 # --- the schema change and the backfill: the portable path, and the engine-specific ones called by name -----
 
 
-def change_schema(bind: sa.Connection, plan: Plan) -> None:
+def change_schema(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> None:
     if plan.dialect == "sqlite":  # in place by SQLite's documented procedure; a rebuild when it does not apply
         sqlite_schema_edit.upgrade_in_place(bind, plan, rebuild=lambda: new_schema(plan))
-    else:  # PostgreSQL: catalog-only ALTERs; MariaDB: ALTERs that restate each column as it is
+    elif plan.dialect == "postgresql":  # catalog-only ALTERs
         new_schema(plan)
+    else:  # MariaDB: one ALTER that restates each split as it is, one table copy
+        mariadb_schema_change.change_schema(bind, plan, hooks)
     log.info("[1/3] Schema: %s", plan.describe())
 
 
 def fill_totals(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> int:
     if plan.dialect == "postgresql":  # one table rewrite (the table keeps its size), unless UPDATEs are needed
         return postgres_rewrite.backfill(bind, plan, hooks)
+    if mariadb_schema_change.fills_in_copy(plan, hooks):  # the ALTER's table copy computed them
+        return mariadb_schema_change.filled_in_copy(bind)
     return backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)
 
 
@@ -129,17 +133,9 @@ def old_schema(plan: Plan, copy_from: sa.Table | None = None) -> None:
         batch.drop_column("total_tokens")
 
 
-def as_it_is(split: str, columns: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Alembic's existing_* arguments for ``split`` as the table reflects it (INTEGER, no default, no comment when
-    the table is not read, as offline): MariaDB's MODIFY COLUMN restates the whole column from them, so a BIGINT
-    split stays BIGINT."""
-    existing = columns.get(split, {})
-    default = existing.get("default")
-    return {
-        "existing_type": existing.get("type", sa.Integer()),
-        "existing_server_default": sa.text(default) if default is not None else None,
-        "existing_comment": existing.get("comment"),
-    }
+def drop_fill_trigger(bind: sa.Connection) -> None:
+    for statement in fill_trigger.drop_statements(bind.dialect.name):
+        bind.exec_driver_sql(statement)
 
 
 def keep_history(bind: sa.Connection, plan: Plan, say: bool = True) -> None:

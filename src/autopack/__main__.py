@@ -1,4 +1,5 @@
-"""``python -m autopack``: ``verify`` the BUILD-144 criteria, or ``backup`` a SQLite database, on DATABASE_URL."""
+"""``python -m autopack``: ``verify`` the BUILD-144 criteria, ``finish-online`` an online upgrade, or ``backup`` a
+SQLite database, on DATABASE_URL."""
 
 import argparse
 import sys
@@ -28,6 +29,24 @@ def run_verify() -> int:
     return 0 if result.ok else 1
 
 
+def run_finish_online() -> int:
+    from autopack.finish_online import finish_online
+    from autopack.migrations.connection import connected, migration_engine
+
+    url = parse_url(database_url())
+    timeouts = {"busy_timeout_s": DEFAULT_BUSY_TIMEOUT_S, "lock_timeout": DEFAULT_LOCK_TIMEOUT}
+    engine = migration_engine(url, **timeouts)
+    try:
+        with one_sentence_errors(url, **timeouts, wait_hint=None), connected(engine, url) as connection:
+            if url.get_backend_name() != "sqlite":  # SQLite: no trigger, and its engine opens each transaction
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            finished = finish_online(connection)
+    finally:
+        engine.dispose()
+    print(finished.sentence())
+    return 0
+
+
 def run_backup(destination: Path | None) -> int:
     from autopack.backup import backup_sqlite
 
@@ -44,10 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autopack")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
+    commands.add_parser(
+        "finish-online",
+        help="after an online upgrade, once no pre-BUILD-144 code writes: drop the fill trigger, fill what is left",
+    )
     backup = commands.add_parser("backup", help="copy the SQLite database on DATABASE_URL with SQLite's backup API")
     backup.add_argument("--to", type=Path, help="destination file (default: the database's path + .backup)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "finish-online":
+            return run_finish_online()
         return run_verify() if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)

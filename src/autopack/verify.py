@@ -15,6 +15,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from autopack.migrations import fill_trigger
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import shown
 from autopack.migrations.options import Options
@@ -97,11 +98,16 @@ def verify(connection: Connection) -> Verification:
         ),
     ]
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
+    if fill_trigger.installed(connection):
+        warnings.append(
+            "the online upgrade's fill trigger is still on llm_usage_events (pre-BUILD-144 writers get right "
+            f"totals): once every instance runs BUILD-144 code, {REFILL}"
+        )
     return Verification(checks, warnings)
 
 
-# rows written at 0002 by code that did not know total_tokens: 0002's upgrade fills only what is missing
-REFILL = "run 'alembic stamp 0001' then 'alembic upgrade head'"
+# rows written at 0002 by code that did not know total_tokens; after an online upgrade, its last step
+REFILL = "run 'python -m autopack finish-online'"
 
 
 def how_to_migrate(connection: Connection) -> str:

@@ -15,7 +15,6 @@ overflow is an error, not a clamped number) and ``lock_wait_timeout`` instead of
 What an operator reads when this fails is in ``errors``.
 """
 
-import math
 import os
 import re
 import sqlite3
@@ -34,7 +33,7 @@ from sqlalchemy.util import asbool
 
 from autopack.database import with_driver
 from autopack.migrations.errors import first_line, one_sentence_errors, shown
-from autopack.migrations.options import Options, interval_seconds
+from autopack.migrations.options import Options, whole_seconds
 
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
@@ -162,11 +161,13 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
 
     @event.listens_for(engine, "connect")
     def _mysql_connect(dbapi_connection, _record: object) -> None:
-        # strict: an overflow is an error, never a clamped number; a metadata lock is waited for as long as
-        # lock_timeout, not MariaDB's default of a day
+        # strict: an overflow is an error, never a clamped number; a metadata lock (lock_wait_timeout, a day by
+        # default) and a row lock (innodb_lock_wait_timeout, 50 s) are waited for as long as lock_timeout, in whole
+        # seconds (MariaDB takes no fractions)
+        seconds = whole_seconds(lock_timeout)
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')")
-            cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, math.ceil(interval_seconds(lock_timeout)))}")
+            cursor.execute(f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}")
 
     return engine
 

@@ -85,6 +85,11 @@ def explain(
             f"Cannot open {where} ({text}): check DATABASE_URL and the permissions of the file and of its directory "
             "(SQLite writes a journal beside the file); nothing was changed."
         )
+    if orig.args[:1] in ((1845,), (1846,)):  # MariaDB: ALGORITHM= / LOCK= not supported for this ALTER
+        return (
+            f"{where} cannot change llm_usage_events with ALGORITHM=INPLACE, LOCK=NONE ({text}): run without "
+            "-x online=true, in a maintenance window; nothing was changed."
+        )
     if orig.args[:1] == (1205,):  # MariaDB/MySQL lock_wait_timeout
         return (
             f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another session "

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 from alembic.util import CommandError
 
-from autopack.migrations import holdover
+from autopack.migrations import fill_trigger, holdover
 from autopack.migrations.errors import first_line
 from autopack.migrations.online_backfill import with_lock_retries
 from autopack.migrations.plan import Plan
@@ -47,6 +47,11 @@ AFTER_FAILURE = (
 
 
 def online_downgrade(plan: Plan) -> None:
+    if plan.dialect != "postgresql":
+        raise CommandError(
+            f"-x online=true downgrade is PostgreSQL's; on {plan.dialect} run the downgrade without it (one table "
+            "rebuild, writes wait for it); nothing was changed."
+        )
     context = op.get_context()
     with context.autocommit_block():
         connection = context.connection
@@ -71,7 +76,8 @@ def online_downgrade(plan: Plan) -> None:
             for name in NOT_NULL_CHECKS.values():  # 3.
                 connection.exec_driver_sql(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}")
             log.info("[2/3] Validated %s while reads and writes went on", ", ".join(NOT_NULL_CHECKS.values()))
-            with_lock_retries(connection, [set_aside_since, SET_NOT_NULL, FINISH], plan.options, changed=AFTER_FAILURE)
+            finish = [set_aside_since, SET_NOT_NULL, *fill_trigger.drop_statements(plan.dialect), FINISH]
+            with_lock_retries(connection, finish, plan.options, changed=AFTER_FAILURE)
             log.info(
                 "[3/3] Schema (online, committed): splits NOT NULL (the CHECKs prove it: no scan), total_tokens dropped"
             )

@@ -8,6 +8,7 @@ accepted: a typo such as ``-x onlne=true`` must never quietly run the single-tra
 asked to avoid, and ``-x batch_rows=0`` must never loop forever holding the write lock.
 """
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,11 @@ def interval_seconds(value: str) -> float:
     return number * INTERVAL_SECONDS[match.group(2)] if match.group(2) else number / 1000
 
 
+def whole_seconds(value: str) -> int:
+    """A duration as MariaDB's lock timeouts take it: whole seconds, at least 1 (rounded up)."""
+    return max(1, math.ceil(interval_seconds(value)))
+
+
 def parse_options(x_arguments: dict[str, str]) -> Options:
     """``-x`` arguments -> Options, or a CommandError of one sentence naming what is accepted."""
     values: dict[str, object] = {}
@@ -160,7 +166,7 @@ def options_of_this_run() -> Options:
 
 
 def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> None:
-    """``-x online=true`` is the PostgreSQL online mode: on another engine, or for a ``--sql`` script (which
+    """``-x online=true`` is the PostgreSQL and MariaDB online mode: on SQLite, or for a ``--sql`` script (which
     cannot commit as it goes), it is refused, never ignored."""
     if options.online and offline:
         raise CommandError(
@@ -168,8 +174,8 @@ def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> 
             "steps, which a script cannot; apply the one-transaction script (without -x online=true), or run the "
             "online command against the database; no script was written."
         )
-    if options.online and dialect != "postgresql":
+    if options.online and dialect not in ("postgresql", "mysql", "mariadb"):
         raise CommandError(
-            f"-x online=true is the PostgreSQL online mode and does not apply to {dialect}: run without it "
-            "(see the README's Large tables section); nothing was changed."
+            f"-x online=true is the PostgreSQL and MariaDB online mode and does not apply to {dialect}: run without "
+            "it (see the README's Large tables section); nothing was changed."
         )

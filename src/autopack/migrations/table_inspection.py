@@ -106,12 +106,13 @@ WHERE t.tgrelid IN (SELECT oid FROM rels) AND NOT t.tgisinternal AND t.tgname <>
   AND p.prosrc ~ '\\mtotal_tokens\\M'
 """
 
-MYSQL_READERS = """
+MYSQL_READERS = f"""
 SELECT CONCAT('view ', TABLE_NAME) FROM information_schema.VIEWS
 WHERE TABLE_SCHEMA = DATABASE() AND VIEW_DEFINITION LIKE '%%total_tokens%%'
 UNION ALL
 SELECT CONCAT('trigger ', TRIGGER_NAME) FROM information_schema.TRIGGERS
 WHERE TRIGGER_SCHEMA = DATABASE() AND ACTION_STATEMENT LIKE '%%total_tokens%%'
+  AND TRIGGER_NAME NOT IN ('{FILL_TRIGGER}_on_insert', '{FILL_TRIGGER}_on_update')
 UNION ALL
 SELECT CONCAT('generated column ', COLUMN_NAME) FROM information_schema.COLUMNS
 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND GENERATION_EXPRESSION LIKE '%%total_tokens%%'
@@ -195,8 +196,8 @@ def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
         (f"trigger {name}", True)
         for (name,) in bind.exec_driver_sql(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
-            "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'UPDATE'",
-            (TABLE,),
+            "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'UPDATE' AND TRIGGER_NAME NOT LIKE %s",
+            (TABLE, f"{FILL_TRIGGER}%"),
         )
     ]
 

@@ -49,6 +49,12 @@ class Throttle:
 
     def __post_init__(self) -> None:
         self.batch_rows = self.options.rows_per_batch
+        if self.connection.dialect.name != "postgresql" and self.options.max_replica_lag != "off":
+            log.info(
+                "      replica lag is not watched on %s (a primary does not see it): pace the backfill for "
+                "replicas with -x batch_pause or -x batch_seconds",
+                self.connection.dialect.name,
+            )
 
     @contextmanager
     def stopping_on_signals(self) -> Iterator[None]:
@@ -73,8 +79,8 @@ class Throttle:
         self.stop_if_asked()
         if self.options.batch_pause:
             time.sleep(interval_seconds(self.options.batch_pause))
-        if self.options.max_replica_lag == "off":
-            return
+        if self.options.max_replica_lag == "off" or self.connection.dialect.name != "postgresql":
+            return  # MariaDB: a primary does not see its replicas' lag (pace it with batch_pause / batch_seconds)
         started, last_said = time.monotonic(), None
         while reason := self.too_far_behind():
             now = time.monotonic()

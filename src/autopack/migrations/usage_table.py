@@ -5,6 +5,9 @@ Airflow's trees, they describe the table they change here, with ``sa.table()`` f
 ``sa.Column`` definitions only where DDL is written from them.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import sqlalchemy as sa
 
 TABLE = "llm_usage_events"
@@ -43,6 +46,19 @@ def baseline_columns() -> list[sa.Column]:
 def total_tokens_column() -> sa.Column:
     """BUILD-144's column: INTEGER NOT NULL DEFAULT 0 (a server default, so old code's INSERTs still work)."""
     return sa.Column("total_tokens", sa.Integer(), nullable=False, server_default=sa.text("0"))
+
+
+def as_it_is(split: str, columns: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Alembic's existing_* arguments for ``split`` as the table reflects it (INTEGER, no default, no comment when
+    the table is not read, as offline): MariaDB's MODIFY COLUMN restates the whole column from them, so a BIGINT
+    split stays BIGINT."""
+    existing = columns.get(split, {})
+    default = existing.get("default")
+    return {
+        "existing_type": existing.get("type", sa.Integer()),
+        "existing_server_default": sa.text(default) if default is not None else None,
+        "existing_comment": existing.get("comment"),
+    }
 
 
 def baseline_table() -> sa.Table:

@@ -1,0 +1,67 @@
+"""``python -m autopack finish-online``: the last step of an online upgrade, once no pre-BUILD-144 code writes.
+
+An online upgrade (``alembic -x online=true upgrade head``) leaves its fill trigger on the table
+(``migrations.fill_trigger``: expand/contract, like pgroll's ``complete``), so that instances still running old
+code write right totals while they are replaced. This command drops it, under the same short lock timeout and
+retries as the online mode, and then fills, in committed batches, any total that old code left at 0 (written
+before the trigger existed, or after it went): the same rule as the upgrade, never changing a total already
+there. It is also the repair for rows written with total 0 after a default-mode upgrade (``verify`` names it).
+Safe to run again; the database must be at BUILD-144 already.
+"""
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from autopack.migrations import fill_trigger
+from autopack.migrations.backfill_rule import NEEDS_TOTAL
+from autopack.migrations.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.online_backfill import with_lock_retries
+from autopack.migrations.options import Options
+from autopack.migrations.usage_table import TABLE, events
+
+
+@dataclass(frozen=True)
+class Finished:
+    dropped_trigger: bool
+    filled: int
+
+    def sentence(self) -> str:
+        trigger = (
+            "Dropped the online upgrade's fill trigger"
+            if self.dropped_trigger
+            else "No online fill trigger was left on the table (finished before, or a default-mode upgrade)"
+        )
+        filled = f"filled {self.filled} rows whose total was 0 beside a split"
+        return f"{trigger}; {filled}; every row of {TABLE} has its total."
+
+
+def finish_online(connection: sa.Connection, options: Options | None = None) -> Finished:
+    """Drop the fill trigger, then fill what old code left, committing each batch; on a server ``connection`` is
+    in autocommit (the trigger is dropped in a transaction of its own)."""
+    options = options or Options()
+    inspector = sa.inspect(connection)
+    columns = {c["name"] for c in inspector.get_columns(TABLE)} if inspector.has_table(TABLE) else set()
+    if "total_tokens" not in columns:
+        raise CommandError(
+            f"{TABLE} has no total_tokens column: run 'alembic upgrade head' first (finish-online is the step after "
+            "an online upgrade); nothing was changed."
+        )
+    dropped = fill_trigger.installed(connection)
+    if dropped:
+        with_lock_retries(
+            connection, fill_trigger.drop_statements(connection.dialect.name), options, changed="the trigger stays"
+        )
+    first, last, rows = connection.execute(
+        sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
+    ).one()
+
+    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:  # each batch, as it goes
+        result = connection.execute(statement, parameters)
+        connection.commit()
+        return result
+
+    filled = backfill(committed, first, last, rows, options) if rows else 0
+    prove_backfilled(connection, after="re-run finish-online once the writer that undid them is stopped")
+    return Finished(dropped, filled)

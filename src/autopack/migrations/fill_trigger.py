@@ -1,0 +1,84 @@
+"""The online modes' fill trigger: the backfill rule applied to each row that code not knowing ``total_tokens``
+writes, from the online schema change until ``python -m autopack finish-online``.
+
+Why it outlives the upgrade (expand/contract, like pgroll's ``start`` … ``complete``). An online upgrade runs
+while the application does, and application instances still running pre-BUILD-144 code keep inserting rows
+with total 0 (the column's DEFAULT) and updating splits without their total, after the revision is stamped as
+well as before. The trigger gives each such row its total as it is written. It is harmless to BUILD-144 code: a
+total-only row has no split (the rule leaves it alone) and an exact-split row already carries its sum. When no
+old instance is left, ``finish-online`` drops it and fills any total still missing; a downgrade drops it first
+(its column goes). PostgreSQL: one PL/pgSQL function and one BEFORE INSERT OR UPDATE trigger; MariaDB (no
+``INSERT OR UPDATE`` trigger): two BEFORE triggers, one statement each.
+"""
+
+import sqlalchemy as sa
+
+from autopack.migrations.usage_table import FILL_TRIGGER, TABLE
+
+MARIADB_TRIGGERS = (f"{FILL_TRIGGER}_on_insert", f"{FILL_TRIGGER}_on_update")
+
+# the backfill rule (backfill_rule.new_total) for one row: a split is set and the writer left the total as it was
+PG_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {FILL_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- writes by code that does not know total_tokens (it stays 0, or unchanged on UPDATE) get the sum
+    IF (NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL)
+       AND ((TG_OP = 'INSERT' AND NEW.total_tokens = 0)
+            OR (TG_OP = 'UPDATE' AND NEW.total_tokens = OLD.total_tokens
+                AND (NEW.prompt_tokens IS DISTINCT FROM OLD.prompt_tokens
+                     OR NEW.completion_tokens IS DISTINCT FROM OLD.completion_tokens))) THEN
+        NEW.total_tokens := COALESCE(NEW.prompt_tokens, 0) + COALESCE(NEW.completion_tokens, 0);
+    END IF;
+    RETURN NEW;
+END $$
+"""
+MARIADB_SUM = "COALESCE(NEW.prompt_tokens, 0) + COALESCE(NEW.completion_tokens, 0)"
+MARIADB_SPLIT_SET = "(NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL)"
+MARIADB_SPLITS_CHANGED = (
+    "NOT (NEW.prompt_tokens <=> OLD.prompt_tokens AND NEW.completion_tokens <=> OLD.completion_tokens)"
+)
+MARIADB_CONDITIONS = {
+    "INSERT": f"NEW.total_tokens = 0 AND {MARIADB_SPLIT_SET}",
+    "UPDATE": f"NEW.total_tokens = OLD.total_tokens AND {MARIADB_SPLITS_CHANGED} AND {MARIADB_SPLIT_SET}",
+}
+
+
+def drop_statements(dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        return [f"DROP TRIGGER IF EXISTS {FILL_TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {FILL_TRIGGER}()"]
+    if dialect in ("mysql", "mariadb"):
+        return [f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_TRIGGERS]
+    return []
+
+
+def create_statements(dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        return [
+            PG_FUNCTION,
+            drop_statements(dialect)[0],
+            f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} "
+            f"FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
+        ]
+    return [
+        *drop_statements(dialect),
+        *(
+            f"CREATE TRIGGER {name} BEFORE {event} ON {TABLE} FOR EACH ROW SET NEW.total_tokens = "
+            f"IF({MARIADB_CONDITIONS[event]}, {MARIADB_SUM}, NEW.total_tokens)"
+            for name, event in zip(MARIADB_TRIGGERS, MARIADB_CONDITIONS, strict=True)
+        ),
+    ]
+
+
+def installed(bind: sa.Connection) -> bool:
+    """Whether an online upgrade's fill trigger is on the table (``finish-online`` not run yet)."""
+    if bind.dialect.name == "postgresql":
+        query = "SELECT COUNT(*) FROM pg_trigger WHERE tgname = :name AND tgrelid = CAST(:table AS regclass)"
+        return bool(bind.execute(sa.text(query), {"name": FILL_TRIGGER, "table": TABLE}).scalar())
+    if bind.dialect.name in ("mysql", "mariadb"):
+        query = (
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+            "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
+        )
+        statement = sa.text(query).bindparams(sa.bindparam("names", expanding=True))
+        return bool(bind.execute(statement, {"table": TABLE, "names": list(MARIADB_TRIGGERS)}).scalar())
+    return False

@@ -1,0 +1,88 @@
+"""MariaDB/MySQL: the whole schema change as one ``ALTER TABLE``, and in the default mode the totals computed by
+the table copy it makes anyway.
+
+Why. InnoDB rebuilds the table to make a NOT NULL column nullable (only ``ADD COLUMN`` is instant), and Alembic
+emits one ``ALTER`` per column: two full copies. One ``ALTER TABLE … ADD COLUMN …, MODIFY …, MODIFY …`` copies
+it once (https://mariadb.com/kb/en/alter-table/: several alter specifications in one statement). When the column
+is new, its ``DEFAULT (<the splits' sum>)`` (MariaDB >= 10.2 takes expressions over earlier columns as a
+default) fills every row's total during that copy, and ``SET DEFAULT 0`` right after changes only the
+metadata: no UPDATE pass at all. A system-versioned table (an UPDATE keeps each old version as history), the
+operator's UPDATE triggers (they would not fire) or an existing total_tokens column (its totals must be kept)
+take the batched UPDATE after the one ALTER instead.
+
+Online (``-x online=true``): the same ALTER with ``ALGORITHM=INPLACE, LOCK=NONE``, so writers go on during the
+rebuild; a server that cannot do it that way refuses it, and the refusal is one sentence, nothing changed.
+"""
+
+import logging
+
+import sqlalchemy as sa
+from alembic.ddl.base import AddColumn
+from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
+
+from autopack.migrations.backfill_rule import RULE, sum_of
+from autopack.migrations.plan import Plan
+from autopack.migrations.progress import while_running
+from autopack.migrations.usage_table import TABLE, as_it_is, events, total_tokens_column
+
+log = logging.getLogger("alembic.build144")
+
+ONLINE = "ALGORITHM=INPLACE, LOCK=NONE"
+SPLIT_SUM = sum_of(sa.column("prompt_tokens"), sa.column("completion_tokens"))
+
+
+def fills_in_copy(plan: Plan, hooks: list[tuple[str, bool]]) -> bool:
+    """Whether the ALTER's table copy computes the totals (see the module docstring for when it does not)."""
+    mariadb = plan.dialect in ("mysql", "mariadb")
+    return mariadb and plan.add_total and not plan.online and not plan.system_versioned and not hooks
+
+
+def alter_statement(bind: sa.Connection, plan: Plan, fill: bool = False) -> str | None:
+    """The plan as one ALTER TABLE (None when there is nothing to change); each split restated as it is, with
+    Alembic's own MODIFY clause, so a BIGINT split, its default and its comment stay."""
+    column = total_tokens_column()
+    if fill:
+        column.server_default = sa.schema.DefaultClause(sa.text(f"({compiled(bind, SPLIT_SUM)})"))
+    clauses = [AddColumn(TABLE, column)] if plan.add_total else []
+    if plan.add_default:
+        clauses.append(MySQLAlterDefault(TABLE, "total_tokens", default=sa.text("0")))
+    for split in plan.relax:
+        existing = as_it_is(split, plan.columns)
+        clauses.append(
+            MySQLModifyColumn(
+                TABLE,
+                split,
+                type_=existing["existing_type"],
+                nullable=True,
+                default=existing["existing_server_default"],
+                comment=existing["existing_comment"],
+            )
+        )
+    if not clauses:
+        return None
+    prefix = f"ALTER TABLE {TABLE} "
+    specifications = [compiled(bind, clause).removeprefix(prefix) for clause in clauses]
+    return prefix + ", ".join(specifications) + (f", {ONLINE}" if plan.online else "")
+
+
+def compiled(bind: sa.Connection, element: sa.ClauseElement) -> str:
+    return str(element.compile(dialect=bind.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def change_schema(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> None:
+    """The one ALTER; with ``fills_in_copy``, its copy computes the totals and SET DEFAULT 0 follows."""
+    fill = fills_in_copy(plan, hooks)
+    statement = alter_statement(bind, plan, fill)
+    if statement is None:
+        return
+    with while_running(log, "ALTER TABLE", plan.options.progress_every):
+        bind.exec_driver_sql(statement)
+    if fill:
+        bind.exec_driver_sql(f"ALTER TABLE {TABLE} ALTER COLUMN total_tokens SET DEFAULT 0")  # metadata only
+
+
+def filled_in_copy(bind: sa.Connection) -> int:
+    """The rows whose total the copy filled, as the table now holds them: every non-zero total of the new column."""
+    filled = bind.execute(sa.select(sa.func.count()).select_from(events).where(events.c.total_tokens != 0)).scalar()
+    log.info("[2/3] Backfilled %d rows in the ALTER's one table copy: %s", filled, RULE)
+    return filled
