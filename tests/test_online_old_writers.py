@@ -8,8 +8,11 @@ one sentence, nothing changed.
 """
 
 import re
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -56,15 +59,31 @@ def old_writer(url, stop: threading.Event, phases: dict, errors: list) -> None:
 
 
 @pytest.mark.parametrize("backend", SERVER_BACKENDS)
-def test_an_old_writer_across_the_whole_online_upgrade_leaves_every_total_right(db_url):
+@pytest.mark.parametrize("interrupted", [False, True], ids=["straight", "stopped-and-resumed"])
+def test_an_old_writer_across_the_whole_online_upgrade_leaves_every_total_right(db_url, interrupted):
     seed_large(db_url, rows=40_000)
     stop, phases, errors = threading.Event(), {"now": "before"}, []
     writer = threading.Thread(target=old_writer, args=(db_url, stop, phases, errors), daemon=True)
     writer.start()
+    online = ["-x", "online=true", "-x", "batch_rows=2000"]
     try:
         time.sleep(0.5)
         phases["now"] = "upgrade"
-        process = start_alembic(db_url, "-x", "online=true", "-x", "batch_rows=2000", "upgrade", "head")
+        if interrupted:  # stopped mid-backfill: the fill trigger stays while old code updates filled rows
+            paced = ["-x", "batch_pause=100ms", "-x", "progress_every=0"]
+            first = start_alembic(db_url, *online, *paced, "upgrade", "head", stdout=subprocess.PIPE)
+            for line in first.stderr:
+                if "backfill: " in line:
+                    break
+            first.send_signal(signal.SIGTERM)
+            failed, rest = first.communicate(timeout=120)
+            assert first.returncode != 0 and "Stopped on SIGTERM between batches" in failed, failed + rest
+            phases["now"] = "stopped"
+            time.sleep(1.5)
+            assert "revision is 0002 or later" in verify(db_url).stdout  # FAIL: the upgrade did not finish
+            refused = finish_online(db_url, check=False)
+            assert refused.returncode == 2 and "not 0002: an upgrade did not finish" in refused.stderr
+        process = start_alembic(db_url, *online, "upgrade", "head")
         _, log = process.communicate(timeout=600)
         assert process.returncode == 0, log
         phases["now"] = "after the stamp"
@@ -74,6 +93,7 @@ def test_an_old_writer_across_the_whole_online_upgrade_leaves_every_total_right(
         writer.join(30)
     assert not errors, errors
     assert phases.get("before") and phases.get("upgrade") and phases.get("after the stamp"), phases
+    assert phases.get("stopped") or not interrupted, phases
     assert "run 'python -m autopack finish-online'" in log
     checked = verify(db_url)
     assert checked.returncode == 0, checked.stdout  # the trigger kept every total right: nothing to fill
@@ -165,3 +185,39 @@ def test_mariadb_default_mode_is_one_alter_whose_copy_fills_the_totals(db_url):
     assert all(t == p + c for p, c, t in token_rows(db_url).values())
     sql = alembic(db_url, "upgrade", "0001:0002", "--sql").stdout
     assert len(re.findall(r"^ALTER TABLE llm_usage_events", sql, re.MULTILINE)) >= 1
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS)
+def test_a_row_the_application_holds_makes_the_batch_retry_not_wait_or_fail(db_url):
+    seed_large(db_url, rows=30_000)
+    alembic(db_url, "upgrade", "0001")
+    engine = create_engine(db_url)
+    holder = engine.connect()
+    released = threading.Event()
+
+    def hold_then_release() -> None:  # the application keeps one row of a middle batch locked for 3 s
+        holder.execute(text("SELECT id FROM llm_usage_events WHERE id = 15000 FOR UPDATE")).all()
+        time.sleep(3)
+        holder.rollback()
+        released.set()
+
+    args = ["-x", "online=true", "-x", "batch_rows=5000", "-x", "online_lock_timeout=1s", "-x", "lock_timeout=30s"]
+    process = start_alembic(db_url, *args, "upgrade", "head")
+    for line in process.stderr:  # the schema change is committed: now lock the row
+        if "[1/3] Schema (online, committed)" in line:
+            threading.Thread(target=hold_then_release, daemon=True).start()
+            break
+    _, log = process.communicate(timeout=300)
+    holder.close()
+    engine.dispose()
+    assert process.returncode == 0, log
+    assert released.is_set()
+    assert "batch met a row lock held past online_lock_timeout (attempt 1), retrying" in log, log
+    assert all(t == p + c for p, c, t in token_rows(db_url).values())
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_finish_online_on_a_sqlite_path_with_no_database_creates_none(db_url):
+    result = finish_online(db_url, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: No SQLite database at ")
+    assert not Path(db_url.database).exists()

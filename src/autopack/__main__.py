@@ -31,9 +31,10 @@ def run_verify() -> int:
 
 def run_finish_online() -> int:
     from autopack.finish_online import finish_online
-    from autopack.migrations.connection import connected, migration_engine
+    from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
 
     url = parse_url(database_url())
+    require_sqlite_file(url, may_create=False)  # a mistyped path is one sentence, never a new empty file
     timeouts = {"busy_timeout_s": DEFAULT_BUSY_TIMEOUT_S, "lock_timeout": DEFAULT_LOCK_TIMEOUT}
     engine = migration_engine(url, **timeouts)
     try:

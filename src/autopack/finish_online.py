@@ -48,6 +48,16 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
             f"{TABLE} has no total_tokens column: run 'alembic upgrade head' first (finish-online is the step after "
             "an online upgrade); nothing was changed."
         )
+    stamped = (
+        connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+        if (inspector.has_table("alembic_version"))
+        else []
+    )
+    if not any(r >= "0002" for r in stamped):  # an online upgrade that stopped: its re-run finishes it
+        raise CommandError(
+            f"The database is at revision {', '.join(stamped) or 'none'}, not 0002: an upgrade did not finish; "
+            "re-run 'alembic -x online=true upgrade head' (or without -x online=true) first; nothing was changed."
+        )
     dropped = fill_trigger.installed(connection)
     if dropped:
         with_lock_retries(
@@ -63,5 +73,8 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
         return result
 
     filled = backfill(committed, first, last, rows, options) if rows else 0
-    prove_backfilled(connection, after="re-run finish-online once the writer that undid them is stopped")
+    prove_backfilled(
+        connection,
+        after="the fill trigger is gone: stop the pre-BUILD-144 writers still running, then re-run finish-online",
+    )
     return Finished(dropped, filled)

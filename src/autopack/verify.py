@@ -77,7 +77,20 @@ def verify(connection: Connection) -> Verification:
 
     found = connection.execute(survey(verify=True)).one()
     share = f" ({100 * found.positive / found.rows:.1f}%)" if found.rows else ""
-    refill = f" (to fill them: {REFILL})" if found.unfilled else ""
+    stamped = stamped_revisions(connection)
+    # an upgrade that stopped after its schema change (revision ids are zero-padded: a later one sorts after)
+    unfinished = stamped is not None and not any(r >= "0002" for r in stamped)
+    refill = f" (to fill them: {fix if unfinished else REFILL})" if found.unfilled else ""
+    if stamped is not None:
+        checks.append(
+            Check(
+                "revision is 0002 or later",
+                not unfinished,
+                f"stamped {', '.join(stamped) or 'nothing'}: an upgrade did not finish; {fix}"
+                if unfinished
+                else ", ".join(stamped),
+            )
+        )
     checks += [
         Check(
             "total_tokens populated",
@@ -108,6 +121,17 @@ def verify(connection: Connection) -> Verification:
 
 # rows written at 0002 by code that did not know total_tokens; after an online upgrade, its last step
 REFILL = "run 'python -m autopack finish-online'"
+
+
+def stamped_revisions(connection: Connection) -> list[str] | None:
+    """The revisions alembic_version holds, or None when there is none (or this role may not read it)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    try:
+        with connection.begin_nested():
+            return list(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all())
+    except DBAPIError:
+        return None
 
 
 def how_to_migrate(connection: Connection) -> str:

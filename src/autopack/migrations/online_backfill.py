@@ -17,6 +17,8 @@ old writers, until ``python -m autopack finish-online`` (``finish_online``).
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import op
@@ -28,7 +30,7 @@ from autopack.migrations.options import Options, whole_seconds
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
 from autopack.migrations.throttle import Throttle
-from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, FILL_TRIGGER, TABLE, events
+from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, TABLE, events
 
 log = logging.getLogger("alembic.build144")
 
@@ -55,16 +57,15 @@ def online_upgrade(plan: Plan) -> int:
         log.info("[1/3] Schema (online, committed): %s", plan.describe())
         # rows written from here on get their total from the trigger; every earlier row has an id <= last
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
-        try:
-            throttle = Throttle(plan.options, connection)  # pauses, batch size, replica lag, Ctrl-C between batches
-            with throttle.stopping_on_signals():
-                filled = backfill(connection.execute, first, last, plan.rows, plan.options, throttle)
-            if plan.has_holdover:
-                holdover.restore(connection)
-            prove_backfilled(connection, after=RESUMES)
-        except Exception:  # never leave the fill trigger behind at 0001; a re-run fills what old code wrote
-            drop_fill_trigger_quietly(connection, plan.options)
-            raise
+        # a failure or a stop from here on leaves the fill trigger in place: old writers' rows stay right until
+        # the re-run (had it gone, a split they update on a row already filled would leave its total stale)
+        throttle = Throttle(plan.options, connection)  # pauses, batch size, replica lag, Ctrl-C between batches
+        with throttle.stopping_on_signals(), short_row_lock_waits(connection, plan.options):
+            execute = retrying_batches(connection, plan.options)
+            filled = backfill(execute, first, last, plan.rows, plan.options, throttle)
+        if plan.has_holdover:
+            holdover.restore(connection)
+        prove_backfilled(connection, after=RESUMES)
     log.info(
         "      the fill trigger stays, so that instances still running pre-BUILD-144 code write right totals: once "
         "every instance runs BUILD-144 code, run 'python -m autopack finish-online'"
@@ -109,7 +110,8 @@ def with_lock_retries(connection, statements: list, options: Options, changed: s
             connection.exec_driver_sql("ROLLBACK")
             if not lock_not_granted(error):
                 raise
-            log.info("      lock not granted within %s (attempt %d), retrying", options.online_lock_timeout, attempt)
+            waited = options.online_lock_timeout if postgresql else f"{short}s"  # MariaDB waits whole seconds
+            log.info("      lock not granted within %s (attempt %d), retrying", waited, attempt)
             time.sleep(min(0.2 * attempt, 2.0))
         finally:
             if not postgresql:
@@ -126,10 +128,48 @@ def lock_not_granted(error: sa.exc.OperationalError) -> bool:
     return getattr(error.orig, "sqlstate", None) == "55P03" or error.orig.args[:1] == (1205,)
 
 
-def drop_fill_trigger_quietly(connection, options: Options) -> None:
+@contextmanager
+def short_row_lock_waits(connection, options: Options) -> Iterator[None]:
+    """While the batches run, a row an application transaction holds is waited for at most
+    ``online_lock_timeout`` (then the batch is retried): a batch waiting on one row holds the rest of its range,
+    and the application's writers to them would wait as long (pt-online-schema-change waits 1 s per chunk)."""
+
+    def wait_at_most(duration: str) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SET lock_timeout = '{duration}'")
+        else:
+            connection.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {whole_seconds(duration)}")
+
+    wait_at_most(options.online_lock_timeout)
     try:
-        if connection.in_transaction():
-            connection.exec_driver_sql("ROLLBACK")
-        with_lock_retries(connection, fill_trigger.drop_statements(connection.dialect.name), options)
-    except Exception as error:  # the failure being reported matters more; say what is left
-        log.warning("      could not drop the online fill trigger %s (%s): drop it by hand", FILL_TRIGGER, error)
+        yield
+    finally:
+        wait_at_most(options.lock_timeout)
+
+
+def retrying_batches(connection, options: Options) -> Callable[[sa.Executable, dict], sa.CursorResult]:
+    """``connection.execute`` for the batches, each its own committed statement: one that meets a deadlock or a
+    row lock held past ``online_lock_timeout`` by the application is run again (``online_retries`` times), as
+    gh-ost and pt-online-schema-change retry a chunk."""
+
+    def execute(statement: sa.Executable, parameters: dict) -> sa.CursorResult:
+        for attempt in range(1, options.online_retries + 1):
+            try:
+                return connection.execute(statement, parameters)
+            except sa.exc.OperationalError as error:
+                if not (lock_not_granted(error) or deadlocked(error)) or attempt == options.online_retries:
+                    raise  # (in autocommit: the failed statement left no transaction to roll back)
+                log.info("      batch met %s (attempt %d), retrying", first_words(error), attempt)
+                time.sleep(min(0.2 * attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    return execute
+
+
+def deadlocked(error: sa.exc.OperationalError) -> bool:
+    """PostgreSQL's deadlock_detected (40P01) or MariaDB's ER_LOCK_DEADLOCK (1213)."""
+    return getattr(error.orig, "sqlstate", None) == "40P01" or error.orig.args[:1] == (1213,)
+
+
+def first_words(error: sa.exc.OperationalError) -> str:
+    return "a deadlock" if deadlocked(error) else "a row lock held past online_lock_timeout"
