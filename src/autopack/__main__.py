@@ -2,6 +2,7 @@
 SQLite database, on DATABASE_URL."""
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def run_finish_online() -> int:
 
     url = parse_url(database_url())
     require_sqlite_file(url, may_create=False)  # a mistyped path is one sentence, never a new empty file
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # lock retries and backfill progress, as it goes
     timeouts = {"busy_timeout_s": DEFAULT_BUSY_TIMEOUT_S, "lock_timeout": DEFAULT_LOCK_TIMEOUT}
     engine = migration_engine(url, **timeouts)
     try:
