@@ -57,7 +57,10 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan:
     else:
         cause = "fix the cause the database names"
     if plan.online and step == "upgrade":
-        after = "the revision stays 0001 and re-running the same command resumes"
+        after = (
+            "the revision stays 0001 and re-running the same command resumes (the fill trigger stays meanwhile, "
+            "so rows old code writes get their totals)"
+        )
     elif plan.online:
         after = (
             "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"
