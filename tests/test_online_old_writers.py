@@ -221,3 +221,29 @@ def test_finish_online_on_a_sqlite_path_with_no_database_creates_none(db_url):
     result = finish_online(db_url, check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: No SQLite database at ")
     assert not Path(db_url.database).exists()
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_mariadb_default_mode_with_an_old_writer_running_fills_its_rows_too(db_url):
+    seed_large(db_url, rows=100_000)  # a copy long enough for the writer to insert during and after it
+    stop, phases, errors = threading.Event(), {"now": "upgrade"}, []
+    writer = threading.Thread(target=old_writer, args=(db_url, stop, phases, errors), daemon=True)
+    writer.start()
+    try:
+        up = alembic(db_url, "upgrade", "head")  # DDL commits at once there: nothing keeps the writer out
+    finally:
+        stop.set()
+        writer.join(30)
+    assert not errors and phases.get("upgrade"), (errors, phases)
+    assert "in the ALTER's one table copy" in up.stderr
+    finish_online(db_url)  # rows it inserted after the proof (the default mode leaves no trigger) get theirs
+    engine = create_engine(db_url)
+    with engine.connect() as connection:  # the rows it inserted (its split updates of old rows need the trigger)
+        inserted, wrong = connection.execute(
+            text(
+                "SELECT COUNT(*), SUM(CASE WHEN total_tokens <> prompt_tokens + completion_tokens THEN 1 ELSE 0 END) "
+                "FROM llm_usage_events WHERE provider = 'old-code'"
+            )
+        ).one()
+    engine.dispose()
+    assert inserted > 0 and wrong == 0, (inserted, wrong)

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from alembic.ddl.base import AddColumn
 from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
 
-from autopack.migrations.backfill_rule import RULE, sum_of
+from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, sum_of
+from autopack.migrations.batched_backfill import backfill
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
 from autopack.migrations.usage_table import TABLE, as_it_is, events, total_tokens_column
@@ -81,8 +82,12 @@ def change_schema(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]
         bind.exec_driver_sql(f"ALTER TABLE {TABLE} ALTER COLUMN total_tokens SET DEFAULT 0")  # metadata only
 
 
-def filled_in_copy(bind: sa.Connection) -> int:
-    """The rows whose total the copy filled, as the table now holds them: every non-zero total of the new column."""
+def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
+    """The rows whose total the copy filled, as the table now holds them (every non-zero total of the new column);
+    then the batched rule over rows written since ``SET DEFAULT 0`` by code that leaves total_tokens at 0 (MariaDB
+    commits each DDL statement: the default mode does not keep writers out as PostgreSQL's lock does)."""
     filled = bind.execute(sa.select(sa.func.count()).select_from(events).where(events.c.total_tokens != 0)).scalar()
     log.info("[2/3] Backfilled %d rows in the ALTER's one table copy: %s", filled, RULE)
-    return filled
+    since = sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
+    first, last, rows = bind.execute(since).one()
+    return filled + (backfill(bind.execute, first, last, rows, plan.options) if rows else 0)
