@@ -27,7 +27,7 @@ from autopack.migrations.online_downgrade import online_downgrade
 from autopack.migrations.options import options_of_this_run
 from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
 from autopack.migrations.preflight_checks import refuse_what_would_go_wrong
-from autopack.migrations.report import failures_in_one_sentence, report
+from autopack.migrations.report import failures_in_one_sentence, report, what_a_failure_leaves
 from autopack.migrations.table_inspection import update_hooks
 from autopack.migrations.usage_table import SPLITS, TABLE, as_it_is, baseline_table, build144_table, total_tokens_column
 
@@ -60,7 +60,7 @@ def upgrade() -> None:
             filled = fill_totals(bind, plan, hooks)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
-            prove_backfilled(bind, after=what_a_failure_leaves(plan))
+            prove_backfilled(bind, after=what_a_failure_leaves(plan, "upgrade"))
     report(bind, filled, hooks)  # 5. report what the table now holds
 
 
@@ -78,7 +78,7 @@ def downgrade() -> None:
         if plan.online:  # PostgreSQL: CHECKs validated while the application runs; no scan under ACCESS EXCLUSIVE
             online_downgrade(plan)
             return
-        drop_fill_trigger(bind)  # an online upgrade's, if finish-online never ran: its column goes
+        fill_trigger.drop(bind)  # an online upgrade's, if finish-online never ran: its column goes
         held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
         holdover.prove_set_aside(bind)
         if not held:
@@ -131,17 +131,6 @@ def old_schema(plan: Plan, copy_from: sa.Table | None = None) -> None:
         for split in SPLITS:
             batch.alter_column(split, **as_it_is(split, plan.columns), existing_nullable=True, nullable=False)
         batch.drop_column("total_tokens")
-
-
-def what_a_failure_leaves(plan: Plan) -> str:
-    if plan.dialect in ("mysql", "mariadb"):  # DDL committed itself; a re-run does only what is missing
-        return "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
-    return "nothing was changed"
-
-
-def drop_fill_trigger(bind: sa.Connection) -> None:
-    for statement in fill_trigger.drop_statements(bind.dialect.name):
-        bind.exec_driver_sql(statement)
 
 
 def keep_history(bind: sa.Connection, plan: Plan, say: bool = True) -> None:

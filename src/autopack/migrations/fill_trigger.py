@@ -69,6 +69,12 @@ def create_statements(dialect: str) -> list[str]:
     ]
 
 
+def drop(bind: sa.Connection) -> None:
+    """Drop it (if there) in the caller's transaction: a downgrade, or a default-mode run after an online one."""
+    for statement in drop_statements(bind.dialect.name):
+        bind.exec_driver_sql(statement)
+
+
 def installed(bind: sa.Connection) -> bool:
     """Whether an online upgrade's fill trigger is on the table (``finish-online`` not run yet)."""
     if bind.dialect.name == "postgresql":

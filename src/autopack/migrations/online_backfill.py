@@ -76,8 +76,8 @@ def online_upgrade(plan: Plan) -> int:
 def drop_leftovers(bind: sa.Connection) -> None:
     """The default mode, after an interrupted online run: its fill trigger, or an online downgrade's CHECKs (which
     would refuse the NULL splits the restore puts back), go in the same transaction."""
-    for statement in [*fill_trigger.drop_statements("postgresql"), DROP_NOT_NULL_CHECKS]:
-        bind.exec_driver_sql(statement)
+    fill_trigger.drop(bind)
+    bind.exec_driver_sql(DROP_NOT_NULL_CHECKS)
 
 
 def alter_statements(plan: Plan) -> list[str]:

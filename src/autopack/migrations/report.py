@@ -56,20 +56,22 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan:
         cause = f"{names} on {TABLE} run on each UPDATE and likely caused it: fix or disable them for the migration"
     else:
         cause = "fix the cause the database names"
+    after = what_a_failure_leaves(plan, step)
+    return f"The BUILD-144 {step} failed while changing {TABLE} ({first_line(error)}): {cause}, then re-run; {after}."
+
+
+def what_a_failure_leaves(plan: Plan, step: str) -> str:
+    """Nothing (one transaction), the schema change (MariaDB), or a resumable run (online)."""
     if plan.online and step == "upgrade":
-        after = (
+        return (
             "the revision stays 0001 and re-running the same command resumes (the fill trigger stays meanwhile, "
             "so rows old code writes get their totals)"
         )
-    elif plan.online:
-        after = (
-            "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"
-        )
-    elif plan.dialect in ("mysql", "mariadb"):
-        after = "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
-    else:
-        after = "nothing was changed"
-    return f"The BUILD-144 {step} failed while changing {TABLE} ({first_line(error)}): {cause}, then re-run; {after}."
+    if plan.online:
+        return "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"
+    if plan.dialect in ("mysql", "mariadb"):
+        return "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
+    return "nothing was changed"
 
 
 @contextmanager

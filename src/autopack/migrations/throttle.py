@@ -44,12 +44,15 @@ class Throttle:
     connection: sa.Connection
     batch_rows: int = 0
     waited_s: float = 0.0
+    watches_replicas: bool = field(default=False, init=False)
     stop_asked: str | None = None
     unreadable_since: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.batch_rows = self.options.rows_per_batch
-        if self.connection.dialect.name != "postgresql" and self.options.max_replica_lag != "off":
+        # MariaDB: a primary does not see its replicas' lag (pace it with batch_pause / batch_seconds)
+        self.watches_replicas = self.options.max_replica_lag != "off" and self.connection.dialect.name == "postgresql"
+        if self.options.max_replica_lag != "off" and not self.watches_replicas:
             log.info(
                 "      replica lag is not watched on %s (a primary does not see it): pace the backfill for "
                 "replicas with -x batch_pause or -x batch_seconds",
@@ -79,8 +82,8 @@ class Throttle:
         self.stop_if_asked()
         if self.options.batch_pause:
             time.sleep(interval_seconds(self.options.batch_pause))
-        if self.options.max_replica_lag == "off" or self.connection.dialect.name != "postgresql":
-            return  # MariaDB: a primary does not see its replicas' lag (pace it with batch_pause / batch_seconds)
+        if not self.watches_replicas:
+            return
         started, last_said = time.monotonic(), None
         while reason := self.too_far_behind():
             now = time.monotonic()
