@@ -16,6 +16,7 @@ from autopack.migrations.connection import (
     require_known_revisions,
     sqlite_foreign_key_check,
 )
+from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_stop_leaves
 from autopack.migrations.offline_scripts import script_timeouts
 from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
@@ -57,7 +58,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    with migration_connection(config, database_url(), options) as connection:
+    leaves = what_a_stop_leaves(parse_url(database_url()).get_backend_name(), options.online)
+    with interrupts_in_one_sentence(leaves), migration_connection(config, database_url(), options) as connection:
         configure(connection.dialect.name, connection=connection)
         require_known_revisions(context.script, context.get_context().get_current_heads())
         with context.begin_transaction():

@@ -33,14 +33,23 @@ def run_verify() -> int:
 def run_finish_online() -> int:
     from autopack.finish_online import finish_online
     from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
+    from autopack.migrations.interrupts import interrupts_in_one_sentence
 
     url = parse_url(database_url())
     require_sqlite_file(url, may_create=False)  # a mistyped path is one sentence, never a new empty file
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # lock retries and backfill progress, as it goes
     timeouts = {"busy_timeout_s": DEFAULT_BUSY_TIMEOUT_S, "lock_timeout": DEFAULT_LOCK_TIMEOUT}
     engine = migration_engine(url, **timeouts)
+    stopped = (
+        "the batches done so far are committed and the fill trigger may be gone already: re-run "
+        "'python -m autopack finish-online' to finish"
+    )
     try:
-        with one_sentence_errors(url, **timeouts, wait_hint=None), connected(engine, url) as connection:
+        with (
+            interrupts_in_one_sentence(stopped),
+            one_sentence_errors(url, **timeouts, wait_hint=None),
+            connected(engine, url) as connection,
+        ):
             if url.get_backend_name() != "sqlite":  # SQLite: no trigger, and its engine opens each transaction
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             finished = finish_online(connection)

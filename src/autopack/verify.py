@@ -80,6 +80,11 @@ def verify(connection: Connection) -> Verification:
     stamped = stamped_revisions(connection)
     # an upgrade that stopped after its schema change (revision ids are zero-padded: a later one sorts after)
     unfinished = stamped is not None and not any(r >= "0002" for r in stamped)
+    if unfinished and fill_trigger.installed(connection):  # an online upgrade stopped: resume it online
+        fix = (
+            "re-run 'alembic -x online=true upgrade head' to resume the online upgrade that stopped (without "
+            "-x online=true it would finish in one blocking transaction)"
+        )
     refill = f" (to fill them: {fix if unfinished else REFILL})" if found.unfilled else ""
     if stamped is not None:
         checks.append(

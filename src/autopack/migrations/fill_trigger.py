@@ -13,9 +13,12 @@ old instance is left, ``finish-online`` drops it and fills any total still missi
 
 import sqlalchemy as sa
 
-from autopack.migrations.usage_table import FILL_TRIGGER, TABLE
+from autopack.migrations.usage_table import EARLIER_FILL_TRIGGER, FILL_TRIGGER, TABLE
 
 MARIADB_TRIGGERS = (f"{FILL_TRIGGER}_on_insert", f"{FILL_TRIGGER}_on_update")
+# every name the trigger has had, per engine: each is recognised as ours, dropped, and never an operator's object
+PG_NAMES = (FILL_TRIGGER, EARLIER_FILL_TRIGGER)
+MARIADB_NAMES = (*MARIADB_TRIGGERS, f"{EARLIER_FILL_TRIGGER}_on_insert", f"{EARLIER_FILL_TRIGGER}_on_update")
 
 # the backfill rule (backfill_rule.new_total) for one row: a split is set and the writer left the total as it was
 PG_FUNCTION = f"""
@@ -45,27 +48,35 @@ MARIADB_CONDITIONS = {
 
 def drop_statements(dialect: str) -> list[str]:
     if dialect == "postgresql":
-        return [f"DROP TRIGGER IF EXISTS {FILL_TRIGGER} ON {TABLE}", f"DROP FUNCTION IF EXISTS {FILL_TRIGGER}()"]
+        return [
+            *(f"DROP TRIGGER IF EXISTS {name} ON {TABLE}" for name in PG_NAMES),
+            *(f"DROP FUNCTION IF EXISTS {name}()" for name in PG_NAMES),
+        ]
     if dialect in ("mysql", "mariadb"):
-        return [f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_TRIGGERS]
+        return [f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_NAMES]
     return []
 
 
 def create_statements(dialect: str) -> list[str]:
+    """PostgreSQL: in the caller's one transaction. MariaDB, which commits each statement: ``CREATE OR REPLACE``,
+    so that a re-run never leaves a moment without the trigger (a drop and a create would: a split an old writer
+    updated then would keep its stale total); a trigger under the earlier name goes only once its successor is on.
+    """
     if dialect == "postgresql":
         return [
             PG_FUNCTION,
-            drop_statements(dialect)[0],
+            *(f"DROP TRIGGER IF EXISTS {name} ON {TABLE}" for name in PG_NAMES),
             f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} "
             f"FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
+            f"DROP FUNCTION IF EXISTS {EARLIER_FILL_TRIGGER}()",
         ]
     return [
-        *drop_statements(dialect),
         *(
-            f"CREATE TRIGGER {name} BEFORE {event} ON {TABLE} FOR EACH ROW SET NEW.total_tokens = "
+            f"CREATE OR REPLACE TRIGGER {name} BEFORE {event} ON {TABLE} FOR EACH ROW SET NEW.total_tokens = "
             f"IF({MARIADB_CONDITIONS[event]}, {MARIADB_SUM}, NEW.total_tokens)"
             for name, event in zip(MARIADB_TRIGGERS, MARIADB_CONDITIONS, strict=True)
         ),
+        *(f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_NAMES[2:]),
     ]
 
 
@@ -78,13 +89,14 @@ def drop(bind: sa.Connection) -> None:
 def installed(bind: sa.Connection) -> bool:
     """Whether an online upgrade's fill trigger is on the table (``finish-online`` not run yet)."""
     if bind.dialect.name == "postgresql":
-        query = "SELECT COUNT(*) FROM pg_trigger WHERE tgname = :name AND tgrelid = CAST(:table AS regclass)"
-        return bool(bind.execute(sa.text(query), {"name": FILL_TRIGGER, "table": TABLE}).scalar())
+        query = "SELECT COUNT(*) FROM pg_trigger WHERE tgname IN :names AND tgrelid = CAST(:table AS regclass)"
+        statement = sa.text(query).bindparams(sa.bindparam("names", expanding=True))
+        return bool(bind.execute(statement, {"names": list(PG_NAMES), "table": TABLE}).scalar())
     if bind.dialect.name in ("mysql", "mariadb"):
         query = (
             "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
             "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
         )
         statement = sa.text(query).bindparams(sa.bindparam("names", expanding=True))
-        return bool(bind.execute(statement, {"table": TABLE, "names": list(MARIADB_TRIGGERS)}).scalar())
+        return bool(bind.execute(statement, {"table": TABLE, "names": list(MARIADB_NAMES)}).scalar())
     return False

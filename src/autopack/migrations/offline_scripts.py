@@ -31,7 +31,7 @@ from autopack.migrations.table_inspection import (
     PG_UPDATE_RULES,
     PG_UPDATE_TRIGGERS,
 )
-from autopack.migrations.usage_table import FILL_TRIGGER, SPLITS, TABLE, events
+from autopack.migrations.usage_table import SPLITS, TABLE, events
 
 DOWNGRADE_PLAN = (
     f"set aside in {holdover.HOLDOVER} the rows the pre-BUILD-144 schema cannot hold; write 0 for their NULL "
@@ -127,7 +127,7 @@ def postgres_script_backfill() -> None:
         "-- The backfill: one table rewrite (ALTER COLUMN ... TYPE ... USING the rule), or an UPDATE where the "
         "table's UPDATE triggers, rules or publications need one; then ANALYZE."
     )
-    names = {"table": TABLE, "own": FILL_TRIGGER}
+    names = {"table": TABLE}
     op.execute(
         PG_SCRIPT_BACKFILL.format(
             triggers=literal_text(PG_UPDATE_TRIGGERS, **names).strip(),

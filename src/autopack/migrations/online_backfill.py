@@ -110,17 +110,23 @@ def with_lock_retries(connection, statements: list, options: Options, changed: s
             connection.exec_driver_sql("ROLLBACK")
             if not lock_not_granted(error):
                 raise
-            waited = options.online_lock_timeout if postgresql else f"{short}s"  # MariaDB waits whole seconds
-            log.info("      lock not granted within %s (attempt %d), retrying", waited, attempt)
+            log.info("      lock not granted within %s (attempt %d), retrying", waited(connection, options), attempt)
             time.sleep(min(0.2 * attempt, 2.0))
         finally:
             if not postgresql:
                 connection.exec_driver_sql(f"SET SESSION lock_wait_timeout = {usual}")
     where = "see pg_stat_activity" if postgresql else "see SHOW PROCESSLIST"
     raise CommandError(
-        f"Could not lock {TABLE} within online_lock_timeout={options.online_lock_timeout} in "
+        f"Could not lock {TABLE} within online_lock_timeout={waited(connection, options)} in "
         f"{options.online_retries} attempts: a long transaction holds it ({where}); {changed}."
     )
+
+
+def waited(connection, options: Options) -> str:
+    """How long online_lock_timeout makes each wait: MariaDB's lock timeouts take whole seconds (at least 1)."""
+    if connection.dialect.name == "postgresql":
+        return options.online_lock_timeout
+    return f"{whole_seconds(options.online_lock_timeout)}s"
 
 
 def lock_not_granted(error: sa.exc.OperationalError) -> bool:
@@ -157,11 +163,18 @@ def retrying_batches(connection, options: Options) -> Callable[[sa.Executable, d
             try:
                 return connection.execute(statement, parameters)
             except sa.exc.OperationalError as error:
-                if not (lock_not_granted(error) or deadlocked(error)) or attempt == options.online_retries:
+                if not (lock_not_granted(error) or deadlocked(error)):
                     raise  # (in autocommit: the failed statement left no transaction to roll back)
-                log.info("      batch met %s (attempt %d), retrying", first_words(error), attempt)
-                time.sleep(min(0.2 * attempt, 2.0))
-        raise AssertionError("unreachable")
+                met = first_words(error)
+                if attempt < options.online_retries:
+                    log.info("      batch met %s (attempt %d), retrying", met, attempt)
+                    time.sleep(min(0.2 * attempt, 2.0))
+        where = "see pg_stat_activity" if connection.dialect.name == "postgresql" else "see SHOW PROCESSLIST"
+        raise CommandError(
+            f"A backfill batch met {met} in each of {options.online_retries} attempts (waiting at most "
+            f"{waited(connection, options)} each time): an application transaction holds rows of {TABLE} ({where}); "
+            f"the batches done so far are committed, {RESUMES}."
+        )
 
     return execute
 

@@ -155,6 +155,9 @@ def parse_options(x_arguments: dict[str, str]) -> Options:
 
 
 OPTIONS_KEY = "autopack.options"
+DEFAULTS = Options()
+# the online backfill's pacing (``throttle``): refused without -x online=true rather than silently ignored
+ONLINE_ONLY = ("batch_pause", "batch_seconds", "max_replica_lag", "max_replica_lag_bytes", "replica_wait_max")
 
 
 def options_of_this_run() -> Options:
@@ -173,6 +176,12 @@ def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> 
             "-x online=true has no --sql script: the online mode commits as it goes and checks the table between "
             "steps, which a script cannot; apply the one-transaction script (without -x online=true), or run the "
             "online command against the database; no script was written."
+        )
+    throttling = [f"-x {name}" for name in ONLINE_ONLY if getattr(options, name) != getattr(DEFAULTS, name)]
+    if throttling and not options.online and not offline:
+        raise CommandError(
+            f"{', '.join(throttling)} paces the online backfill and has no effect without -x online=true (the "
+            "default mode is one transaction): add -x online=true, or leave it out; nothing was changed."
         )
     if options.online and dialect not in ("postgresql", "mysql", "mariadb"):
         raise CommandError(

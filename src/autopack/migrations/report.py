@@ -14,6 +14,7 @@ from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import explained_by_the_environment, first_line
+from autopack.migrations.interrupts import Interrupted, signal_name
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import TABLE
 
@@ -77,10 +78,19 @@ def what_a_failure_leaves(plan: Plan, step: str) -> str:
 @contextmanager
 def failures_in_one_sentence(plan: Plan, hooks: list[tuple[str, bool]], step: str) -> Iterator[None]:
     """A database error once the change started: one sentence (``failed_midway``); a lock, a read-only file or a
-    privilege is left to env.py, which says it best."""
+    privilege is left to env.py, which says it best. Ctrl-C or SIGTERM: what the stop leaves, in the same words
+    (``interrupts`` turns it into Alembic's one line)."""
     try:
         yield
     except sa.exc.DBAPIError as error:
         if explained_by_the_environment(error):
             raise
         raise CommandError(failed_midway(error, hooks, plan, step)) from None
+    except KeyboardInterrupt as interrupt:
+        running = (
+            " (a statement MariaDB was running goes on until it ends: SHOW PROCESSLIST)"
+            if plan.dialect in ("mysql", "mariadb")
+            else ""
+        )
+        after = what_a_failure_leaves(plan, step)
+        raise Interrupted(f"Stopped on {signal_name(interrupt)} while changing {TABLE}{running}: {after}.") from None

@@ -10,7 +10,8 @@ import re
 
 import sqlalchemy as sa
 
-from autopack.migrations.usage_table import FILL_TRIGGER, NOT_NULL_CHECKS, TABLE
+from autopack.migrations.fill_trigger import MARIADB_NAMES, PG_NAMES
+from autopack.migrations.usage_table import NOT_NULL_CHECKS, TABLE
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -81,7 +82,10 @@ def checks_forbidding_total_only(bind: sa.Connection) -> list[str]:
 
 # --- objects that read total_tokens (the downgrade drops it) -----------------------------------------------
 
-PG_READERS = """
+# the fill trigger under every name it has had, as SQL lists: never one of the operator's readers or hooks
+OWN_PG_TRIGGERS = ", ".join(f"'{name}'" for name in PG_NAMES)
+OWN_MARIADB_TRIGGERS = ", ".join(f"'{name}'" for name in MARIADB_NAMES)
+PG_READERS = f"""
 WITH rels AS (  -- the table, and its partitions or child tables: a trigger on one of them reads the column too
     SELECT CAST(:table AS regclass)::oid AS oid
     UNION SELECT relid FROM pg_partition_tree(CAST(:table AS regclass))
@@ -102,7 +106,7 @@ WHERE d.classid = 'pg_class'::regclass AND (i.indexprs IS NOT NULL OR i.indpred 
 UNION
 SELECT DISTINCT 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass::text || ' (function ' || p.proname || ')'
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE t.tgrelid IN (SELECT oid FROM rels) AND NOT t.tgisinternal AND t.tgname <> :own_trigger
+WHERE t.tgrelid IN (SELECT oid FROM rels) AND NOT t.tgisinternal AND t.tgname NOT IN ({OWN_PG_TRIGGERS})
   AND p.prosrc ~ '\\mtotal_tokens\\M'
 """
 
@@ -112,7 +116,7 @@ WHERE TABLE_SCHEMA = DATABASE() AND VIEW_DEFINITION LIKE '%%total_tokens%%'
 UNION ALL
 SELECT CONCAT('trigger ', TRIGGER_NAME) FROM information_schema.TRIGGERS
 WHERE TRIGGER_SCHEMA = DATABASE() AND ACTION_STATEMENT LIKE '%%total_tokens%%'
-  AND TRIGGER_NAME NOT IN ('{FILL_TRIGGER}_on_insert', '{FILL_TRIGGER}_on_update')
+  AND TRIGGER_NAME NOT IN ({OWN_MARIADB_TRIGGERS})
 UNION ALL
 SELECT CONCAT('generated column ', COLUMN_NAME) FROM information_schema.COLUMNS
 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND GENERATION_EXPRESSION LIKE '%%total_tokens%%'
@@ -123,9 +127,7 @@ WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND CHECK_CLAUSE LIKE '
 
 
 # the same queries with the table named literally, for the offline scripts' checks
-PG_READERS_LITERAL = PG_READERS.replace("CAST(:table AS regclass)", f"'{TABLE}'::regclass").replace(
-    ":own_trigger", f"'{FILL_TRIGGER}'"
-)
+PG_READERS_LITERAL = PG_READERS.replace("CAST(:table AS regclass)", f"'{TABLE}'::regclass")
 MYSQL_READERS_LITERAL = MYSQL_READERS.replace("%s", f"'{TABLE}'").replace("%%", "%")
 
 
@@ -154,7 +156,7 @@ def objects_reading_total_tokens(bind: sa.Connection) -> list[str]:
             found.append(f"a CHECK constraint or generated column in {TABLE}'s definition")
         return found
     if bind.dialect.name == "postgresql":
-        return [r[0] for r in bind.execute(sa.text(PG_READERS), {"table": TABLE, "own_trigger": FILL_TRIGGER})]
+        return [r[0] for r in bind.execute(sa.text(PG_READERS), {"table": TABLE})]
     return [r[0] for r in bind.exec_driver_sql(MYSQL_READERS, (TABLE, TABLE))]
 
 
@@ -167,7 +169,7 @@ PG_FAMILY = """WITH RECURSIVE family(relid) AS (
     UNION SELECT i.inhrelid FROM pg_inherits i JOIN family f ON i.inhparent = f.relid)"""
 PG_UPDATE_TRIGGERS = f"""{PG_FAMILY}
 SELECT 'trigger ' || t.tgname, (t.tgtype & 1) = 1 FROM pg_trigger t JOIN family f ON t.tgrelid = f.relid
-WHERE NOT t.tgisinternal AND t.tgname <> :own AND (t.tgtype & 16) = 16 AND t.tgenabled IN ('O', 'A')
+WHERE NOT t.tgisinternal AND t.tgname NOT IN ({OWN_PG_TRIGGERS}) AND (t.tgtype & 16) = 16 AND t.tgenabled IN ('O', 'A')
   AND t.tgparentid = 0
 """  # (tgtype & 1): FOR EACH ROW; (tgtype & 16): TRIGGER_TYPE_UPDATE; tgenabled O/A: fires in this session;
 # tgparentid 0: not a partition's clone of its parent's trigger (PostgreSQL 13+), so each trigger is named once
@@ -189,15 +191,16 @@ def update_hooks(bind: sa.Connection) -> list[tuple[str, bool]]:
             if re.search(r"\bUPDATE\b(\s+OF\b[^O]*)?\s+ON\b", sql, re.IGNORECASE)
         ]
     if dialect == "postgresql":
-        triggers = bind.execute(sa.text(PG_UPDATE_TRIGGERS), {"table": TABLE, "own": FILL_TRIGGER}).all()
+        triggers = bind.execute(sa.text(PG_UPDATE_TRIGGERS), {"table": TABLE}).all()
         rules = bind.execute(sa.text(PG_UPDATE_RULES), {"table": TABLE}).all()
         return [(name, bool(per_row)) for name, per_row in [*triggers, *rules]]
     return [
         (f"trigger {name}", True)
         for (name,) in bind.exec_driver_sql(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
-            "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'UPDATE' AND TRIGGER_NAME NOT LIKE %s",
-            (TABLE, f"{FILL_TRIGGER}%"),
+            "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'UPDATE' "
+            f"AND TRIGGER_NAME NOT IN ({OWN_MARIADB_TRIGGERS})",
+            (TABLE,),
         )
     ]
 

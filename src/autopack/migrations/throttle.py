@@ -15,6 +15,7 @@ The same limits as gh-ost's ``--max-lag-millis`` (1.5 s) and pt-online-schema-ch
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ class Throttle:
     watches_replicas: bool = field(default=False, init=False)
     stop_asked: str | None = None
     unreadable_since: float | None = field(default=None, repr=False)
+    woken: threading.Event = field(default_factory=threading.Event, repr=False)  # a signal cuts a pause short
 
     def __post_init__(self) -> None:
         self.batch_rows = self.options.rows_per_batch
@@ -66,8 +68,9 @@ class Throttle:
 
         def ask(signum: int, _frame: object) -> None:
             if self.stop_asked:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
             self.stop_asked = signal.Signals(signum).name
+            self.woken.set()
             log.info("      %s: stopping after the batch running now (send it again to stop at once)", self.stop_asked)
 
         previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -81,7 +84,8 @@ class Throttle:
         """Stop if asked; pause; wait while a replica is too far behind; stop past ``replica_wait_max``."""
         self.stop_if_asked()
         if self.options.batch_pause:
-            time.sleep(interval_seconds(self.options.batch_pause))
+            self.woken.wait(interval_seconds(self.options.batch_pause))
+            self.stop_if_asked()
         if not self.watches_replicas:
             return
         started, last_said = time.monotonic(), None
@@ -96,7 +100,7 @@ class Throttle:
             if last_said is None or now - last_said >= SAY_EVERY_S:
                 log.info("      throttled: %s; waiting (%.0fs so far)", reason, self.waited_s + now - started)
                 last_said = now
-            time.sleep(POLL_S)
+            self.woken.wait(POLL_S)
             self.stop_if_asked()
         self.waited_s += time.monotonic() - started
 

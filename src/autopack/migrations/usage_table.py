@@ -13,13 +13,16 @@ import sqlalchemy as sa
 TABLE = "llm_usage_events"
 SPLITS = ("prompt_tokens", "completion_tokens")
 INDEXED = ("id", "provider", "model", "run_id", "created_at")
-# the online mode's own trigger (and its function) on the table: never one of the operator's readers or hooks
 # the helper CHECKs of the PostgreSQL online downgrade (online_downgrade), one per split
 NOT_NULL_CHECKS = {split: f"build144_{split}_not_null" for split in SPLITS}
 DROP_NOT_NULL_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(
     f"DROP CONSTRAINT IF EXISTS {name}" for name in NOT_NULL_CHECKS.values()
 )
-FILL_TRIGGER = "llm_usage_events_build144_fill_total"
+# the online mode's own trigger (and its function) on the table: never one of the operator's readers or hooks.
+# 'zz_': PostgreSQL fires a table's BEFORE ROW triggers in name order, so the fill runs last and sums the splits as
+# the operator's own triggers leave them (MariaDB fires them in creation order: the fill is created last)
+FILL_TRIGGER = "zz_llm_usage_events_build144_fill_total"
+EARLIER_FILL_TRIGGER = "llm_usage_events_build144_fill_total"  # its name until 2026-12: still recognised, dropped
 # VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
 VARCHAR = sa.String().with_variant(sa.String(255), "mysql", "mariadb")
 

@@ -1,0 +1,69 @@
+"""Ctrl-C (SIGINT) or SIGTERM anywhere in a run: one sentence saying what the run leaves, never a traceback.
+
+The online backfill stops between batches by itself (``throttle``). Anywhere else a signal stops the run where it
+is: the driver cancels the statement running (PostgreSQL) or drops the connection, the migration's open
+transaction rolls back, and what was committed before stays (MariaDB's DDL, the online mode's committed steps).
+SIGTERM, which would end the process silently, takes the same path as Ctrl-C. On MariaDB a statement the server
+was running when the client went away runs on until it ends (``SHOW PROCESSLIST``): the sentence says so.
+"""
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from alembic.util import CommandError
+
+
+class Interrupted(CommandError):
+    """A stop whose sentence was written where the run knew what it leaves (``report.failures_in_one_sentence``)."""
+
+
+def signal_name(interrupt: KeyboardInterrupt) -> str:
+    """The signal behind a KeyboardInterrupt: SIGTERM and a second signal carry their name, Ctrl-C none."""
+    return str(interrupt) if interrupt.args else "Ctrl-C (SIGINT)"
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it was raised while handling (a rollback that failed after Ctrl-C, say)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+@contextmanager
+def interrupts_in_one_sentence(leaves: str) -> Iterator[None]:
+    """Around a whole run: SIGTERM raised as KeyboardInterrupt; a stop becomes ``CommandError`` (Alembic's one
+    ``FAILED:`` line, exit status 1), with the revision's own sentence when it wrote one, else ``leaves``."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except BaseException as error:
+        chain = list(causes(error))
+        written = next((e for e in chain if isinstance(e, Interrupted)), None)
+        if written is not None:
+            raise CommandError(str(written)) from None
+        interrupt = next((e for e in chain if isinstance(e, KeyboardInterrupt)), None)
+        if interrupt is None:
+            raise
+        raise CommandError(f"Stopped on {signal_name(interrupt)}: {leaves}.") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def what_a_stop_leaves(dialect: str, online: bool) -> str:
+    """Before the revision says better: the default mode's one transaction rolls back; otherwise what committed
+    stays and a re-run finishes."""
+    if dialect in ("mysql", "mariadb"):
+        return (
+            "what MariaDB already committed (its DDL commits at once) stays and the revision is unchanged; a statement "
+            "it was running goes on until it ends (SHOW PROCESSLIST): re-running the same command finishes"
+        )
+    if online:
+        return "the steps already committed stay and the revision is unchanged: re-running the same command finishes"
+    return "the migration's transaction was rolled back, nothing was changed; re-run the same command"
