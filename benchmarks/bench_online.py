@@ -45,6 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from replica_cluster import primary_and_replica_cluster, unavailable
 
 INTERVAL_S = 0.01
+WAIT_INTERVAL_S = 0.005
+SLOW_S = 0.05  # a writer statement slower than this has its wait events reported
+CLIENT_NAME = "bench-client"
 REPLICA_INTERVAL_S = 0.1
 CATCH_UP_TIMEOUT_S = 600
 MODES = {
@@ -60,8 +63,10 @@ WRITER_STATEMENT = (
 READER_STATEMENT = "SELECT id, provider, model, prompt_tokens, completion_tokens FROM llm_usage_events WHERE id = %s"
 
 
-def client(conninfo: str, statement: str, params, stop: threading.Event, latencies: list[float]) -> None:
-    with psycopg.connect(conninfo, autocommit=True) as connection:
+def client(
+    conninfo: str, statement: str, params, stop: threading.Event, latencies: list[float], starts: list[float]
+) -> None:
+    with psycopg.connect(conninfo, autocommit=True, application_name=CLIENT_NAME) as connection:
         i = 0
         while not stop.is_set():
             i += 1
@@ -70,7 +75,32 @@ def client(conninfo: str, statement: str, params, stop: threading.Event, latenci
             if statement.startswith("SELECT"):
                 cursor.fetchall()
             latencies.append(time.perf_counter() - start)
+            starts.append(start)
             time.sleep(INTERVAL_S)
+
+
+def wait_sampler(conninfo: str, stop: threading.Event, samples: list[tuple[float, str]]) -> None:
+    """Every 5 ms, what the writer's backend waits on (pg_stat_activity), to say where its slow statements went."""
+    query = (
+        "SELECT COALESCE(wait_event_type || ':' || wait_event, 'CPU or client') FROM pg_stat_activity "
+        "WHERE application_name = %s AND query LIKE 'INSERT%%' AND state = 'active'"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        while not stop.is_set():
+            now = time.perf_counter()
+            samples.extend((now, event) for (event,) in connection.execute(query, (CLIENT_NAME,)).fetchall())
+            time.sleep(WAIT_INTERVAL_S)
+
+
+def slow_write_waits(latencies: list[float], starts: list[float], samples: list[tuple[float, str]]) -> str:
+    """The wait events sampled inside the writer's statements slower than SLOW_S, most frequent first."""
+    counts: dict[str, int] = {}
+    for start, latency in zip(starts, latencies, strict=True):
+        if latency > SLOW_S:
+            for at, event in samples:
+                if start <= at <= start + latency:
+                    counts[event] = counts.get(event, 0) + 1
+    return ", ".join(f"{event} {n}" for event, n in sorted(counts.items(), key=lambda item: -item[1])) or "-"
 
 
 def sampler(conninfo: str, stop: threading.Event, holds: list[float]) -> None:
@@ -146,13 +176,15 @@ def run(
     if replica:
         replica_catch_up_s(conninfo)
     stop = threading.Event()
-    writes, reads, samples = [], [], []
+    writes, write_starts, reads, read_starts, samples, waits = [], [], [], [], [], []
     threads = [
-        threading.Thread(target=client, args=(conninfo, WRITER_STATEMENT, lambda i: (i,), stop, writes)),
+        threading.Thread(target=client, args=(conninfo, WRITER_STATEMENT, lambda i: (i,), stop, writes, write_starts)),
         threading.Thread(
-            target=client, args=(conninfo, READER_STATEMENT, lambda i: (1 + (i * 7919) % rows,), stop, reads)
+            target=client,
+            args=(conninfo, READER_STATEMENT, lambda i: (1 + (i * 7919) % rows,), stop, reads, read_starts),
         ),
         threading.Thread(target=replica_sampler if replica else sampler, args=(conninfo, stop, samples)),
+        threading.Thread(target=wait_sampler, args=(conninfo, stop, waits)),
     ]
     for thread in threads:
         thread.start()
@@ -185,6 +217,8 @@ def run(
         "reads": len(reads),
         "read_max": max(reads),
         "read_p99": p99(reads),
+        "slow_writes": sum(latency > SLOW_S for latency in writes),
+        "slow_write_waits": slow_write_waits(writes, write_starts, waits),
         **(
             replica_summary(samples, catch_up_s, result.stderr)
             if replica
@@ -226,7 +260,13 @@ def measure(admin: str, args: argparse.Namespace, modes: list[str], replica: boo
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute("DROP DATABASE IF EXISTS bench_work")
         connection.execute(f"DROP DATABASE {seed}")
-    return {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in rounds.items()}
+    return {mode: {key: summary(r[key] for r in rs) for key in rs[0]} for mode, rs in rounds.items()}
+
+
+def summary(values):
+    """The median of a figure over the rounds; the rounds' texts one after another."""
+    values = list(values)
+    return " / ".join(values) if isinstance(values[0], str) else statistics.median(values)
 
 
 def measure_with_replica(args: argparse.Namespace, modes: list[str]) -> dict[str, dict]:
@@ -273,6 +313,10 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for mode, r in results.items():
         figures = " | ".join(format(r[key], spec) for _, key, spec in columns)
         print(f"| {mode} | {args.rows:,} | {figures} |")
+    every, over = WAIT_INTERVAL_S * 1000, SLOW_S * 1000
+    print(f"\nWait events sampled every {every:.0f} ms inside writer statements over {over:.0f} ms:")
+    for mode, r in results.items():
+        print(f"- {mode}: {r['slow_writes']:.0f} slow statements (median); {r['slow_write_waits']}")
 
 
 def main() -> None:
