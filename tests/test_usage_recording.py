@@ -12,7 +12,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from autopack.models import LlmUsageEvent
-from autopack.usage_recorder import UsageEventData, record_exact_usage, record_total_only_usage, record_usage
+from autopack.usage_recorder import (
+    UsageEventData,
+    record_exact_usage,
+    record_total_only_usage,
+    record_usage,
+    record_usage_total_only,
+)
 from support import ROOT, alembic
 
 
@@ -46,13 +52,13 @@ def test_exact_and_total_only_events_are_stored_as_reported(db):
         completion_tokens=3_200,
     )
     record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="auditor", total_tokens=18_500)
-    record_usage(db, UsageEventData("openai", "gpt-4o", "builder", prompt_tokens=0, completion_tokens=0))
+    record_usage(db, UsageEventData("openai", "gpt-4o", role="builder", prompt_tokens=0, completion_tokens=0))
     record_usage(
         db,
         UsageEventData(
             "openai",
             "gpt-4o",
-            "builder",
+            role="builder",
             prompt_tokens=8_400,
             completion_tokens=2_100,
             total_tokens=10_500,
@@ -86,6 +92,8 @@ BAD = [
     (dict(provider="", total_tokens=5), "provider must be a non-empty string"),
     (dict(model="  ", total_tokens=5), "model must be a non-empty string"),
     (dict(role=None, total_tokens=5), "role must be a non-empty string"),
+    (dict(run_id=7, total_tokens=5), "run_id must be a string or None, got 7"),
+    (dict(phase_id=8_400, total_tokens=5), "phase_id must be a string or None, got 8400"),
 ]
 
 
@@ -105,6 +113,84 @@ def test_total_only_recording_refuses_a_guess(db):
     assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
 
 
+def stored_in_full(url):
+    """Every column an event's caller gives, as a fresh connection reads them back from the database."""
+    engine = create_engine(url)
+    with Session(engine) as db:
+        e = LlmUsageEvent
+        columns = (e.provider, e.model, e.run_id, e.phase_id, e.role, e.total_tokens, e.prompt_tokens)
+        doctor = (e.completion_tokens, e.is_doctor_call, e.doctor_model, e.doctor_action)
+        rows = [tuple(row) for row in db.execute(select(*columns, *doctor).order_by(e.id))]
+    engine.dispose()
+    return rows
+
+
+UPSTREAM_CALLS = [  # positional, as upstream Autopack's callers build them
+    # provider, model, run_id, phase_id, role, total_tokens, prompt_tokens, completion_tokens[, doctor fields]
+    ("openai", "gpt-4o", "run-1", "ph-1", "builder", 1_500, None, None),
+    ("anthropic", "claude-sonnet-4-5", "run-1", "ph-2", "auditor", 15_700, 12_500, 3_200),
+    ("anthropic", "claude-haiku-4-5", "run-2", None, "doctor", 900, 600, 300, True, "cheap", "retry_with_fix"),
+    ("google", "gemini-2.5-pro", None, None, "builder", 18_500, None, None),
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_upstream_positional_and_keyword_calls_store_the_numbers_they_mean(db, db_url):
+    for call in UPSTREAM_CALLS:
+        record_usage(db, UsageEventData(*call))
+    record_usage(  # upstream's keywords, all eight required there
+        db,
+        UsageEventData(
+            provider="openai",
+            model="gpt-4o-mini",
+            run_id="run-3",
+            phase_id="ph-9",
+            role="builder",
+            total_tokens=2_400,
+            prompt_tokens=2_000,
+            completion_tokens=400,
+            is_doctor_call=False,
+        ),
+    )
+    record_usage_total_only(  # upstream's service.usage_recording name and keywords
+        db, provider="openai", model="text-embedding-3-small", role="embedding", total_tokens=42, run_id="run-3"
+    )
+    assert stored_in_full(db_url) == [
+        ("openai", "gpt-4o", "run-1", "ph-1", "builder", 1_500, None, None, False, None, None),
+        ("anthropic", "claude-sonnet-4-5", "run-1", "ph-2", "auditor", 15_700, 12_500, 3_200, False, None, None),
+        ("anthropic", "claude-haiku-4-5", "run-2", None, "doctor", 900, 600, 300, True, "cheap", "retry_with_fix"),
+        ("google", "gemini-2.5-pro", None, None, "builder", 18_500, None, None, False, None, None),
+        ("openai", "gpt-4o-mini", "run-3", "ph-9", "builder", 2_400, 2_000, 400, False, None, None),
+        ("openai", "text-embedding-3-small", "run-3", None, "embedding", 42, None, None, False, None, None),
+    ]
+
+
+ORDER = (
+    "(UsageEventData's positional order is upstream Autopack's: provider, model, run_id, phase_id, role, "
+    "total_tokens, prompt_tokens, completion_tokens)"
+)
+OLD_ORDER_CALLS = [  # written for the order before issue 14: provider, model, role, prompt, completion, total, ...
+    (("openai", "gpt-4o", "builder", 8_400, 2_100, 10_500), {}, f"role must be a non-empty string, got 2100 {ORDER}"),
+    (("openai", "gpt-4o", "builder", 8_400, 2_100), {"run_id": "run-1"}, "got multiple values for argument 'run_id'"),
+    (("openai", "gpt-4o", "builder", None, None, 18_500), {}, f"role must be a non-empty string, got None {ORDER}"),
+    (("openai", "gpt-4o", "builder"), {"total_tokens": 5}, f"role must be a non-empty string, got None {ORDER}"),
+    (
+        ("openai", "gpt-4o", "builder", 0, 0, 0, "run-1", "ph-1"),
+        {},
+        f"role must be a non-empty string, got 0 {ORDER}",
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(("args", "kwargs", "message"), OLD_ORDER_CALLS)
+def test_a_call_in_the_old_positional_order_is_refused_not_stored_misread(db, db_url, args, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)) as refused:
+        record_usage(db, UsageEventData(*args, **kwargs))
+    assert refused.type is (TypeError if "multiple values" in message else ValueError)
+    assert stored_in_full(db_url) == []
+
+
 def test_the_readme_recording_example_runs_as_written(db_url):
     readme = (ROOT / "README.md").read_text()
     example = re.search(r"\*\*Record usage\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
@@ -120,6 +206,8 @@ def test_the_readme_recording_example_runs_as_written(db_url):
             ("openai", 8_400, 2_100, 10_500),
         ]
     engine.dispose()
+    positional = stored_in_full(db_url)[2]  # the example's UsageEventData, in upstream's positional order
+    assert positional == ("openai", "gpt-4o", "run-1", "ph-1", "builder", 10_500, 8_400, 2_100, False, None, None)
 
 
 def non_utc_session_engine(db_url):
@@ -151,7 +239,7 @@ def test_created_at_is_stored_in_utc_whatever_its_offset_or_the_session_time_zon
     engine = non_utc_session_engine(db_url)
     with Session(engine) as db:
         for given, _ in CREATED_AT:
-            record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=1, created_at=given))
+            record_usage(db, UsageEventData("openai", "gpt-4o", role="builder", total_tokens=1, created_at=given))
         db.add(LlmUsageEvent(provider="orm", model="m", role="r", total_tokens=1, created_at=CREATED_AT[0][0]))
         db.commit()
     with Session(create_engine(db_url)) as db:  # read back from a UTC session too
@@ -165,7 +253,7 @@ def test_created_at_is_stored_in_utc_whatever_its_offset_or_the_session_time_zon
 @pytest.mark.parametrize("created_at", ["2025-11-03 08:13", date(2025, 11, 3), 1_762_157_580])
 def test_a_created_at_that_is_not_a_datetime_is_refused(db, created_at):
     with pytest.raises(ValueError, match=r"^created_at must be a datetime \(aware, or naive UTC\) or None, got "):
-        record_usage(db, UsageEventData("openai", "gpt-4o", "builder", total_tokens=5, created_at=created_at))
+        record_usage(db, UsageEventData("openai", "gpt-4o", role="builder", total_tokens=5, created_at=created_at))
     assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
 
 
@@ -191,7 +279,7 @@ OVERFLOWING = [
 )
 def test_counts_the_integer_columns_cannot_hold_are_refused_alike_on_every_engine(db, values, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        record_usage(db, UsageEventData("openai", "gpt-4o", "builder", **values))
+        record_usage(db, UsageEventData("openai", "gpt-4o", role="builder", **values))
     assert db.scalar(select(func.count()).select_from(LlmUsageEvent)) == 0
     record_total_only_usage(db, provider="google", model="gemini-2.5-pro", role="builder", total_tokens=18_500)
     assert stored(db) == [("google", None, None, 18_500)]

@@ -1,7 +1,8 @@
 """NULL-safe usage aggregation for ``/dashboard/usage``.
 
 Totals are summed from ``total_tokens`` (so total-only events count in full); the splits are summed with
-NULL as 0. One SQL query per grouping: no Python loop over rows.
+NULL as 0. One SQL query per grouping: no Python loop over rows. Each provider's total is also given against
+the run token cap (``autopack.config``), as upstream Autopack does.
 """
 
 from datetime import datetime, timedelta
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
+from autopack.config import run_token_cap
 from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
 
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
@@ -40,7 +42,16 @@ def _sums():
     )
 
 
-def usage_by_provider(db: Session, period: str, now: datetime | None = None) -> list[dict]:
+def percent_of_cap(total_tokens: int, cap_tokens: int) -> float:
+    """``total_tokens`` as a percentage of the cap, not rounded or clamped (over 100 past the cap); 0.0 with no cap."""
+    return total_tokens / cap_tokens * 100 if cap_tokens > 0 else 0.0
+
+
+def usage_by_provider(
+    db: Session, period: str, now: datetime | None = None, cap_tokens: int | None = None
+) -> list[dict]:
+    """Sums per provider, each with ``cap_tokens`` (the configured run token cap unless given) and its percentage."""
+    cap = run_token_cap() if cap_tokens is None else cap_tokens
     start = period_start(period, now)
     query = (
         select(LlmUsageEvent.provider, *_sums())
@@ -48,7 +59,10 @@ def usage_by_provider(db: Session, period: str, now: datetime | None = None) -> 
         .group_by(LlmUsageEvent.provider)
         .order_by(LlmUsageEvent.provider)
     )
-    return [{**row._asdict(), "period": period} for row in db.execute(query)]
+    return [
+        {**row._asdict(), "period": period, "cap_tokens": cap, "percent_of_cap": percent_of_cap(row.total_tokens, cap)}
+        for row in db.execute(query)
+    ]
 
 
 def usage_by_model(db: Session, period: str, now: datetime | None = None) -> list[dict]:

@@ -16,7 +16,10 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from autopack.api_key import ApiKeyError, RefuseUnusableApiKey, configured_api_key
+from autopack.config import RunTokenCapError, run_token_cap
 from autopack.dashboard import PERIOD_DAYS, usage_by_model, usage_by_provider
+from autopack.dashboard_page import router as dashboard_page
+from autopack.dashboard_schemas import UsageResponse
 from autopack.database import get_db
 
 __all__ = ["app", "get_db"]
@@ -40,16 +43,23 @@ def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> N
 dashboard = APIRouter(prefix="/dashboard", dependencies=[Depends(require_api_key)])
 
 
-@dashboard.get("/usage")
+@dashboard.get("/usage", response_model=UsageResponse)
 def dashboard_usage(
     db: Annotated[Session, Depends(get_db)],
     period: Annotated[str, Query(description="day, week or month")] = "week",
-) -> dict:
+) -> UsageResponse:
+    """Token sums per provider (each against the run token cap) and per model over the last day, week or month."""
     if period not in PERIOD_DAYS:
         raise HTTPException(status_code=400, detail=f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
-    return {"providers": usage_by_provider(db, period), "models": usage_by_model(db, period)}
+    try:
+        cap = run_token_cap()
+    except RunTokenCapError as error:  # the operator's setting is wrong: say which, never a made-up cap
+        log.error("%s", error)
+        raise HTTPException(status_code=500, detail=str(error)) from None
+    return UsageResponse(providers=usage_by_provider(db, period, cap_tokens=cap), models=usage_by_model(db, period))
 
 
 app = FastAPI(title="Autopack usage dashboard")
 app.include_router(dashboard)
+app.include_router(dashboard_page)  # GET /dashboard (the page, no data) and /dashboard/usage/breakdown
 app.add_middleware(RefuseUnusableApiKey)

@@ -7,6 +7,7 @@ total: a split is never guessed.
 
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 from sqlalchemy import DateTime, Dialect, Integer, String, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -71,9 +72,19 @@ class LlmUsageEvent(Base):
         )
 
 
+# upstream Autopack's positional order, which callers written for it rely on
+POSITIONAL_ORDER = "provider, model, run_id, phase_id, role, total_tokens, prompt_tokens, completion_tokens"
+_ORDER_HINT = f" (UsageEventData's positional order is upstream Autopack's: {POSITIONAL_ORDER})"
+
+
 @dataclass(frozen=True)
 class UsageEventData:
     """One LLM call's usage as the provider reported it.
+
+    Fields are in upstream Autopack's positional order (provider, model, run_id, phase_id, role, total_tokens,
+    prompt_tokens, completion_tokens, then the doctor fields); ``created_at`` is ours, last. Every field after
+    ``model`` has a default so that keyword calls may leave out run_id and phase_id; ``role`` is still required
+    (``None`` is refused when the event is recorded).
 
     Give both splits (an exact split; ``total_tokens`` may be given too and must equal their sum), or
     neither split and a ``total_tokens`` > 0 (total-only). A single split is refused: which share the
@@ -82,12 +93,12 @@ class UsageEventData:
 
     provider: str
     model: str
-    role: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
     run_id: str | None = None
     phase_id: str | None = None
+    role: str | None = None
+    total_tokens: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     is_doctor_call: bool = False
     doctor_model: str | None = None
     doctor_action: str | None = None
@@ -97,8 +108,15 @@ class UsageEventData:
         """This record with its total filled in, or ``ValueError`` saying what is wrong."""
         for name in ("provider", "model", "role"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str):  # a call in the old positional order leaves role None or a count
+                hint = _ORDER_HINT if name == "role" else ""
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}{hint}")
+            if not value.strip():
                 raise ValueError(f"{name} must be a non-empty string")
+        for name in ("run_id", "phase_id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or None, got {value!r}{_ORDER_HINT}")
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -154,18 +172,56 @@ def record_usage(db: Session, data: UsageEventData) -> LlmUsageEvent:
     return event
 
 
+class EventDetails(TypedDict, total=False):
+    """What else an event may carry, by keyword, besides its provider, model, role and tokens."""
+
+    run_id: str | None
+    phase_id: str | None
+    is_doctor_call: bool
+    doctor_model: str | None
+    doctor_action: str | None
+    created_at: datetime | None
+
+
 def record_exact_usage(
-    db: Session, *, provider: str, model: str, role: str, prompt_tokens: int, completion_tokens: int, **extra
+    db: Session,
+    *,
+    provider: str,
+    model: str,
+    role: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    **details: Unpack[EventDetails],
 ) -> LlmUsageEvent:
     """Record a call whose provider reported both splits."""
     splits = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    return record_usage(db, UsageEventData(provider=provider, model=model, role=role, **splits, **extra))
+    return record_usage(db, UsageEventData(provider=provider, model=model, role=role, **splits, **details))
 
 
 def record_total_only_usage(
-    db: Session, *, provider: str, model: str, role: str, total_tokens: int, **extra
+    db: Session, *, provider: str, model: str, role: str, total_tokens: int, **details: Unpack[EventDetails]
 ) -> LlmUsageEvent:
     """Record a call whose provider reported only a total: splits stay NULL."""
     return record_usage(
-        db, UsageEventData(provider=provider, model=model, role=role, total_tokens=total_tokens, **extra)
+        db, UsageEventData(provider=provider, model=model, role=role, total_tokens=total_tokens, **details)
+    )
+
+
+def record_usage_total_only(
+    db: Session,
+    *,
+    provider: str,
+    model: str,
+    role: str,
+    total_tokens: int,
+    run_id: str | None = None,
+    phase_id: str | None = None,
+) -> LlmUsageEvent:
+    """:func:`record_total_only_usage` under upstream Autopack's name and signature (its ``service.usage_recording``).
+
+    Unlike upstream's, it returns the stored row and raises on bad input or a failed commit (nothing written)
+    rather than returning a success flag.
+    """
+    return record_total_only_usage(
+        db, provider=provider, model=model, role=role, total_tokens=total_tokens, run_id=run_id, phase_id=phase_id
     )

@@ -1,0 +1,31 @@
+"""The shape of ``GET /dashboard/usage``: upstream Autopack's ``dashboard_schemas`` plus our ``events`` counts."""
+
+from pydantic import BaseModel, Field
+
+
+class ProviderUsage(BaseModel):
+    provider: str
+    period: str = Field(description="day, week or month: the window these sums cover")
+    prompt_tokens: int = Field(description="sum of prompt_tokens, NULL (total-only events) counted as 0")
+    completion_tokens: int = Field(description="sum of completion_tokens, NULL (total-only events) counted as 0")
+    total_tokens: int = Field(description="sum of total_tokens: total-only events count in full")
+    cap_tokens: int = Field(description="the run token cap (AUTOPACK_RUN_TOKEN_CAP, default 5000000); 0 = no cap")
+    percent_of_cap: float = Field(
+        description="total_tokens / cap_tokens * 100, not rounded and not clamped (over 100 past the cap); "
+        "0.0 when cap_tokens is 0"
+    )
+    events: int = Field(description="number of usage events in the period")
+
+
+class ModelUsage(BaseModel):
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    events: int
+
+
+class UsageResponse(BaseModel):
+    providers: list[ProviderUsage] = Field(description="one row per provider, sorted by provider")
+    models: list[ModelUsage] = Field(description="one row per (provider, model), sorted by provider then model")
