@@ -17,6 +17,7 @@ from autopack.migrations.connection import (
     sqlite_foreign_key_check,
 )
 from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_stop_leaves
+from autopack.migrations.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
 from autopack.migrations.offline_scripts import script_timeouts
 from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
@@ -59,12 +60,26 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     leaves = what_a_stop_leaves(parse_url(database_url()).get_backend_name(), options.online)
-    with interrupts_in_one_sentence(leaves), migration_connection(config, database_url(), options) as connection:
-        configure(connection.dialect.name, connection=connection)
+    changes = command_name() in ("upgrade", "downgrade", "stamp")  # `alembic current` never waits for the lock
+    with (
+        interrupts_in_one_sentence(leaves),
+        migration_connection(config, database_url(), options) as connection,
+        one_migrator_at_a_time(connection, options, changes),  # then the revision is read: another may have finished
+    ):
+        applied: list[str] = []
+        configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
         require_known_revisions(context.script, context.get_context().get_current_heads())
         with context.begin_transaction():
             context.run_migrations()
             sqlite_foreign_key_check(connection)
+        if changes:
+            say_if_nothing_was_done(applied, context.get_context().get_current_heads())
+
+
+def command_name() -> str | None:
+    """The Alembic command running: from the command line, or set by ``autopack.database.init_db``."""
+    command = getattr(config.cmd_opts, "cmd", (None,))[0]
+    return command.__name__ if command is not None else config.attributes.get("command")
 
 
 if context.is_offline_mode():

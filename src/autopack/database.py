@@ -1,4 +1,4 @@
-"""Database wiring: the declarative ``Base``, ``engine``, ``SessionLocal`` and ``get_db``.
+"""Database wiring: the declarative ``Base``, ``engine``, ``SessionLocal``, ``get_db`` and ``init_db``.
 
 The URL comes from ``DATABASE_URL`` (default ``sqlite:///autopack.db``), the same rule the Alembic
 ``env.py`` follows, so the application and its migrations always talk to the same database.
@@ -9,6 +9,7 @@ parses the URL nor builds an engine.
 import os
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.engine import URL, make_url
@@ -74,3 +75,27 @@ def get_db() -> Iterator[Session]:
         yield db
     finally:
         db.close()
+
+
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"  # the migrations tree of this checkout
+
+
+def init_db() -> None:
+    """Bring the database named by ``DATABASE_URL`` to head with this tree's migrations, as Autopack's start-up does.
+
+    The same code path as ``alembic upgrade head`` (its report goes to the ``alembic.build144`` logger; the
+    application's logging configuration is left alone), never ``create_all()`` on a database Alembic owns. Several
+    processes calling it at once are safe: env.py holds a migration lock for the whole run (PostgreSQL advisory
+    lock, MariaDB ``GET_LOCK``, SQLite's exclusive transaction), and a process that waited for it finds head and
+    does nothing. A migration that cannot run raises ``alembic.util.CommandError`` with one sentence.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
+    if not ALEMBIC_INI.is_file():
+        raise CommandError(f"init_db() needs the migrations tree beside the package: {ALEMBIC_INI} is missing.")
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["configure_logger"] = False
+    config.attributes["command"] = "upgrade"
+    command.upgrade(config, "head")

@@ -41,6 +41,7 @@ class Options:
     max_replica_lag: str = "1.5s"  # "off": wait for no replica
     max_replica_lag_bytes: int = 64 * 2**20
     replica_wait_max: str = "10min"
+    migration_lock_wait: str = "1h"  # PostgreSQL, MariaDB: how long to wait while another migration runs
 
     @property
     def rows_per_batch(self) -> int:
@@ -114,6 +115,7 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "online_lock_timeout": (_interval, "a duration from 1ms to 24d such as 500ms or 2s"),
     "online_retries": (_positive_int, "a whole number from 1 to 2147483647"),
     "progress_every": (_non_negative_number, "seconds >= 0 (0: a line per batch)"),
+    "migration_lock_wait": (_interval, "a duration from 1ms to 24d such as 30min or 2h"),
     "batch_pause": (_interval, "a duration from 1ms to 24d such as 50ms"),
     "batch_seconds": (_interval, "a duration from 1ms to 24d such as 0.5s (a target per batch)"),
     "max_replica_lag": (_lag, "a duration such as 1.5s, or off to wait for no replica"),
