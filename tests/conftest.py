@@ -9,6 +9,7 @@ tests skip with a reason, except under ``CI=true``, where they fail.
 """
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,23 @@ def unavailable(reason: str, how: str = "pip install pgserver, or set AUTOPACK_T
     pytest.skip(f"{reason} ({how})")
 
 
+def start_pgserver(tmp_path_factory: pytest.TempPathFactory, attempts: int = 3):
+    """A pgserver PostgreSQL, or the reason none would start. A start can time out on a loaded machine (the whole
+    session's tests on that server would then error): it is tried again in a fresh folder before giving up."""
+    reason = ""
+    for _ in range(attempts):
+        try:
+            import pgserver
+
+            return pgserver.get_server(tmp_path_factory.mktemp("pgserver"), cleanup_mode="stop")
+        except ImportError as e:
+            return f"pgserver could not start a PostgreSQL server: {type(e).__name__}: {e}"
+        except Exception as e:  # a server that will not start: one reason, not a traceback
+            reason = f"pgserver could not start a PostgreSQL server ({attempts} attempts): {type(e).__name__}: {e}"
+            time.sleep(2)
+    return reason
+
+
 @pytest.fixture(scope="session")
 def pg_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, URL | str]]:
     """Server label -> admin URL, started lazily; a server that cannot be had maps to the reason why."""
@@ -40,12 +58,9 @@ def pg_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, U
         if spec != "pgserver":
             servers[backend] = make_url(spec)
             continue
-        try:
-            import pgserver
-
-            server = pgserver.get_server(tmp_path_factory.mktemp("pgserver"), cleanup_mode="stop")
-        except Exception as e:  # a missing package or a server that will not start: one reason, not a traceback
-            servers[backend] = f"pgserver could not start a PostgreSQL server: {type(e).__name__}: {e}"
+        server = start_pgserver(tmp_path_factory)
+        if isinstance(server, str):
+            servers[backend] = server
             continue
         started.append(server)
         servers[backend] = make_url(server.get_uri())

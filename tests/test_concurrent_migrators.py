@@ -66,7 +66,7 @@ def four_at_once(url, command: list[str]) -> list[tuple[int, str]]:
         elif dialect == "sqlite":
             holder.exec_driver_sql("BEGIN EXCLUSIVE")
         else:
-            holder.execute(text("SELECT GET_LOCK('autopack_migrations', 10)"))
+            holder.execute(text("SELECT GET_LOCK(CONCAT('autopack_migrations:', DATABASE()), 10)"))
         migrators = [Migrator(url, command) for _ in range(4)]
         if dialect == "sqlite":
             time.sleep(3)  # each opens its BEGIN EXCLUSIVE and waits (busy_timeout 10 s)
@@ -79,7 +79,7 @@ def four_at_once(url, command: list[str]) -> list[tuple[int, str]]:
                     text(
                         "SELECT pg_advisory_unlock(:k)"
                         if dialect == "postgresql"
-                        else "SELECT RELEASE_LOCK('autopack_migrations')"
+                        else "SELECT RELEASE_LOCK(CONCAT('autopack_migrations:', DATABASE()))"
                     ),
                     {"k": PG_KEY},
                 )

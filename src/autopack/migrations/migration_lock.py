@@ -23,7 +23,8 @@ from autopack.migrations.options import Options, interval_seconds
 log = logging.getLogger("alembic.build144")
 
 PG_KEY = 0x4155544F5041434B  # 'AUTOPACK': the advisory lock key upstream Autopack's init_db uses
-MARIADB_NAME = "autopack_migrations"
+# MariaDB's lock names are server-wide: one per database, so that two Autopack databases migrate side by side
+MARIADB_NAME = "CONCAT('autopack_migrations:', DATABASE())"
 POLL_S = 0.5
 SAY_EVERY_S = 10.0
 PG_HOLDER = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :low AND classid = :high"
@@ -39,9 +40,9 @@ def one_migrator_at_a_time(connection: sa.Connection, options: Options, changes:
     take, release = (
         ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
         if dialect == "postgresql"
-        else ("SELECT GET_LOCK(:name, 0)", "SELECT RELEASE_LOCK(:name)")
+        else (f"SELECT GET_LOCK({MARIADB_NAME}, 0)", f"SELECT RELEASE_LOCK({MARIADB_NAME})")
     )
-    names = {"key": PG_KEY, "name": MARIADB_NAME}
+    names = {"key": PG_KEY} if dialect == "postgresql" else {}
     started, last_said = time.monotonic(), None
     limit = interval_seconds(options.migration_lock_wait)
     while not connection.execute(sa.text(take), names).scalar():
@@ -75,7 +76,7 @@ def holder(connection: sa.Connection) -> str:
         pids = connection.execute(sa.text(PG_HOLDER), {"low": PG_KEY & 0xFFFFFFFF, "high": PG_KEY >> 32}).scalars()
         found = ", ".join(str(pid) for pid in pids)
         return f"held by backend pid {found} (pg_stat_activity)" if found else "held by another session"
-    found = connection.execute(sa.text("SELECT IS_USED_LOCK(:name)"), {"name": MARIADB_NAME}).scalar()
+    found = connection.execute(sa.text(f"SELECT IS_USED_LOCK({MARIADB_NAME})")).scalar()
     return f"held by connection {found} (SHOW PROCESSLIST)" if found else "held by another session"
 
 
