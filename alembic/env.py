@@ -66,7 +66,7 @@ def run_migrations_online() -> None:
         migration_connection(config, database_url(), options) as connection,
         one_migrator_at_a_time(connection, options, changes),  # then the revision is read: another may have finished
     ):
-        applied: list[str] = []
+        applied: list[dict] = []
         configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
         require_known_revisions(context.script, context.get_context().get_current_heads())
         with context.begin_transaction():

@@ -5,12 +5,19 @@ file's trailing newline; HTTP strips it from headers too), and what is left must
 visible ASCII characters only, the characters an ``X-API-Key`` header carries unchanged.
 """
 
+import logging
 import os
 import re
+import secrets
+from typing import Annotated
 
+from fastapi import HTTPException, Security
+from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ENV = "AUTOPACK_API_KEY"
+log = logging.getLogger("uvicorn.error")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
@@ -56,3 +63,16 @@ class RefuseUnusableApiKey:
                 await send({"type": "lifespan.startup.failed", "message": str(error)})
                 return
         await self.app(scope, receive, send)
+
+
+def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
+    """The rule of every ``/dashboard`` data route: the configured key in ``X-API-Key``, or 401; no key set, open."""
+    try:
+        expected = configured_api_key()
+    except ApiKeyError as error:  # only reachable when start-up was skipped (--lifespan off): never serve data
+        log.error("%s", error)
+        raise HTTPException(
+            status_code=500, detail="the server's AUTOPACK_API_KEY is unusable: see the server log"
+        ) from None
+    if expected is not None and not (given and secrets.compare_digest(given.encode(), expected.encode())):
+        raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")

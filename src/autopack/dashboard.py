@@ -6,7 +6,9 @@ the run token cap (``autopack.config``), as upstream Autopack does.
 """
 
 from datetime import datetime, timedelta
+from typing import Annotated
 
+from fastapi import HTTPException, Query
 from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
@@ -14,6 +16,13 @@ from autopack.config import run_token_cap
 from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
 
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
+
+
+def known_period(period: Annotated[str, Query(description="day, week or month")] = "week") -> str:
+    """The ``period`` query parameter of every dashboard route: 400 in one sentence when it is not a known one."""
+    if period not in PERIOD_DAYS:
+        raise HTTPException(status_code=400, detail=f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
+    return period
 
 
 def period_start(period: str, now: datetime | None = None) -> datetime:

@@ -18,14 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Security
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
-from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from sqlalchemy import BigInteger, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 
-from autopack.dashboard import PERIOD_DAYS, period_start
+from autopack.api_key import require_api_key
+from autopack.dashboard import PERIOD_DAYS, known_period, period_start
 from autopack.database import get_db
 from autopack.usage_recorder import LlmUsageEvent, utcnow
 
@@ -46,16 +46,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
-    """The rule of every other ``/dashboard`` route: ``autopack.main.require_api_key``, looked up when a request
-    comes (``main`` includes this module's router, so importing ``main`` here would be circular)."""
-    from autopack.main import require_api_key as main_rule
-
-    main_rule(given)
 
 
 class TokenShares(BaseModel):
@@ -144,8 +134,7 @@ def dashboard_page() -> HTMLResponse:
 @router.get("/dashboard/usage/breakdown", dependencies=[Depends(require_api_key)])
 def dashboard_usage_breakdown(
     db: Annotated[Session, Depends(get_db)],
-    period: Annotated[str, Query(description="day, week or month")] = "week",
+    period: Annotated[str, Depends(known_period)],
 ) -> UsageBreakdown:
-    if period not in PERIOD_DAYS:
-        raise HTTPException(status_code=400, detail=f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")
+    """Per provider and per UTC day: all tokens, those recorded as an exact split and those recorded total-only."""
     return usage_breakdown(db, period)

@@ -78,9 +78,10 @@ def verify(connection: Connection) -> Verification:
     found = connection.execute(survey(verify=True)).one()
     share = f" ({100 * found.positive / found.rows:.1f}%)" if found.rows else ""
     stamped = stamped_revisions(connection)
+    trigger_on = fill_trigger.installed(connection)
     # an upgrade that stopped after its schema change (revision ids are zero-padded: a later one sorts after)
     unfinished = stamped is not None and not any(r >= "0002" for r in stamped)
-    if unfinished and fill_trigger.installed(connection):  # an online upgrade stopped: resume it online
+    if unfinished and trigger_on:  # an online upgrade stopped: resume it online
         fix = (
             "re-run 'alembic -x online=true upgrade head' to resume the online upgrade that stopped (without "
             "-x online=true it would finish in one blocking transaction)"
@@ -116,7 +117,7 @@ def verify(connection: Connection) -> Verification:
         ),
     ]
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
-    if fill_trigger.installed(connection):
+    if trigger_on:
         warnings.append(
             "the online upgrade's fill trigger is still on llm_usage_events (pre-BUILD-144 writers get right "
             f"totals): once every instance runs BUILD-144 code, {REFILL}"

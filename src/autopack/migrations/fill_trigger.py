@@ -18,7 +18,9 @@ from autopack.migrations.usage_table import EARLIER_FILL_TRIGGER, FILL_TRIGGER, 
 MARIADB_TRIGGERS = (f"{FILL_TRIGGER}_on_insert", f"{FILL_TRIGGER}_on_update")
 # every name the trigger has had, per engine: each is recognised as ours, dropped, and never an operator's object
 PG_NAMES = (FILL_TRIGGER, EARLIER_FILL_TRIGGER)
-MARIADB_NAMES = (*MARIADB_TRIGGERS, f"{EARLIER_FILL_TRIGGER}_on_insert", f"{EARLIER_FILL_TRIGGER}_on_update")
+EARLIER_MARIADB_TRIGGERS = (f"{EARLIER_FILL_TRIGGER}_on_insert", f"{EARLIER_FILL_TRIGGER}_on_update")
+MARIADB_NAMES = (*MARIADB_TRIGGERS, *EARLIER_MARIADB_TRIGGERS)
+PG_DROP_TRIGGERS = [f"DROP TRIGGER IF EXISTS {name} ON {TABLE}" for name in PG_NAMES]
 
 # the backfill rule (backfill_rule.new_total) for one row: a split is set and the writer left the total as it was
 PG_FUNCTION = f"""
@@ -48,10 +50,7 @@ MARIADB_CONDITIONS = {
 
 def drop_statements(dialect: str) -> list[str]:
     if dialect == "postgresql":
-        return [
-            *(f"DROP TRIGGER IF EXISTS {name} ON {TABLE}" for name in PG_NAMES),
-            *(f"DROP FUNCTION IF EXISTS {name}()" for name in PG_NAMES),
-        ]
+        return [*PG_DROP_TRIGGERS, *(f"DROP FUNCTION IF EXISTS {name}()" for name in PG_NAMES)]
     if dialect in ("mysql", "mariadb"):
         return [f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_NAMES]
     return []
@@ -65,7 +64,7 @@ def create_statements(dialect: str) -> list[str]:
     if dialect == "postgresql":
         return [
             PG_FUNCTION,
-            *(f"DROP TRIGGER IF EXISTS {name} ON {TABLE}" for name in PG_NAMES),
+            *PG_DROP_TRIGGERS,
             f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} "
             f"FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
             f"DROP FUNCTION IF EXISTS {EARLIER_FILL_TRIGGER}()",
@@ -76,7 +75,7 @@ def create_statements(dialect: str) -> list[str]:
             f"IF({MARIADB_CONDITIONS[event]}, {MARIADB_SUM}, NEW.total_tokens)"
             for name, event in zip(MARIADB_TRIGGERS, MARIADB_CONDITIONS, strict=True)
         ),
-        *(f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_NAMES[2:]),
+        *(f"DROP TRIGGER IF EXISTS {name}" for name in EARLIER_MARIADB_TRIGGERS),
     ]
 
 

@@ -56,13 +56,16 @@ def interrupts_in_one_sentence(leaves: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+MARIADB_RUNS_ON = "a statement MariaDB was running goes on until it ends (SHOW PROCESSLIST)"
+
+
 def what_a_stop_leaves(dialect: str, online: bool) -> str:
     """Before the revision says better: the default mode's one transaction rolls back; otherwise what committed
     stays and a re-run finishes."""
     if dialect in ("mysql", "mariadb"):
         return (
-            "what MariaDB already committed (its DDL commits at once) stays and the revision is unchanged; a statement "
-            "it was running goes on until it ends (SHOW PROCESSLIST): re-running the same command finishes"
+            "what MariaDB already committed (its DDL commits at once) stays and the revision is unchanged; "
+            f"{MARIADB_RUNS_ON}: re-running the same command finishes"
         )
     if online:
         return "the steps already committed stay and the revision is unchanged: re-running the same command finishes"

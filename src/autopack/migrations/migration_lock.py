@@ -2,12 +2,13 @@
 
 Why. Several Autopack instances starting together each call ``init_db()``, and two operators may type
 ``alembic upgrade head`` at once. Without a lock both read revision 0001 and both migrate: the second fails
-midway, or (online mode, which commits as it goes) both backfill the same rows. So every online command first
-takes a lock that lives as long as its session, not its transaction (the online mode commits between batches):
-PostgreSQL's ``pg_advisory_lock`` on upstream Autopack's key, MariaDB's ``GET_LOCK``. A second migrator waits
-for it, saying so, and then reads the revision afresh: the first has finished, so Alembic finds head and does
-nothing (env.py logs that). SQLite needs no lock of its own: every migration holds ``BEGIN EXCLUSIVE`` and
-reads the revision inside it (a second migrator waits up to ``-x busy_timeout``).
+midway, or (online mode, which commits as it goes) both backfill the same rows. So every command that changes
+the database (upgrade, downgrade, stamp) first takes a lock that lives as long as its session, not its
+transaction (the online mode commits between batches): PostgreSQL's ``pg_advisory_lock`` on upstream
+Autopack's key, MariaDB's ``GET_LOCK``. A second migrator waits for it, saying so, and then reads the
+revision afresh: the first has finished, so Alembic finds head and does nothing (env.py logs that). SQLite
+needs no lock of its own: every migration holds ``BEGIN EXCLUSIVE`` and reads the revision inside it (a
+second migrator waits up to ``-x busy_timeout``).
 """
 
 import logging
@@ -27,7 +28,11 @@ PG_KEY = 0x4155544F5041434B  # 'AUTOPACK': the advisory lock key upstream Autopa
 MARIADB_NAME = "CONCAT('autopack_migrations:', DATABASE())"
 POLL_S = 0.5
 SAY_EVERY_S = 10.0
-PG_HOLDER = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :low AND classid = :high"
+# advisory locks are per database, like the lock itself: a holder in another database is not ours
+PG_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :low AND classid = :high "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 @contextmanager
@@ -80,7 +85,7 @@ def holder(connection: sa.Connection) -> str:
     return f"held by connection {found} (SHOW PROCESSLIST)" if found else "held by another session"
 
 
-def say_if_nothing_was_done(applied: list, heads: tuple[str, ...]) -> None:
+def say_if_nothing_was_done(applied: list[dict], heads: tuple[str, ...]) -> None:
     """A run that applied no revision says so, with the revision found (another migrator may have done it)."""
     if not applied:
         log.info("Nothing to do: the database is already at %s", ", ".join(heads) or "no revision")

@@ -115,11 +115,15 @@ def with_lock_retries(connection, statements: list, options: Options, changed: s
         finally:
             if not postgresql:
                 connection.exec_driver_sql(f"SET SESSION lock_wait_timeout = {usual}")
-    where = "see pg_stat_activity" if postgresql else "see SHOW PROCESSLIST"
     raise CommandError(
         f"Could not lock {TABLE} within online_lock_timeout={waited(connection, options)} in "
-        f"{options.online_retries} attempts: a long transaction holds it ({where}); {changed}."
+        f"{options.online_retries} attempts: a long transaction holds it ({where_to_look(connection)}); {changed}."
     )
+
+
+def where_to_look(connection) -> str:
+    """Where the operator sees the session that holds the lock."""
+    return "see pg_stat_activity" if connection.dialect.name == "postgresql" else "see SHOW PROCESSLIST"
 
 
 def waited(connection, options: Options) -> str:
@@ -169,10 +173,10 @@ def retrying_batches(connection, options: Options) -> Callable[[sa.Executable, d
                 if attempt < options.online_retries:
                     log.info("      batch met %s (attempt %d), retrying", met, attempt)
                     time.sleep(min(0.2 * attempt, 2.0))
-        where = "see pg_stat_activity" if connection.dialect.name == "postgresql" else "see SHOW PROCESSLIST"
         raise CommandError(
             f"A backfill batch met {met} in each of {options.online_retries} attempts (waiting at most "
-            f"{waited(connection, options)} each time): an application transaction holds rows of {TABLE} ({where}); "
+            f"{waited(connection, options)} each time): an application transaction holds rows of {TABLE} "
+            f"({where_to_look(connection)}); "
             f"the batches done so far are committed, {RESUMES}."
         )
 

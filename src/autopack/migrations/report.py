@@ -14,7 +14,7 @@ from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import explained_by_the_environment, first_line
-from autopack.migrations.interrupts import Interrupted, signal_name
+from autopack.migrations.interrupts import MARIADB_RUNS_ON, Interrupted, signal_name
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import TABLE
 
@@ -87,10 +87,6 @@ def failures_in_one_sentence(plan: Plan, hooks: list[tuple[str, bool]], step: st
             raise
         raise CommandError(failed_midway(error, hooks, plan, step)) from None
     except KeyboardInterrupt as interrupt:
-        running = (
-            " (a statement MariaDB was running goes on until it ends: SHOW PROCESSLIST)"
-            if plan.dialect in ("mysql", "mariadb")
-            else ""
-        )
+        running = f" ({MARIADB_RUNS_ON})" if plan.dialect in ("mysql", "mariadb") else ""
         after = what_a_failure_leaves(plan, step)
         raise Interrupted(f"Stopped on {signal_name(interrupt)} while changing {TABLE}{running}: {after}.") from None
