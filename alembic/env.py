@@ -36,7 +36,7 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:
 
 
 def configure(dialect: str, **kwargs) -> None:
-    require_mode_fits(options, dialect, offline=context.is_offline_mode())
+    require_mode_fits(options, dialect, offline=context.is_offline_mode(), command=command_name())
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=True,
@@ -44,6 +44,9 @@ def configure(dialect: str, **kwargs) -> None:
         compare_server_default=True,
         include_object=include_object,
         transactional_ddl=True if dialect == "sqlite" else None,  # SQLite: made real by migration_connection
+        # MariaDB commits DDL at once: a downgrade past 0003 stamps 0002 as its index goes, so that a 0002 downgrade
+        # refused after it leaves the revision saying what the table holds
+        transaction_per_migration=dialect in ("mysql", "mariadb") and command_name() == "downgrade",
         **kwargs,
     )
 

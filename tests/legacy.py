@@ -17,8 +17,9 @@ STATES = ("pre_build144", "splits_nullable", "old_script", "create_all_build144"
 Varchar = String().with_variant(String(255), "mysql", "mariadb")
 
 
-def old_model(*, splits_nullable: bool, total_tokens: bool) -> MetaData:
-    """``llm_usage_events`` as an old Autopack model declared it (default naming, no server defaults)."""
+def old_model(*, splits_nullable: bool, total_tokens: bool, doctor_index: bool = False) -> MetaData:
+    """``llm_usage_events`` as an old Autopack model declared it (default naming, no server defaults); a later
+    model also indexes ``is_doctor_call`` (``ix_llm_usage_events_is_doctor_call``)."""
     metadata = MetaData()
     columns = [
         Column("id", Integer, primary_key=True, index=True),
@@ -30,7 +31,7 @@ def old_model(*, splits_nullable: bool, total_tokens: bool) -> MetaData:
         Column("prompt_tokens", Integer, nullable=splits_nullable),
         Column("completion_tokens", Integer, nullable=splits_nullable),
         Column("created_at", DateTime, nullable=False, default=datetime.utcnow, index=True),
-        Column("is_doctor_call", Boolean, nullable=False, default=False),
+        Column("is_doctor_call", Boolean, nullable=False, default=False, index=doctor_index),
         Column("doctor_model", Varchar, nullable=True),
         Column("doctor_action", Varchar, nullable=True),
     ]
@@ -72,7 +73,7 @@ def build(url: URL, state: str, rows: list[tuple] | None = None) -> None:
         "pre_build144": old_model(splits_nullable=False, total_tokens=False),
         "splits_nullable": old_model(splits_nullable=True, total_tokens=False),
         "old_script": old_model(splits_nullable=False, total_tokens=False),
-        "create_all_build144": old_model(splits_nullable=True, total_tokens=True),
+        "create_all_build144": old_model(splits_nullable=True, total_tokens=True, doctor_index=True),
     }[state]
     Table("projects", metadata, Column("id", Integer, primary_key=True), Column("name", Varchar, nullable=False))
     Table(

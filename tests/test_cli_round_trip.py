@@ -12,13 +12,13 @@ def current(url) -> str:
 def test_upgrade_downgrade_upgrade_check_on_a_new_database(db_url):
     up = alembic(db_url, "upgrade", "head")
     assert "Running upgrade  -> 0001" in up.stderr and "Running upgrade 0001 -> 0002" in up.stderr
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
     columns = columns_of(db_url)
     assert columns["total_tokens"]["nullable"] is False
     assert str(columns["total_tokens"]["default"]).strip("'()") == "0"
     assert columns["prompt_tokens"]["nullable"] and columns["completion_tokens"]["nullable"]
 
-    down = alembic(db_url, "downgrade", "-1")
+    down = alembic(db_url, "downgrade", "0001")
     assert "Running downgrade 0002 -> 0001" in down.stderr
     assert current(db_url) == "0001"
     columns = columns_of(db_url)
@@ -26,7 +26,7 @@ def test_upgrade_downgrade_upgrade_check_on_a_new_database(db_url):
     assert not columns["prompt_tokens"]["nullable"] and not columns["completion_tokens"]["nullable"]
 
     alembic(db_url, "upgrade", "head")
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
     check = alembic(db_url, "check")
     assert "No new upgrade operations detected." in check.stdout
 
@@ -52,6 +52,6 @@ def test_cli_upgrade_of_a_baseline_database_with_rows(db_url):
             text("UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL WHERE id = 1")
         )
     engine.dispose()
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url)[1] == (None, None, 150)

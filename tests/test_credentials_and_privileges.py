@@ -54,7 +54,7 @@ def autopack(url: str, *args: str) -> tuple[int, str]:
     ],
 )
 @pytest.mark.parametrize(
-    "command", [("upgrade", "head"), ("downgrade", "-1"), ("current",), ("upgrade", "head", "--sql")]
+    "command", [("upgrade", "head"), ("downgrade", "0001"), ("current",), ("upgrade", "head", "--sql")]
 )
 def test_no_command_prints_a_password_wherever_the_url_carries_it(url, command):
     status, printed = everything_printed(url, *command)
@@ -91,7 +91,7 @@ def test_the_application_role_gets_one_sentence_on_a_postgresql_downgrade(db_url
     seeded(db_url)
     alembic(db_url, "upgrade", "head")
     before = token_rows(db_url)
-    _application_role_fails(db_url, [], "downgrade", "-1")
+    _application_role_fails(db_url, [], "downgrade", "0001")
     assert token_rows(db_url) == before
 
 

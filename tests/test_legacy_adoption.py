@@ -6,6 +6,8 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine, inspect,
 from legacy import STATES, Varchar, build, expected_total
 from support import alembic, table_names
 
+DOCTOR_INDEX = "ix_llm_usage_events_is_doctor_call"
+
 DETECTED = {
     "pre_build144": "pre-BUILD-144 (splits NOT NULL, no total_tokens)",
     "splits_nullable": "intermediate release (splits nullable, no total_tokens)",
@@ -58,7 +60,11 @@ def test_legacy_database_upgrades_downgrades_and_upgrades_losing_nothing(db_url,
     assert upgraded["events"].keys() == legacy["events"].keys()
     for kept in ("projects", "annotations", "child_fks", "view"):
         assert upgraded[kept] == legacy[kept]
-    assert upgraded["indexes"] == legacy["indexes"]  # the operator's ix_ops_provider_created included
+    # the operator's ix_ops_provider_created included; 0003 builds the is_doctor_call index, or adopts the one a
+    # later Autopack's create_all() made (the create_all_build144 state has it)
+    assert upgraded["indexes"] == {**legacy["indexes"], DOCTOR_INDEX: ["is_doctor_call"]}
+    adopted = f"Index: {DOCTOR_INDEX} already there (adopted)" in up.stderr
+    assert adopted == (DOCTOR_INDEX in legacy["indexes"]) == (state == "create_all_build144")
     assert upgraded["columns"]["total_tokens"] is False
     assert upgraded["columns"]["prompt_tokens"] and upgraded["columns"]["completion_tokens"]
     assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
@@ -72,7 +78,7 @@ def test_legacy_database_upgrades_downgrades_and_upgrades_losing_nothing(db_url,
             or r["total_tokens"] != r["prompt_tokens"] + r["completion_tokens"]
         )
     ]
-    down = alembic(db_url, "downgrade", "-1")
+    down = alembic(db_url, "downgrade", "0001")
     if need_keeping:
         assert f"Set aside {len(need_keeping)} rows" in down.stderr
     else:
@@ -183,7 +189,7 @@ def test_a_definition_the_in_place_edit_does_not_recognise_is_rebuilt_keeping_ev
         assert connection.execute(text("SELECT event_id FROM audit")).all() == [(3,)]  # the trigger still fires
     engine.dispose()
 
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     engine = create_engine(db_url)
     with engine.connect() as connection:

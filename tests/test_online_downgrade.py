@@ -79,8 +79,8 @@ def test_the_online_downgrade_gives_the_default_downgrades_rows_and_round_trips(
     for url in (online, default):
         at_head(url)
     upgraded = token_rows(online)
-    log = alembic(online, "-x", "online=true", "downgrade", "-1").stderr
-    alembic(default, "downgrade", "-1")
+    log = alembic(online, "-x", "online=true", "downgrade", "0001").stderr
+    alembic(default, "downgrade", "0001")
     assert "NOT VALID CHECKs" in log and "Validated" in log and "the CHECKs prove it: no scan" in log, log
     assert everything(online) == everything(default)
     assert build144_checks(online) == []
@@ -103,7 +103,7 @@ def test_a_table_with_nothing_to_set_aside_leaves_no_set_aside_table(db_url):
         ],
     )
     alembic(db_url, "upgrade", "head")
-    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    alembic(db_url, "-x", "online=true", "downgrade", "0001")
     assert everything(db_url)[1] == [] and build144_checks(db_url) == []
     assert [r[:2] for r in token_rows(db_url).values()] == [(i, 1) for i in range(5)]
 
@@ -117,13 +117,13 @@ def test_a_failure_midway_drops_the_checks_stays_at_0002_and_a_rerun_finishes(db
         "$$ BEGIN RAISE EXCEPTION 'usage events are append-only'; END $$",
         "CREATE TRIGGER append_only BEFORE UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION forbid_update()",
     )
-    message = fails(db_url, "-x", "online=true", "downgrade", "-1")  # the placeholders' UPDATE meets the guard
+    message = fails(db_url, "-x", "online=true", "downgrade", "0001")  # the placeholders' UPDATE meets the guard
     assert "usage events are append-only" in message and "re-running the same command finishes" in message, message
     assert build144_checks(db_url) == []  # total-only rows can still be written at 0002
-    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
+    assert alembic(db_url, "current").stdout.strip() == "0003 (head)"
     assert token_rows(db_url) == upgraded
     execute(db_url, "DROP TRIGGER append_only ON llm_usage_events")
-    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    alembic(db_url, "-x", "online=true", "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == upgraded
 
@@ -153,7 +153,7 @@ def test_writers_of_old_code_go_on_during_the_online_downgrade_and_keep_their_ro
     writer = threading.Thread(target=old_code)
     writer.start()
     try:
-        alembic(db_url, "-x", "online=true", "-x", "online_lock_timeout=200ms", "downgrade", "-1")
+        alembic(db_url, "-x", "online=true", "-x", "online_lock_timeout=200ms", "downgrade", "0001")
     finally:
         stop.set()
         writer.join(30)
@@ -171,7 +171,7 @@ def test_a_lock_timeout_after_rows_were_set_aside_says_so_and_a_rerun_finishes(d
         "RETURN NULL; END $$",
         "CREATE TRIGGER slow AFTER UPDATE ON llm_usage_events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement()",
     )
-    args = ["-x", "online=true", "-x", "lock_timeout=1s", "-x", "online_retries=2", "downgrade", "-1"]
+    args = ["-x", "online=true", "-x", "lock_timeout=1s", "-x", "online_retries=2", "downgrade", "0001"]
     process = start_alembic(db_url, *args, stdout=subprocess.PIPE)
     for line in process.stderr:
         if "[1/3]" in line:
@@ -184,8 +184,8 @@ def test_a_lock_timeout_after_rows_were_set_aside_says_so_and_a_rerun_finishes(d
     failed = [line for line in output.splitlines() if line.startswith("FAILED: ")]
     assert process.returncode != 0 and len(failed) == 1, output
     assert "re-running the same command finishes" in failed[0] and "nothing was changed" not in failed[0]
-    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
-    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    assert alembic(db_url, "current").stdout.strip() == "0003 (head)"
+    alembic(db_url, "-x", "online=true", "downgrade", "0001")
     assert alembic(db_url, "current").stdout.strip() == "0001" and build144_checks(db_url) == []
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == upgraded
@@ -202,7 +202,7 @@ def test_ctrl_c_midway_leaves_no_check_behind_and_a_rerun_finishes(db_url):
     at_head(db_url)
     upgraded = token_rows(db_url)
     execute(db_url, *SLOW_SET_ASIDE)
-    process = start_alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    process = start_alembic(db_url, "-x", "online=true", "downgrade", "0001")
     for line in process.stderr:
         if "[1/3]" in line:
             break
@@ -211,8 +211,8 @@ def test_ctrl_c_midway_leaves_no_check_behind_and_a_rerun_finishes(db_url):
     process.communicate(timeout=60)
     assert process.returncode != 0
     assert build144_checks(db_url) == []  # BUILD-144 code can still write total-only rows
-    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
-    alembic(db_url, "-x", "online=true", "downgrade", "-1")
+    assert alembic(db_url, "current").stdout.strip() == "0003 (head)"
+    alembic(db_url, "-x", "online=true", "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == upgraded
 
@@ -221,7 +221,7 @@ def test_ctrl_c_midway_leaves_no_check_behind_and_a_rerun_finishes(db_url):
 def test_the_upgrade_removes_checks_an_interrupted_online_downgrade_left(db_url, mode):
     at_head(db_url)
     upgraded = token_rows(db_url)
-    alembic(db_url, "downgrade", "-1")  # the set-aside rows' NULL splits read 0 at 0001
+    alembic(db_url, "downgrade", "0001")  # the set-aside rows' NULL splits read 0 at 0001
     execute(  # what a killed online downgrade leaves once a default downgrade finished the job
         db_url,
         "ALTER TABLE llm_usage_events ADD CONSTRAINT build144_prompt_tokens_not_null CHECK (prompt_tokens IS NOT NULL)",

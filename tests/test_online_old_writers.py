@@ -131,7 +131,7 @@ def test_finish_online_fills_what_old_code_wrote_after_the_trigger_went_and_can_
 def test_downgrade_after_an_unfinished_online_upgrade_drops_the_fill_trigger(db_url):
     seed_large(db_url, rows=500)
     alembic(db_url, "-x", "online=true", "upgrade", "head")
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     engine = create_engine(db_url)
     with engine.begin() as connection:  # old code after the downgrade: no trigger naming total_tokens is left
         connection.execute(text(OLD_INSERT), {"prompt": 1, "false": False})
@@ -183,7 +183,7 @@ def test_mariadb_default_mode_is_one_alter_whose_copy_fills_the_totals(db_url):
     assert "[2/3] Backfilled 5000 rows in the ALTER's one table copy" in up.stderr
     assert columns_of(db_url)["total_tokens"]["default"] == "0"
     assert all(t == p + c for p, c, t in token_rows(db_url).values())
-    sql = alembic(db_url, "upgrade", "0001:0002", "--sql").stdout
+    sql = alembic(db_url, "upgrade", "0001:0003", "--sql").stdout
     assert len(re.findall(r"^ALTER TABLE llm_usage_events", sql, re.MULTILINE)) >= 1
 
 

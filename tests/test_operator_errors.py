@@ -64,7 +64,7 @@ def test_locked_sqlite_database_waits_then_names_the_likely_holders(db_url, hold
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 @pytest.mark.parametrize(
-    "command", [["current"], ["downgrade", "-1"], ["check"], ["stamp", "head"], ["upgrade", "head", "--sql"]]
+    "command", [["current"], ["downgrade", "0001"], ["check"], ["stamp", "head"], ["upgrade", "head", "--sql"]]
 )
 def test_a_missing_sqlite_file_is_only_created_by_upgrade(db_url, command):
     path = Path(db_url.database)
@@ -108,7 +108,7 @@ def test_a_database_at_an_unknown_revision_is_refused(db_url):
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
     engine.dispose()
-    for command in (["upgrade", "head"], ["downgrade", "-1"]):
+    for command in (["upgrade", "head"], ["downgrade", "0001"]):
         message = fails(db_url, *command)
         assert message.startswith("The database is at revision '0099', which this migrations tree does not know")
     assert token_rows(db_url) == before

@@ -20,6 +20,7 @@ from support import (
     execute,
     finish_online,
     insert_events,
+    scalar,
     table_names,
     verify,
 )
@@ -195,12 +196,28 @@ def per_partition(url) -> dict[str, tuple[int, int]]:
 def assert_build144_on_every_partition(url, layout: dict) -> None:
     after = catalog(url)
     assert after["tree"] == layout["tree"], "the partitions must stay as they were"
-    assert after["indexes"] == layout["indexes"]
+    assert [i for i in after["indexes"] if "is_doctor_call" not in i[1]] == layout["indexes"]  # 0003's: below
     assert after["triggers"] == [], "no fill trigger may stay on the table or a partition"
     for relation in ["llm_usage_events", *PARTITIONS]:
         assert after["columns"][(relation, "total_tokens")] == (True, "0"), relation
         assert after["columns"][(relation, "prompt_tokens")] == (False, None), relation
         assert after["columns"][(relation, "completion_tokens")] == (False, None), relation
+
+
+def doctor_index_on_every_partition(url) -> list[str]:
+    """0003's index, valid on the parent (so attached on every partition): the partitions holding its part."""
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('ix_llm_usage_events_is_doctor_call')"
+    assert scalar(url, valid)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            attached = connection.exec_driver_sql(
+                "SELECT x.indrelid::regclass::text FROM pg_inherits h JOIN pg_index x ON x.indexrelid = h.inhrelid "
+                "WHERE h.inhparent = 'ix_llm_usage_events_is_doctor_call'::regclass"
+            )
+            return sorted(attached.scalars())
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
@@ -226,7 +243,7 @@ def test_a_partitioned_table_round_trips_losslessly_partition_by_partition(db_ur
 
     # upgrade: every total is the sum of its splits, taken here; nothing else about a row changes
     up = alembic(db_url, *MODES[mode], "-x", "batch_rows=17", "upgrade", "head")
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
     upgraded = read_rows(db_url)
     assert upgraded == {i: (*row, row[6] + row[7]) for i, row in before.items()}
     filled = sum(1 for s in seeded if s["prompt_tokens"] + s["completion_tokens"])
@@ -239,13 +256,15 @@ def test_a_partitioned_table_round_trips_losslessly_partition_by_partition(db_ur
         finish_online(db_url)  # its fill trigger stays for old writers until then
     assert per_partition(db_url) == {name: (n, n) for name, n in counts.items()}
     assert_build144_on_every_partition(db_url, layout)
+    assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
+    assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
     if operator == "serial-unversioned":  # a BIGINT identity id is the operator's own choice, which check reports
         assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
     checked = verify(db_url)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # downgrade: the pre-BUILD-144 rows exactly, each in its partition, and the schema on every partition
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     assert current(db_url) == "0001"
     assert read_rows(db_url) == before
     assert catalog(db_url) == layout
@@ -255,10 +274,11 @@ def test_a_partitioned_table_round_trips_losslessly_partition_by_partition(db_ur
     alembic(db_url, *MODES[mode], "-x", "batch_rows=17", "upgrade", "head")
     if mode == "online":
         finish_online(db_url)
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
     assert read_rows(db_url) == upgraded
     assert per_partition(db_url) == {name: (n, n) for name, n in counts.items()}
     assert_build144_on_every_partition(db_url, layout)
+    assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
@@ -285,7 +305,7 @@ def test_total_only_rows_in_partitions_are_set_aside_and_come_back(db_url, mode)
         i: (partition_of(at), p, c, t) for i, p, c, t, at in written
     }
 
-    down = alembic(db_url, "downgrade", "-1")
+    down = alembic(db_url, "downgrade", "0001")
     assert current(db_url) == "0001"
     assert "Set aside 4 rows the pre-BUILD-144 schema cannot hold" in down.stderr
     downgraded = read_rows(db_url)

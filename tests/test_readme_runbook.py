@@ -38,12 +38,12 @@ def test_the_runbook_block_runs_verbatim_on_a_pre_build144_database(tmp_path):
         "alembic upgrade head",
         "python -m autopack verify",
         "alembic current",
-        "alembic downgrade -1",
+        "alembic downgrade 0001",
     ]
     backup, upgrade, verify, current, downgrade = (run(c, url) for c in commands)
     for result in (backup, upgrade, verify, current, downgrade):
         assert result.returncode == 0, result.stdout + result.stderr
-    assert current.stdout.strip() == "0002 (head)"  # what the runbook says to look for before rolling back
+    assert current.stdout.strip() == "0003 (head)"  # what the runbook says to look for before rolling back
     assert backup.stdout.startswith(f"Backed up {tmp_path / 'autopack.db'} to {tmp_path / 'autopack.db.backup'} (")
     backup_url = make_url(f"sqlite:///{tmp_path / 'autopack.db.backup'}")
     assert list(token_rows(backup_url).values()) == [(p, c) for p, c, _ in ROWS["pre_build144"]]

@@ -38,15 +38,15 @@ def test_a_downgrade_refuses_totals_the_recreated_integer_column_could_not_hold(
     )
     alembic(db_url, "upgrade", "head")
     at_head = token_rows(db_url)
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "(ids 1000)" in message and "the round trip would not be lossless" in message
-    assert current(db_url) == "0002 (head)" and token_rows(db_url) == at_head
+    assert current(db_url) == "0003 (head)" and token_rows(db_url) == at_head
 
 
 def test_a_held_row_whose_event_changed_again_stops_the_next_downgrade(db_url, backend):
     alembic(db_url, "upgrade", "head")
     execute(db_url, INSERT.format(id=3, p="NULL", c="NULL", t=700))
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     execute(db_url, "UPDATE llm_usage_events SET prompt_tokens = 100 WHERE id = 3")  # old code changes it
     up = alembic(db_url, "upgrade", "head")
     assert "stay in llm_usage_events_build144_holdover" in up.stderr
@@ -54,9 +54,9 @@ def test_a_held_row_whose_event_changed_again_stops_the_next_downgrade(db_url, b
         db_url,
         "UPDATE llm_usage_events SET prompt_tokens = NULL, completion_tokens = NULL, total_tokens = 5000 WHERE id = 3",
     )
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "still holds rows an earlier upgrade kept (ids 3) whose events have changed again" in message
-    assert token_rows(db_url)[3] == (None, None, 5000) and current(db_url) == "0002 (head)"
+    assert token_rows(db_url)[3] == (None, None, 5000) and current(db_url) == "0003 (head)"
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -118,12 +118,12 @@ def test_a_mariadb_downgrade_behind_a_long_transaction_is_one_sentence(db_url):
     holder = create_engine(db_url).connect()
     holder.execute(text("SELECT COUNT(*) FROM llm_usage_events"))  # an open transaction holds a metadata lock
     try:
-        message = fails(db_url, "-x", "lock_timeout=2s", "downgrade", "-1")
+        message = fails(db_url, "-x", "lock_timeout=2s", "downgrade", "0001")
     finally:
         holder.rollback()
         holder.close()
     assert message.startswith("Could not lock llm_usage_events") and "lock_timeout=2s" in message
-    alembic(db_url, "downgrade", "-1")  # once the transaction ends, the same command finishes
+    alembic(db_url, "downgrade", "0001")  # once the transaction ends, the same command finishes
     assert token_rows(db_url) == {1: (10, 5)}
 
 
@@ -133,11 +133,11 @@ def test_a_system_versioned_mariadb_table_downgrade_is_refused_while_history_hol
     execute(db_url, "ALTER TABLE llm_usage_events ADD SYSTEM VERSIONING")
     execute(db_url, INSERT.format(id=1, p="NULL", c="NULL", t=18500), INSERT.format(id=2, p=10, c=5, t=15))
     before = token_rows(db_url)
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "is system-versioned and 1 row versions (history included) hold NULL splits" in message
-    assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
+    assert token_rows(db_url) == before and current(db_url) == "0003 (head)"
     execute(db_url, "DELETE FROM llm_usage_events WHERE id = 1", "DELETE HISTORY FROM llm_usage_events")
-    alembic(db_url, "downgrade", "-1")  # without NULL splits anywhere, it goes down and up
+    alembic(db_url, "downgrade", "0001")  # without NULL splits anywhere, it goes down and up
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == {2: (10, 5, 15)}
 
@@ -159,7 +159,7 @@ def test_online_mode_behind_a_lock_says_what_it_changed(db_url):
 def test_a_row_left_at_zero_by_old_code_comes_back_filled(db_url, backend):
     alembic(db_url, "upgrade", "head")
     execute(db_url, INSERT.format(id=1, p=5, c="NULL", t=0), INSERT.format(id=2, p=5, c=7, t=0))
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == {1: (5, None, 5), 2: (5, 7, 12)}
 
@@ -209,7 +209,7 @@ def test_a_set_aside_row_with_a_null_role_comes_back(db_url, backend):
         "INSERT INTO llm_usage_events (id, provider, model, role, prompt_tokens, completion_tokens, total_tokens,"
         " created_at, is_doctor_call) VALUES (1, 'google', 'gemini', NULL, NULL, NULL, 18500, '2025-11-01', false)",
     )
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     up = alembic(db_url, "upgrade", "head")
     assert "Restored 1 of 1" in up.stderr, up.stderr
     assert token_rows(db_url) == {1: (None, None, 18500)}
@@ -245,16 +245,16 @@ def test_a_postgresql_downgrade_stopped_by_a_guard_is_one_sentence_and_big_split
         "CREATE FUNCTION forbid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'append-only'; END $$",
         "CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION forbid()",
     )
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "append-only" in message and "trigger append_only" in message and message.endswith("nothing was changed.")
-    assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
+    assert token_rows(db_url) == before and current(db_url) == "0003 (head)"
     execute(db_url, "DROP TRIGGER append_only ON llm_usage_events")
     execute(db_url, INSERT.format(id=1, p=2_000_000_000, c=2_000_000_000, t=7))
     before = token_rows(db_url)
     # a 4,000,000,000 split sum (compared in 64 bits) the next upgrade could not take: refused, not half done
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "exceed what an INTEGER total can hold (ids 1) would stop the next upgrade" in message
-    assert token_rows(db_url) == before and current(db_url) == "0002 (head)"
+    assert token_rows(db_url) == before and current(db_url) == "0003 (head)"
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
@@ -277,9 +277,9 @@ def test_a_trigger_on_a_partition_that_reads_total_tokens_stops_the_downgrade(db
         "CREATE TRIGGER alert_big_calls AFTER INSERT ON llm_usage_events_2025 FOR EACH ROW EXECUTE FUNCTION "
         "alert_big()",
     )
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert "trigger alert_big_calls on llm_usage_events_2025" in message
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
 
 
 @pytest.mark.parametrize("backend", MYSQL_BACKENDS)

@@ -62,7 +62,7 @@ def test_upgrade_keeps_every_token_and_round_trip_is_identity(new_database, stat
             expected_total(r["prompt_tokens"], r["completion_tokens"], r.get("total_tokens")) for r in legacy
         ]
 
-        migrate(url, "downgrade", "-1")
+        migrate(url, "downgrade", "0001")
         migrate(url, "upgrade", "head")
         assert events(url) == upgraded
 

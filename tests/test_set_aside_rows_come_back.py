@@ -42,7 +42,7 @@ def test_a_total_only_row_survives_down_and_up_with_a_precise_or_zoned_created_a
     alembic(db_url, "upgrade", "head")
     before = token_rows(db_url)
     # each command in its own session time zone: the match must not depend on it
-    down = alembic(db_url, "downgrade", "-1", PGTZ="America/New_York", TZ="America/New_York")
+    down = alembic(db_url, "downgrade", "0001", PGTZ="America/New_York", TZ="America/New_York")
     assert "Set aside" in down.stderr
     if backend != "sqlite":
         held = {c["name"]: str(c["type"]) for c in columns_of(db_url, HOLDOVER).values()}
@@ -71,7 +71,7 @@ def test_mariadb_set_aside_table_takes_the_source_collation_length_and_charset(d
     )
     alembic(db_url, "upgrade", "head")
     before = token_rows(db_url)
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     engine = create_engine(db_url)
     with engine.connect() as connection:
         collations = dict(
@@ -97,7 +97,7 @@ def test_superseded_rows_are_reported_and_changed_ones_keep_the_set_aside_table(
     assert len(total_only) >= 2
     gone, changed = total_only[0], total_only[1]
     held_total = token_rows(db_url)[changed][2]
-    alembic(db_url, "downgrade", "-1")
+    alembic(db_url, "downgrade", "0001")
     # old code meanwhile: deletes one event, reuses its id for another, and updates another's splits
     execute(
         db_url,
@@ -161,7 +161,7 @@ def test_a_downgrade_refuses_while_a_view_or_trigger_reads_total_tokens(db_url, 
     alembic(db_url, "upgrade", "head")
     before = token_rows(db_url)
     execute(db_url, *READERS[backend])
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert message.startswith("The downgrade drops total_tokens, which ")
     assert "daily_totals" in message and "alert_big_calls" in message
     for name in ("ix_big_calls", "ck_total_sane"):
@@ -180,5 +180,5 @@ def test_a_downgrade_refuses_while_a_view_or_trigger_reads_total_tokens(db_url, 
 def test_a_downgrade_of_a_table_stamped_without_being_migrated_is_refused(db_url):
     build(db_url, "pre_build144")
     alembic(db_url, "stamp", "head")
-    message = fails(db_url, "downgrade", "-1")
+    message = fails(db_url, "downgrade", "0001")
     assert message.startswith("llm_usage_events has no total_tokens although the database is stamped 0002")

@@ -58,9 +58,9 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
     connection.close()
     before = objects(db_url.database)
 
-    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0002"), how)
+    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0003"), how)
     assert printed == "", printed
-    assert current(db_url) == "0002 (head)"
+    assert current(db_url) == "0003 (head)"
     assert token_rows(db_url) == {1: (12500, 3200, 15700), 2: (0, 7, 7)}
     assert objects(db_url.database) == before
     columns = columns_of(db_url)
@@ -75,7 +75,7 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
     assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     connection.close()
 
-    printed = apply(db_url.database, script(db_url, "downgrade", "0002:0001"), how)
+    printed = apply(db_url.database, script(db_url, "downgrade", "0003:0001"), how)
     assert printed == "", printed
     assert current(db_url) == "0001"
     assert objects(db_url.database) == before
@@ -91,10 +91,10 @@ def test_the_upgrade_script_on_a_legacy_state_adopted_at_0001_never_changes_a_to
     build(db_url, state)
     legacy = token_rows(db_url)
     alembic(db_url, "upgrade", "0001")  # adopt, as the README says, then apply the DBA's script
-    upgrade = script(db_url, "upgrade", "0001:0002")
+    upgrade = script(db_url, "upgrade", "0001:0003")
     apply(db_url.database, upgrade, how)
     after = token_rows(db_url)
-    if current(db_url) == "0002 (head)":
+    if current(db_url) == "0003 (head)":
         assert {i: r[2] for i, r in after.items()} == {
             i: expected_total(*r, *([None] * (3 - len(r)))) for i, r in legacy.items()
         }
@@ -125,7 +125,7 @@ def test_a_script_whose_table_does_not_end_migrated_is_rolled_back_whole(db_url)
     )
     connection.commit()
     connection.close()
-    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0002"), "sqlite3")
+    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0003"), "sqlite3")
     assert "did not end in the state of revision 0002" in printed
     assert current(db_url) == "0001"
     assert "total_tokens" not in columns_of(db_url)

@@ -61,7 +61,7 @@ class LlmUsageEvent(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
-    is_doctor_call: Mapped[bool] = mapped_column(default=False)
+    is_doctor_call: Mapped[bool] = mapped_column(default=False, index=True)
     doctor_model: Mapped[str | None] = mapped_column(Varchar)
     doctor_action: Mapped[str | None] = mapped_column(Varchar)
 

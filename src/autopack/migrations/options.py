@@ -170,9 +170,9 @@ def options_of_this_run() -> Options:
     return attributes[OPTIONS_KEY]
 
 
-def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> None:
-    """``-x online=true`` is the PostgreSQL and MariaDB online mode: on SQLite, or for a ``--sql`` script (which
-    cannot commit as it goes), it is refused, never ignored."""
+def require_mode_fits(options: Options, dialect: str, offline: bool = False, command: str | None = None) -> None:
+    """``-x online=true`` is the PostgreSQL and MariaDB online mode (its downgrade PostgreSQL's): on SQLite, or for
+    a ``--sql`` script (which cannot commit as it goes), it is refused before any revision runs, never ignored."""
     if options.online and offline:
         raise CommandError(
             "-x online=true has no --sql script: the online mode commits as it goes and checks the table between "
@@ -184,6 +184,11 @@ def require_mode_fits(options: Options, dialect: str, offline: bool = False) -> 
         raise CommandError(
             f"{', '.join(throttling)} paces the online backfill and has no effect without -x online=true (the "
             "default mode is one transaction): add -x online=true, or leave it out; nothing was changed."
+        )
+    if options.online and command == "downgrade" and dialect in ("mysql", "mariadb"):
+        raise CommandError(
+            f"-x online=true downgrade is PostgreSQL's; on {dialect} run the downgrade without it (one table "
+            "rebuild, writes wait for it); nothing was changed."
         )
     if options.online and dialect not in ("postgresql", "mysql", "mariadb"):
         raise CommandError(
