@@ -65,7 +65,7 @@ def run_migrations_online() -> None:
     leaves = what_a_stop_leaves(parse_url(database_url()).get_backend_name(), options.online)
     changes = command_name() in ("upgrade", "downgrade", "stamp")  # `alembic current` never waits for the lock
     with (
-        interrupts_in_one_sentence(leaves),
+        interrupts_in_one_sentence(leaves, owns_the_process=config.attributes.get("owns_the_process", True)),
         migration_connection(config, database_url(), options) as connection,
         one_migrator_at_a_time(connection, options, changes),  # then the revision is read: another may have finished
     ):

@@ -141,6 +141,65 @@ def test_breakdown_endpoint_agrees_with_usage_and_sums_its_days(engine, client):
     }
 
 
+def test_a_row_from_a_clock_ahead_of_the_servers_counts_today_in_every_figure(engine, client):
+    now = utcnow()
+    seed(
+        engine,
+        [
+            ("openai", "gpt-4o", 100, 50, 150, now - timedelta(hours=2)),
+            ("openai", "gpt-4o", None, None, 5000, now + timedelta(hours=25)),
+        ],
+    )
+    usage = client.get("/dashboard/usage?period=day").json()
+    body = client.get("/dashboard/usage/breakdown?period=day").json()
+    assert usage["providers"][0]["total_tokens"] == body["overall"]["total_tokens"] == 5150
+    assert sum(d["total_tokens"] for d in body["days"]) == 5150
+    assert body["days"][-1]["total_tokens"] >= 5000
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_rows_with_a_null_provider_or_model_in_an_adopted_table_are_shown_as_null(db_url, monkeypatch):
+    """A legacy table adopted as it is may allow NULL in provider and model: their usage is counted, never a 500."""
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR, model VARCHAR, run_id VARCHAR, "
+            "phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT "
+            "NULL, created_at DATETIME NOT NULL, is_doctor_call BOOLEAN NOT NULL, doctor_model VARCHAR, doctor_action "
+            "VARCHAR)"
+        )
+    alembic(db_url, "upgrade", "head")
+    recent = utcnow() - timedelta(hours=1)
+    seed(engine, [(None, "m1", 10, 20, 30, recent), ("p", None, None, None, 700, recent), ("p", "m2", 1, 2, 3, recent)])
+    monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
+
+    def session():
+        with Session(engine) as db:
+            yield db
+
+    app.dependency_overrides[get_db] = session
+    try:
+        client = TestClient(app)
+        usage = client.get("/dashboard/usage?period=day")
+        body = client.get("/dashboard/usage/breakdown?period=day")
+    finally:
+        app.dependency_overrides.clear()
+        engine.dispose()
+    assert usage.status_code == 200 and body.status_code == 200, usage.text + body.text
+    assert {p["provider"]: p["total_tokens"] for p in usage.json()["providers"]} == {None: 30, "p": 703}
+    assert {(m["provider"], m["model"]): m["total_tokens"] for m in usage.json()["models"]} == {
+        (None, "m1"): 30,
+        ("p", None): 700,
+        ("p", "m2"): 3,
+    }
+    assert {p["provider"]: p["total_only_tokens"] for p in body.json()["providers"]} == {None: 0, "p": 700}
+
+
+def test_head_of_the_page_answers_like_get(client):
+    head = client.head("/dashboard")
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/html")
+
+
 def test_breakdown_of_an_empty_database_is_zeros_for_every_day(client):
     body = client.get("/dashboard/usage/breakdown?period=day").json()
     assert body["providers"] == [] and body["overall"] == shares(0, 0, 0, 0)
@@ -311,6 +370,9 @@ def test_the_page_in_chromium_shows_the_sql_sums_per_period(chromium, engine, db
         chromium.find_element("id", "key").send_keys("not-the-key\n")
         until(chromium, "return document.getElementById('key-message').textContent.startsWith('Wrong API key')")
         wait_for(chromium, "key")
+        chromium.find_element("id", "key").send_keys("clé-ключ\n")  # no header can carry it: said, not kept
+        until(chromium, "return document.getElementById('key-message').textContent.startsWith('An API key holds')")
+        assert chromium.execute_script("return sessionStorage.getItem('autopack.dashboard.key')") == "not-the-key"
         chromium.find_element("id", "key").send_keys(f"{KEY}\n")
         wait_for(chromium, "loaded", "week")
         assert chromium.execute_script("return [sessionStorage.length, localStorage.length]") == [1, 0]
@@ -341,7 +403,10 @@ def test_the_page_in_chromium_shows_the_sql_sums_per_period(chromium, engine, db
 def test_the_page_in_chromium_says_when_there_is_no_usage(chromium, engine, db_url):
     with serving(db_url, None) as client:
         viewport(chromium, 390)
+        chromium.get(f"{client.base_url}/dashboard#constructor")  # not a period, though every object has one
+        wait_for(chromium, "empty", "week")
         chromium.get(f"{client.base_url}/dashboard#month")
+        chromium.refresh()
         wait_for(chromium, "empty", "month")
         assert chromium.find_element("id", "empty-title").text == "No usage recorded in the last 30 days"
         assert not chromium.find_element("id", "key-form").is_displayed()

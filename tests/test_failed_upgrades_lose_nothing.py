@@ -40,7 +40,7 @@ def test_an_overflowing_total_is_refused_before_any_change_and_rollback_keeps_th
     assert token_rows(db_url) == before
     # wherever the failure left the revision, rolling back never deletes the rows
     if current(db_url).startswith("0001"):
-        refused = fails(db_url, "downgrade", "0001")
+        refused = fails(db_url, "downgrade", "-1")
         assert refused.startswith("llm_usage_events holds") and "refuses" in refused
     assert token_rows(db_url) == before
 
@@ -50,7 +50,7 @@ def test_the_baseline_downgrade_refuses_to_drop_rows_but_drops_an_empty_table(db
     engine = create_engine(db_url)
     with engine.begin() as connection:
         insert_events(connection, [event_row(1, prompt_tokens=10, completion_tokens=5)])
-    message = fails(db_url, "downgrade", "0001")
+    message = fails(db_url, "downgrade", "-1")
     assert message.startswith("llm_usage_events holds 1 rows and the baseline's downgrade would delete them all")
     assert current(db_url).startswith("0001")
     assert token_rows(db_url) == {1: (10, 5)}
@@ -58,7 +58,7 @@ def test_the_baseline_downgrade_refuses_to_drop_rows_but_drops_an_empty_table(db
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM llm_usage_events"))
     engine.dispose()
-    alembic(db_url, "downgrade", "0001")
+    alembic(db_url, "downgrade", "-1")
     assert "llm_usage_events" not in table_names(db_url)
 
 

@@ -94,6 +94,9 @@ BAD = [
     (dict(role=None, total_tokens=5), "role must be a non-empty string"),
     (dict(run_id=7, total_tokens=5), "run_id must be a string or None, got 7"),
     (dict(phase_id=8_400, total_tokens=5), "phase_id must be a string or None, got 8400"),
+    (dict(is_doctor_call="no", total_tokens=5), "is_doctor_call must be True or False, got 'no'"),
+    (dict(is_doctor_call=2, total_tokens=5), "is_doctor_call must be True or False, got 2"),
+    (dict(doctor_model=5, total_tokens=5), "doctor_model must be a string or None, got 5"),
 ]
 
 

@@ -57,7 +57,7 @@ class TokenShares(BaseModel):
 
 
 class ProviderShares(TokenShares):
-    provider: str
+    provider: str | None = Field(description="null for rows of a legacy table that allows a NULL provider")
 
 
 class DayShares(TokenShares):
@@ -103,11 +103,13 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
         )
     ]
     day = func.date(e.created_at)  # created_at is naive UTC on every engine; SQLite answers 'YYYY-MM-DD'
-    by_day = {
-        date.fromisoformat(str(row.day)[:10]): row._asdict()
-        for row in db.execute(select(day.label("day"), *_shares()).where(e.created_at >= start).group_by(day))
-    }
     empty = dict.fromkeys(TokenShares.model_fields, 0)
+    by_day: dict[date, dict] = {}
+    for row in db.execute(select(day.label("day"), *_shares()).where(e.created_at >= start).group_by(day)):
+        # a writer whose clock runs ahead of this server's: counted today, as in every total, never dropped
+        bucket = by_day.setdefault(min(date.fromisoformat(str(row.day)[:10]), end.date()), dict(empty))
+        for field in TokenShares.model_fields:
+            bucket[field] += getattr(row, field)
     days = [
         DayShares(**{**empty, **by_day.get(d, {}), "day": d})
         for d in (start.date() + timedelta(days=i) for i in range((end.date() - start.date()).days + 1))
@@ -126,7 +128,9 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
 router = APIRouter()
 
 
-@router.get("/dashboard", response_class=HTMLResponse, summary="The usage dashboard page (holds no data)")
+@router.api_route(
+    "/dashboard", methods=["GET", "HEAD"], response_class=HTMLResponse, summary="The usage dashboard page (no data)"
+)
 def dashboard_page() -> HTMLResponse:
     return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 

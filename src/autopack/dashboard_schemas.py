@@ -3,8 +3,9 @@
 from pydantic import BaseModel, Field
 
 
+# str | None: a legacy table adopted as it is may allow NULL providers and models; their usage is shown as null
 class ProviderUsage(BaseModel):
-    provider: str
+    provider: str | None
     period: str = Field(description="day, week or month: the window these sums cover")
     prompt_tokens: int = Field(description="sum of prompt_tokens, NULL (total-only events) counted as 0")
     completion_tokens: int = Field(description="sum of completion_tokens, NULL (total-only events) counted as 0")
@@ -18,8 +19,8 @@ class ProviderUsage(BaseModel):
 
 
 class ModelUsage(BaseModel):
-    provider: str
-    model: str
+    provider: str | None
+    model: str | None
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

@@ -87,7 +87,9 @@ def init_db() -> None:
     application's logging configuration is left alone), never ``create_all()`` on a database Alembic owns. Several
     processes calling it at once are safe: env.py holds a migration lock for the whole run (PostgreSQL advisory
     lock, MariaDB ``GET_LOCK``, SQLite's exclusive transaction), and a process that waited for it finds head and
-    does nothing. A migration that cannot run raises ``alembic.util.CommandError`` with one sentence.
+    does nothing. A migration that cannot run raises ``alembic.util.CommandError`` with one sentence; Ctrl-C or
+    SIGTERM (the application's handlers are left in place) stays a ``KeyboardInterrupt`` saying what the stop left.
+    It may be called from any thread (``asyncio.to_thread(init_db)`` included).
     """
     from alembic import command
     from alembic.config import Config
@@ -98,4 +100,5 @@ def init_db() -> None:
     config = Config(str(ALEMBIC_INI))
     config.attributes["configure_logger"] = False
     config.attributes["command"] = "upgrade"
+    config.attributes["owns_the_process"] = False  # the application's signal handlers stay; any thread may call it
     command.upgrade(config, "head")

@@ -113,10 +113,12 @@ class UsageEventData:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}{hint}")
             if not value.strip():
                 raise ValueError(f"{name} must be a non-empty string")
-        for name in ("run_id", "phase_id"):
+        for name in ("run_id", "phase_id", "doctor_model", "doctor_action"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string or None, got {value!r}{_ORDER_HINT}")
+        if not isinstance(self.is_doctor_call, bool):  # "no" or 2 would be stored as true, or fail in the driver
+            raise ValueError(f"is_doctor_call must be True or False, got {self.is_doctor_call!r}")
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

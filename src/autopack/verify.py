@@ -149,9 +149,10 @@ def how_to_migrate(connection: Connection) -> str:
             stamped = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
     except DBAPIError:
         return "run 'alembic upgrade head' as the table's owner"
-    if "0002" in stamped:  # stamped head without being migrated: step the stamp back, then migrate for real
+    later = sorted(r for r in stamped if r >= "0002")  # zero-padded ids: a later revision sorts after
+    if later:  # stamped head without being migrated: step the stamp back, then migrate for real
         return (
-            "the database is stamped 0002 but the table was never migrated: "
+            f"the database is stamped {later[-1]} but the table was never migrated: "
             "run 'alembic stamp 0001' then 'alembic upgrade head'"
         )
     return "run 'alembic upgrade head'"

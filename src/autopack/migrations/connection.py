@@ -212,6 +212,14 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
             "nothing was changed."
         ) from None
     with connection:
+        if connection.dialect.name in ("mysql", "mariadb"):  # GET_LOCK, information_schema: all per database
+            database = connection.exec_driver_sql("SELECT DATABASE()").scalar()
+            connection.rollback()
+            if database is None:
+                raise CommandError(
+                    f"{shown(url)} names no database on the server: add it to DATABASE_URL "
+                    "(mysql://user@host:3306/autopack); nothing was changed."
+                )
         yield connection
 
 

@@ -8,6 +8,7 @@ was running when the client went away runs on until it ends (``SHOW PROCESSLIST`
 """
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,27 +34,34 @@ def causes(error: BaseException) -> Iterator[BaseException]:
 
 
 @contextmanager
-def interrupts_in_one_sentence(leaves: str) -> Iterator[None]:
+def interrupts_in_one_sentence(leaves: str, owns_the_process: bool = True) -> Iterator[None]:
     """Around a whole run: SIGTERM raised as KeyboardInterrupt; a stop becomes ``CommandError`` (Alembic's one
-    ``FAILED:`` line, exit status 1), with the revision's own sentence when it wrote one, else ``leaves``."""
+    ``FAILED:`` line, exit status 1), with the revision's own sentence when it wrote one, else ``leaves``.
+
+    Inside an application (``init_db``, ``owns_the_process=False``) the application's signal handling is left
+    alone and a stop stays a ``KeyboardInterrupt`` (with the same sentence), which start-up code catching
+    ``Exception`` does not swallow; Python only lets the main thread set a signal handler anyway."""
 
     def terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    handles_sigterm = owns_the_process and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if handles_sigterm else None
+    stopped = CommandError if owns_the_process else KeyboardInterrupt
     try:
         yield
     except BaseException as error:
         chain = list(causes(error))
         written = next((e for e in chain if isinstance(e, Interrupted)), None)
         if written is not None:
-            raise CommandError(str(written)) from None
+            raise stopped(str(written)) from None
         interrupt = next((e for e in chain if isinstance(e, KeyboardInterrupt)), None)
         if interrupt is None:
             raise
-        raise CommandError(f"Stopped on {signal_name(interrupt)}: {leaves}.") from None
+        raise stopped(f"Stopped on {signal_name(interrupt)}: {leaves}.") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if handles_sigterm:
+            signal.signal(signal.SIGTERM, previous)
 
 
 MARIADB_RUNS_ON = "a statement MariaDB was running goes on until it ends (SHOW PROCESSLIST)"

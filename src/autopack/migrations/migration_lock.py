@@ -6,26 +6,33 @@ midway, or (online mode, which commits as it goes) both backfill the same rows. 
 the database (upgrade, downgrade, stamp) first takes a lock that lives as long as its session, not its
 transaction (the online mode commits between batches): PostgreSQL's ``pg_advisory_lock`` on upstream
 Autopack's key, MariaDB's ``GET_LOCK``. A second migrator waits for it, saying so, and then reads the
-revision afresh: the first has finished, so Alembic finds head and does nothing (env.py logs that). SQLite
-needs no lock of its own: every migration holds ``BEGIN EXCLUSIVE`` and reads the revision inside it (a
-second migrator waits up to ``-x busy_timeout``).
+revision afresh: the first has finished, so Alembic finds head and does nothing (env.py logs that). SQLite:
+an exclusive ``flock`` on a file beside the database, held the same way (every migration also holds
+``BEGIN EXCLUSIVE``, but waiting on that gives up after ``-x busy_timeout``, as it must for the application).
 """
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import sqlalchemy as sa
 from alembic.util import CommandError
 
+from autopack.migrations.connection import sqlite_path
 from autopack.migrations.options import Options, interval_seconds
 
 log = logging.getLogger("alembic.build144")
 
 PG_KEY = 0x4155544F5041434B  # 'AUTOPACK': the advisory lock key upstream Autopack's init_db uses
-# MariaDB's lock names are server-wide: one per database, so that two Autopack databases migrate side by side
-MARIADB_NAME = "CONCAT('autopack_migrations:', DATABASE())"
+# MariaDB's lock names are server-wide: one per database, so that two Autopack databases migrate side by side;
+# the database's name as MD5, so the name fits MySQL's 64-character limit (a database name can be 64 long)
+MARIADB_NAME = "CONCAT('autopack_migrations:', MD5(DATABASE()))"
 POLL_S = 0.5
 SAY_EVERY_S = 10.0
 # advisory locks are per database, like the lock itself: a holder in another database is not ours
@@ -38,32 +45,33 @@ PG_HOLDER = (
 @contextmanager
 def one_migrator_at_a_time(connection: sa.Connection, options: Options, changes: bool = True) -> Iterator[None]:
     """Hold the migration lock around a run that ``changes`` the database; wait at most ``-x migration_lock_wait``."""
-    dialect = connection.dialect.name
-    if not changes or dialect not in ("postgresql", "mysql", "mariadb"):
+    if not changes:
         yield
-        return
+    elif connection.dialect.name == "sqlite":
+        with sqlite_lock_file(connection, options):
+            yield
+    else:
+        with server_lock(connection, options):
+            yield
+
+
+@contextmanager
+def server_lock(connection: sa.Connection, options: Options) -> Iterator[None]:
+    """PostgreSQL's advisory lock or MariaDB's named lock: the session's, so it outlives the online commits."""
     take, release = (
         ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
-        if dialect == "postgresql"
+        if connection.dialect.name == "postgresql"
         else (f"SELECT GET_LOCK({MARIADB_NAME}, 0)", f"SELECT RELEASE_LOCK({MARIADB_NAME})")
     )
-    names = {"key": PG_KEY} if dialect == "postgresql" else {}
-    started, last_said = time.monotonic(), None
-    limit = interval_seconds(options.migration_lock_wait)
-    while not connection.execute(sa.text(take), names).scalar():
-        now = time.monotonic()
-        if last_said is None or now - last_said >= SAY_EVERY_S:
-            log.info("waiting for the migration lock: %s (%.0fs so far)", holder(connection), now - started)
-            last_said = now
-        if now - started > limit:
-            connection.rollback()
-            raise CommandError(
-                f"Another migration of this database held the migration lock for {options.migration_lock_wait} "
-                f"({holder(connection)}): let it finish, or raise -x migration_lock_wait; nothing was changed."
-            )
-        time.sleep(POLL_S)
-    if last_said is not None:
-        log.info("took the migration lock after %.1fs: reading the revision afresh", time.monotonic() - started)
+    names = {"key": PG_KEY} if connection.dialect.name == "postgresql" else {}
+
+    def taken() -> bool:
+        if connection.execute(sa.text(take), names).scalar():
+            return True
+        connection.rollback()  # hold no snapshot or transaction while waiting
+        return False
+
+    wait_until(taken, lambda: holder(connection), options)
     connection.commit()  # the lock is the session's; Alembic begins its own transaction
     try:
         yield
@@ -73,6 +81,55 @@ def one_migrator_at_a_time(connection: sa.Connection, options: Options, changes:
             connection.commit()
         except sa.exc.DBAPIError:  # a broken connection: its session is gone, and the lock with it
             pass
+
+
+@contextmanager
+def sqlite_lock_file(connection: sa.Connection, options: Options) -> Iterator[None]:
+    """SQLite: an exclusive ``flock`` on ``<database>.migration-lock`` beside the file. ``BEGIN EXCLUSIVE`` alone
+    makes a second migrator give up after ``-x busy_timeout`` (10 s), as it must for the application's writes;
+    a migrator waits for another migrator as long as ``migration_lock_wait``. Not the database file itself:
+    closing a second descriptor of it would drop SQLite's own POSIX locks."""
+    path = sqlite_path(connection.engine.url)
+    if path is None or fcntl is None:  # in memory, or Windows: BEGIN EXCLUSIVE still serialises
+        yield
+        return
+    lock_path = path.with_name(path.name + ".migration-lock")
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 (held for the whole run)
+    except OSError:  # a folder the migration cannot write to fails at BEGIN EXCLUSIVE, in its own sentence
+        yield
+        return
+    with handle:
+
+        def taken() -> bool:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        wait_until(taken, lambda: f"another migrator holds {lock_path}", options)
+        yield  # closing the file releases the lock
+
+
+def wait_until(taken: Callable[[], bool], who: Callable[[], str], options: Options) -> None:
+    """Poll ``taken`` until it is true, saying who holds the lock every 10 s; one sentence after
+    ``migration_lock_wait``. Ctrl-C cuts the wait short (the run's interrupt handling says what it left)."""
+    started, last_said = time.monotonic(), None
+    limit = interval_seconds(options.migration_lock_wait)
+    while not taken():
+        now = time.monotonic()
+        if last_said is None or now - last_said >= SAY_EVERY_S:
+            log.info("waiting for the migration lock: %s (%.0fs so far)", who(), now - started)
+            last_said = now
+        if now - started > limit:
+            raise CommandError(
+                f"Another migration of this database held the migration lock for {options.migration_lock_wait} "
+                f"({who()}): let it finish, or raise -x migration_lock_wait; nothing was changed."
+            )
+        time.sleep(POLL_S)
+    if last_said is not None:
+        log.info("took the migration lock after %.1fs: reading the revision afresh", time.monotonic() - started)
 
 
 def holder(connection: sa.Connection) -> str:
