@@ -1,7 +1,7 @@
 """Benchmark: what the application feels during the PostgreSQL upgrade (or ``--direction downgrade``), default mode
 vs ``-x online=true``.
 
-On a pre-BUILD-144 table of N rows (default 1M), while ``alembic upgrade head`` runs, three clients run on
+On a pre-BUILD-144 table of N rows (default 1M), while ``alembic upgrade 0002`` runs, three clients run on
 their own connections until it ends:
 
 - a writer, as pre-BUILD-144 code: INSERT one event and COMMIT, every 10 ms;
@@ -43,6 +43,9 @@ from bench_migration import ROOT, pg_admin_url, pg_fresh, pg_seed
 
 sys.path.insert(0, str(ROOT / "tests"))
 from replica_cluster import primary_and_replica_cluster, unavailable
+
+# BUILD-144 itself, which the floors describe: 0003 (head) adds an index the floors do not build
+BUILD144 = "0002"
 
 INTERVAL_S = 0.01
 WAIT_INTERVAL_S = 0.005
@@ -168,7 +171,7 @@ def replica_summary(samples: list[tuple], catch_up_s: float, log: str) -> dict:
 
 
 def run(
-    url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", "head"), replica: bool = False
+    url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", BUILD144), replica: bool = False
 ) -> dict:
     """One measured command with the writer and reader running, and the lock sampler or, with ``replica``, the
     replica sampler."""
@@ -229,7 +232,7 @@ def run(
 
 def at_head_with_total_only_rows(url: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", BUILD144],
         env={**os.environ, "DATABASE_URL": url},
         cwd=ROOT,
         capture_output=True,
@@ -247,7 +250,7 @@ def at_head_with_total_only_rows(url: str) -> None:
 def measure(admin: str, args: argparse.Namespace, modes: list[str], replica: bool) -> dict[str, dict]:
     """Per mode, the median of each figure over ``args.repeats`` rounds; the modes alternate so that a drift of the
     machine falls on all of them, and every round starts from a fresh copy of one seed."""
-    command = ("upgrade", "head") if args.direction == "upgrade" else ("downgrade", "-1")
+    command = ("upgrade", BUILD144) if args.direction == "upgrade" else ("downgrade", "0001")
     seed = pg_seed(admin, args.rows)
     rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
@@ -273,7 +276,7 @@ def measure_with_replica(args: argparse.Namespace, modes: list[str]) -> dict[str
     reason = unavailable()
     if reason is not None:
         raise SystemExit(f"--replica: {reason}")
-    with primary_and_replica_cluster() as (primary, _):
+    with primary_and_replica_cluster(replica_parent=args.replica_on) as (primary, _):
         return measure(primary.set(drivername="postgresql").render_as_string(False), args, modes, replica=True)
 
 
@@ -330,13 +333,19 @@ def main() -> None:
         choices=("upgrade", "downgrade"),
         default="upgrade",
         help="downgrade: bring the table to head first (default mode, 1,000 total-only rows added), then measure "
-        "'alembic downgrade -1'",
+        "'alembic downgrade 0001'",
     )
     parser.add_argument(
         "--replica",
         action="store_true",
         help="on a private primary + streaming replica (root, Debian's postgresql binaries; BENCH_POSTGRES unused): "
         "replay lag in time and bytes in place of the lock sampler",
+    )
+    parser.add_argument(
+        "--replica-on",
+        type=Path,
+        help="a folder for the replica's data (e.g. /dev/shm): the replica on a disk of its own, as on its own host, "
+        "so that its WAL writes and fsyncs do not share the primary's disk (default: beside the primary)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every mode, alternating; medians printed")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 from autopack.migrations.connection import migration_engine
-from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS
+from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS, alembic
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -139,5 +139,14 @@ def alembic_config() -> dict:
 def alembic_engine(db_url: URL) -> Iterator[Engine]:
     """pytest-alembic's engine: the same engine setup env.py uses for real runs."""
     engine = migration_engine(db_url, busy_timeout_s=5, lock_timeout="10s")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[Engine]:
+    """An engine on a database the real ``alembic upgrade head`` made (the dashboard tests' starting point)."""
+    alembic(db_url, "upgrade", "head")
+    engine = create_engine(db_url)
     yield engine
     engine.dispose()

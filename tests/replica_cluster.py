@@ -84,21 +84,28 @@ def stop(bin_dir: Path, data: Path) -> None:
 
 
 @contextmanager
-def primary_and_replica_cluster() -> Iterator[tuple[URL, URL]]:
-    """(primary URL, replica URL), once the replica streams; both servers stopped and their files removed after."""
+def primary_and_replica_cluster(replica_parent: Path | None = None) -> Iterator[tuple[URL, URL]]:
+    """(primary URL, replica URL), once the replica streams; both servers stopped and their files removed after.
+    ``replica_parent``: where the replica's folder goes (another disk, as a replica on its own host has), by
+    default beside the primary's."""
     bin_dir = binaries()
     assert bin_dir is not None, unavailable()
     folder = Path(tempfile.mkdtemp(prefix="autopack-replica-"))
-    shutil.chown(folder, "postgres")
+    replica_folder = (
+        Path(tempfile.mkdtemp(prefix="autopack-replica-", dir=replica_parent)) if replica_parent else folder
+    )
+    for owned in (folder, replica_folder):
+        shutil.chown(owned, "postgres")
     ports = free_port(), free_port()
     started = []
     try:
         started.append(start_primary(bin_dir, folder, ports[0]))
-        started.append(start_replica(bin_dir, folder, ports))
+        started.append(start_replica(bin_dir, replica_folder, ports))
         urls = tuple(make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres") for port in ports)
         wait_for(lambda: scalar(urls[0], "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == 1)
         yield urls
     finally:
         for data in reversed(started):
             stop(bin_dir, data)
-        shutil.rmtree(folder, ignore_errors=True)
+        for owned in (replica_folder, folder):
+            shutil.rmtree(owned, ignore_errors=True)

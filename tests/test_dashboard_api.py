@@ -5,14 +5,13 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from fastapi.testclient import TestClient
+from app_client import app_client
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from uvicorn_app import serving
 
 from autopack.config import RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV
 from autopack.dashboard import PERIOD_DAYS, usage_by_model, usage_by_provider
-from autopack.main import app, get_db
 from autopack.usage_recorder import UsageEventData, record_usage, utcnow
 from legacy import build
 from support import ROOT, alembic
@@ -21,25 +20,11 @@ MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
-def engine(db_url):
-    alembic(db_url, "upgrade", "head")
-    engine = create_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def client(engine, monkeypatch):
     for name in ("AUTOPACK_API_KEY", RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV):
         monkeypatch.delenv(name, raising=False)
-
-    def session():
-        with Session(engine) as db:
-            yield db
-
-    app.dependency_overrides[get_db] = session
-    yield TestClient(app)
-    app.dependency_overrides.clear()
+    with app_client(engine) as client:
+        yield client
 
 
 def record(engine, *events):
@@ -269,17 +254,9 @@ def test_dashboard_after_a_real_upgrade_equals_the_token_sums_before_it(db_url, 
         ).all()
     alembic(db_url, "upgrade", "head")
     monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
-
-    def session():
-        with Session(engine) as db:
-            yield db
-
-    app.dependency_overrides[get_db] = session
-    try:
-        providers = TestClient(app).get("/dashboard/usage?period=day").json()["providers"]
-    finally:
-        app.dependency_overrides.clear()
-        engine.dispose()
+    with app_client(engine) as client:
+        providers = client.get("/dashboard/usage?period=day").json()["providers"]
+    engine.dispose()
     assert {p["provider"]: p["total_tokens"] for p in providers} == dict(before)
     assert sum(p["total_tokens"] for p in providers) == 12_500 + 3_200 + 7 + 700 + 1_000 + 1
 

@@ -8,13 +8,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from app_client import app_client
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.orm import Session
 from uvicorn_app import serving
 
 from autopack.dashboard_page import PAGE, usage_breakdown
-from autopack.main import app, get_db
 from autopack.usage_recorder import LlmUsageEvent, utcnow
 from support import alembic
 
@@ -25,24 +24,10 @@ SHARES = ("total_tokens", "exact_split_tokens", "total_only_tokens", "events", "
 
 
 @pytest.fixture
-def engine(db_url):
-    alembic(db_url, "upgrade", "head")
-    engine = create_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def client(engine, monkeypatch):
     monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
-
-    def session():
-        with Session(engine) as db:
-            yield db
-
-    app.dependency_overrides[get_db] = session
-    yield TestClient(app)
-    app.dependency_overrides.clear()
+    with app_client(engine) as client:
+        yield client
 
 
 def seed(engine, rows):
@@ -172,19 +157,10 @@ def test_rows_with_a_null_provider_or_model_in_an_adopted_table_are_shown_as_nul
     recent = utcnow() - timedelta(hours=1)
     seed(engine, [(None, "m1", 10, 20, 30, recent), ("p", None, None, None, 700, recent), ("p", "m2", 1, 2, 3, recent)])
     monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
-
-    def session():
-        with Session(engine) as db:
-            yield db
-
-    app.dependency_overrides[get_db] = session
-    try:
-        client = TestClient(app)
+    with app_client(engine) as client:
         usage = client.get("/dashboard/usage?period=day")
         body = client.get("/dashboard/usage/breakdown?period=day")
-    finally:
-        app.dependency_overrides.clear()
-        engine.dispose()
+    engine.dispose()
     assert usage.status_code == 200 and body.status_code == 200, usage.text + body.text
     assert {p["provider"]: p["total_tokens"] for p in usage.json()["providers"]} == {None: 30, "p": 703}
     assert {(m["provider"], m["model"]): m["total_tokens"] for m in usage.json()["models"]} == {
