@@ -24,14 +24,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    if context.is_offline_mode():  # a script for a DBA: it cannot look, so IF NOT EXISTS
-        op.execute(doctor_index.script(upgrade=True, dialect=context.get_context().dialect.name))
+    if context.is_offline_mode():  # a script for a DBA: it checks inside the database what it cannot look at now
+        doctor_index.offline(upgrade=True, dialect=context.get_context().dialect.name)
         return
-    doctor_index.create(op.get_bind(), online=options_of_this_run().online)
+    doctor_index.create(op.get_bind(), options_of_this_run())
 
 
 def downgrade() -> None:
     if context.is_offline_mode():
-        op.execute(doctor_index.script(upgrade=False, dialect=context.get_context().dialect.name))
+        doctor_index.offline(upgrade=False, dialect=context.get_context().dialect.name)
         return
-    doctor_index.drop(op.get_bind(), online=options_of_this_run().online)
+    doctor_index.drop(op.get_bind(), options_of_this_run())

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from autopack.migrations import fill_trigger
+from autopack.migrations import doctor_index, fill_trigger
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import shown
 from autopack.migrations.options import Options
@@ -117,6 +117,11 @@ def verify(connection: Connection) -> Verification:
         ),
     ]
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
+    if doctor_index.invalid(connection):  # a concurrent build or drop was stopped: the index is not used
+        warnings.append(
+            f"{doctor_index.INDEX} is INVALID (an online build or drop of it was interrupted): run 'alembic "
+            "-x online=true downgrade -1' then 'alembic -x online=true upgrade head' to build it again"
+        )
     if trigger_on:
         warnings.append(
             "the online upgrade's fill trigger is still on llm_usage_events (pre-BUILD-144 writers get right "

@@ -36,7 +36,7 @@ def causes(error: BaseException) -> Iterator[BaseException]:
 @contextmanager
 def interrupts_in_one_sentence(leaves: str, owns_the_process: bool = True) -> Iterator[None]:
     """Around a whole run: SIGTERM raised as KeyboardInterrupt; a stop becomes ``CommandError`` (Alembic's one
-    ``FAILED:`` line, exit status 1), with the revision's own sentence when it wrote one, else ``leaves``.
+    ``FAILED:`` line, a non-zero exit status), with the revision's own sentence when it wrote one, else ``leaves``.
 
     Inside an application (``init_db``, ``owns_the_process=False``) the application's signal handling is left
     alone and a stop stays a ``KeyboardInterrupt`` (with the same sentence), which start-up code catching

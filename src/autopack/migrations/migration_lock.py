@@ -93,10 +93,12 @@ def sqlite_lock_file(connection: sa.Connection, options: Options) -> Iterator[No
     if path is None or fcntl is None:  # in memory, or Windows: BEGIN EXCLUSIVE still serialises
         yield
         return
+    path = path.resolve()  # a symlink and its target share one lock (two hard links to one file do not)
     lock_path = path.with_name(path.name + ".migration-lock")
     try:
         handle = open(lock_path, "a")  # noqa: SIM115 (held for the whole run)
-    except OSError:  # a folder the migration cannot write to fails at BEGIN EXCLUSIVE, in its own sentence
+    except OSError as error:  # a folder the migration cannot write to fails at BEGIN EXCLUSIVE, in its own sentence
+        log.info("no migration lock file (%s): another migrator is waited for only up to -x busy_timeout", error)
         yield
         return
     with handle:

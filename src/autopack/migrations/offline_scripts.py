@@ -208,11 +208,15 @@ STATE_0001 = f"""NOT EXISTS (SELECT 1 FROM pragma_table_info('{TABLE}') WHERE na
 
 
 def sqlite_stamp_guard(version: str, state: str) -> None:
+    sqlite_guard(version, state, f"{TABLE} did not end in the state of revision {version} (see the script header)")
+
+
+def sqlite_guard(version: str, state: str, why: str) -> None:
+    """The stamp to ``version`` rolls the whole script back, saying ``why``, unless ``state`` holds."""
     op.execute(
         f"CREATE TEMP TRIGGER IF NOT EXISTS build144_stamp_guard_{version} BEFORE UPDATE ON main.alembic_version "
         f"WHEN NEW.version_num = '{version}' AND NOT ({state}) BEGIN SELECT RAISE(ROLLBACK, "
-        f"'BUILD-144 script: {TABLE} did not end in the state of revision {version} (see the script header); "
-        "everything this script did is rolled back'); END"
+        f"'BUILD-144 script: {why}; everything this script did is rolled back'); END"
     )
 
 
