@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -238,3 +239,22 @@ def test_a_signal_stops_the_online_backfill_between_batches_and_a_rerun_resumes_
         after = dict(connection.execute(text("SELECT id, xmin::text FROM llm_usage_events")).all())
     engine.dispose()
     assert {i: after[i] for i in done} == done  # no row done twice: those rows were not written again
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_a_signal_during_the_last_batch_still_stops_before_the_stamp(db_url):
+    """The run says 'stopping after the batch running now': when that batch was the last, it must still stop, not
+    stamp 0002, build 0003's index and exit 0."""
+    seed_large(db_url, rows=300_000)
+    args = ["-x", "online=true", "-x", "batch_rows=300000", "upgrade", "head"]
+    process = start_alembic(db_url, *args, stdout=subprocess.PIPE)
+    for line in process.stderr:
+        if "[1/3] Schema (online, committed)" in line:
+            break
+    time.sleep(0.3)  # inside the one batch
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0 and "FAILED: Stopped on SIGINT between batches" in output, output
+    assert revision(db_url) == "0001"
+    alembic(db_url, "-x", "online=true", "upgrade", "head")
+    assert revision(db_url) == "0003" and assert_totals_right(db_url) == 300_000

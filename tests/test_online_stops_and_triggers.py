@@ -100,6 +100,7 @@ def test_a_mariadb_rerun_never_leaves_the_table_without_its_fill_triggers(db_url
             while not stop.is_set():
                 counts.append(connection.execute(query).scalar())
                 connection.rollback()
+                stop.wait(0.01)  # a tight loop of metadata reads could starve the re-run's exclusive lock under load
         engine.dispose()
 
     for _ in range(3):  # each re-run replaces the triggers; stopped again so that the next one does it too
@@ -199,3 +200,40 @@ def test_a_batch_giving_up_on_a_held_row_names_online_lock_timeout(db_url):
     assert "a row lock held past online_lock_timeout" in sentence
     assert "an application transaction holds rows" in sentence and "lock_timeout=10s" not in sentence, sentence
     assert "re-running the same command resumes" in sentence
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_an_operators_before_trigger_named_after_the_fill_trigger_is_refused_online(db_url):
+    """PostgreSQL fires BEFORE row triggers in name order: 'zz_policy…' would fire after the fill and the total
+    would miss the split it caps (9100 stored for 4000 + 100)."""
+    seed_large(db_url, rows=100)
+    execute(
+        db_url,
+        "CREATE FUNCTION cap_prompt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "NEW.prompt_tokens := LEAST(NEW.prompt_tokens, 4000); RETURN NEW; END $$",
+        "CREATE TRIGGER zz_policy_cap_prompt BEFORE INSERT OR UPDATE ON llm_usage_events "
+        "FOR EACH ROW EXECUTE FUNCTION cap_prompt()",
+    )
+    message = fails(db_url, "-x", "online=true", "upgrade", "head")
+    assert message.startswith(
+        "llm_usage_events has BEFORE trigger zz_policy_cap_prompt, which PostgreSQL fires after the online mode's "
+        "fill trigger zz_llm_usage_events_build144_fill_total"
+    ) and message.endswith("nothing was changed."), message
+    assert alembic(db_url, "current").stdout.strip() == "0001"
+    alembic(db_url, "upgrade", "head")  # the default mode has no fill trigger to order
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_finish_online_retries_a_batch_that_meets_a_held_row_instead_of_holding_its_range(db_url):
+    """finish-online's batches are the online backfill's: a row the application holds is waited for at most
+    online_lock_timeout and the batch retried, so the rows it already locked are not held for lock_timeout."""
+    alembic(db_url, "upgrade", "head")
+    execute(db_url, *[OLD_INSERT] * 5)  # old code after a default-mode upgrade: totals left at 0
+    engine = create_engine(db_url)
+    with engine.connect() as holder:
+        holder.execute(text(HOLD))
+        threading.Timer(3.0, holder.rollback).start()  # the application's transaction ends after a while
+        done = finish_online(db_url)
+    engine.dispose()
+    assert "retrying" in done.stderr + done.stdout, done.stderr
+    assert all(total == prompt + completion for prompt, completion, total in token_rows(db_url).values())

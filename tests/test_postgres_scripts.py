@@ -166,7 +166,8 @@ def test_the_script_rewrites_the_table_and_keeps_its_size(db_url, tmp_path):
     splits = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
     size = "SELECT pg_total_relation_size('llm_usage_events')"
     before = scalar(db_url, size)
-    assert apply_with_psql(db_url, script("upgrade", "0001:0003"), tmp_path).returncode == 0
+    # BUILD-144's rewrite alone (0003 adds an index of its own)
+    assert apply_with_psql(db_url, script("upgrade", "0001:0002"), tmp_path).returncode == 0
     after = scalar(db_url, size)
     assert after <= 1.10 * before, (before, after)  # an UPDATE of every row would leave about twice the size
     assert {i: t for i, (t,) in token_rows(db_url, ("total_tokens",)).items()} == {

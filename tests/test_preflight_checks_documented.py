@@ -37,6 +37,8 @@ SAMPLES = {
     "type": "BIGINT",
     "versions": "12",
     "columns": "created_at",
+    "triggers": "zz_policy_cap_prompt",
+    "fill": "zz_llm_usage_events_build144_fill_total",
 }
 
 

@@ -3,11 +3,15 @@ starts itself (initdb, pg_basebackup -R -X stream, as the postgres OS user), and
 
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from replica_cluster import primary_and_replica_cluster, unavailable, wait_for
+from replica_cluster import binaries, primary_and_replica_cluster, unavailable, wait_for
 from sqlalchemy.engine import URL
 
 from support import POSTGRES_BACKENDS, alembic, scalar, seed_large, start_alembic
@@ -112,3 +116,42 @@ def test_batch_pause_and_batch_seconds_keep_every_row_right(db_url):
     sizes = [int(d.replace(",", "")) for d in re.findall(r"backfill: ([\d,]+) / ", up.stderr)]
     assert sizes[-1] == 50_000 and len(sizes) < 50  # batches grew from 1,000 towards 0.05 s each
     assert filled(db_url) == 50_000
+
+
+def test_a_wal_archiver_beside_the_replica_is_not_waited_for(primary_and_replica):
+    """pg_receivewal (Barman's streaming archiver) replays nothing: its NULL replay position is not 'lag unreadable',
+    which would stop every run after replica_wait_max while the real standby is caught up."""
+    primary, _replica = primary_and_replica
+    seed_large(primary, 50_000)
+    archive = Path(tempfile.mkdtemp(prefix="autopack-walarchive-"))
+    shutil.chown(archive, "postgres")
+    receiver = subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(binaries() / "pg_receivewal"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(archive),
+            "--no-loop",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: scalar(primary, "SELECT count(*) FROM pg_stat_replication") == 2)
+        args = ("-x", "online=true", "-x", "batch_rows=5000", "-x", "replica_wait_max=20s", "upgrade", "head")
+        up = alembic(primary, *args)
+        assert "not waiting for pg_receivewal: a WAL receiver that replays nothing" in up.stderr, up.stderr
+        assert "throttled" not in up.stderr and filled(primary) == 50_000
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=30)
+        shutil.rmtree(archive, ignore_errors=True)

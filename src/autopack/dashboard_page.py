@@ -128,9 +128,8 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
 router = APIRouter()
 
 
-@router.api_route(
-    "/dashboard", methods=["GET", "HEAD"], response_class=HTMLResponse, summary="The usage dashboard page (no data)"
-)
+@router.head("/dashboard", include_in_schema=False)  # as a static page answers (a monitor's check, say)
+@router.get("/dashboard", response_class=HTMLResponse, summary="The usage dashboard page (holds no data)")
 def dashboard_page() -> HTMLResponse:
     return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 

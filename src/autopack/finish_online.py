@@ -3,12 +3,14 @@
 An online upgrade (``alembic -x online=true upgrade head``) leaves its fill trigger on the table
 (``migrations.fill_trigger``: expand/contract, like pgroll's ``complete``), so that instances still running old
 code write right totals while they are replaced. This command drops it, under the same short lock timeout and
-retries as the online mode, and then fills, in committed batches, any total that old code left at 0 (written
+retries as the online mode, and then fills, in committed batches (each waiting for a row the application holds
+at most ``online_lock_timeout``, then retried, as the online backfill does), any total that old code left at 0 (written
 before the trigger existed, or after it went): the same rule as the upgrade, never changing a total already
 there. It is also the repair for rows written with total 0 after a default-mode upgrade (``verify`` names it).
 Safe to run again; the database must be at BUILD-144 already.
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -17,9 +19,11 @@ from alembic.util import CommandError
 from autopack.migrations import fill_trigger
 from autopack.migrations.backfill_rule import NEEDS_TOTAL
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
-from autopack.migrations.online_backfill import with_lock_retries
+from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits, with_lock_retries
 from autopack.migrations.options import Options
 from autopack.migrations.usage_table import TABLE, events
+
+AGAIN = "the fill trigger is gone already, and re-running 'python -m autopack finish-online' finishes"
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,18 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
         sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
     ).one()
 
-    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:  # each batch, as it goes
+    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:  # SQLite: each batch, as it goes
         result = connection.execute(statement, parameters)
         connection.commit()
         return result
 
-    filled = backfill(committed, first, last, rows, options) if rows else 0
+    if connection.dialect.name == "sqlite":
+        execute, waits = committed, nullcontext()
+    else:  # as the online backfill: a row the application holds is waited for briefly, then the batch retried
+        execute = retrying_batches(connection, options, resumes=AGAIN)
+        waits = short_row_lock_waits(connection, options)
+    with waits:
+        filled = backfill(execute, first, last, rows, options) if rows else 0
     prove_backfilled(
         connection,
         after="the fill trigger is gone: stop the pre-BUILD-144 writers still running, then re-run finish-online",

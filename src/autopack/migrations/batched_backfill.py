@@ -67,7 +67,10 @@ def backfill(
         if throttle:
             throttle.after_batch(time.monotonic() - started)
         done = min(rows, done + size)
-        progress.at(done / rows if rows else 1.0)
+        if throttle:  # the rate is the batches' own; the pauses still to come are added to the ETA
+            progress.at(done / rows if rows else 1.0, throttle.idle_s, throttle.pause_per_row_s())
+        else:
+            progress.at(done / rows if rows else 1.0)
         low = high + 1 if high < last else None
     log.info("[2/3] Backfilled %d rows: %s", filled, RULE)
     return filled

@@ -192,7 +192,8 @@ def concurrent_failures_in_one_sentence(doing: str, stays: str) -> Iterator[None
     except sa.exc.DBAPIError as error:
         reason = str(error.orig).strip().splitlines()[0]
         raise CommandError(
-            f"{doing} {INDEX} concurrently failed ({reason}): the revision stays {stays} and {TABLE} keeps its rows "
+            f"{doing} {INDEX} concurrently failed ({reason}; it waits for every older transaction, see "
+            f"pg_stat_activity, at most -x lock_timeout): the revision stays {stays} and {TABLE} keeps its rows "
             "(the index may be left INVALID); re-running the same command drops what it left and finishes."
         ) from None
 

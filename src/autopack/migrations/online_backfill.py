@@ -63,6 +63,7 @@ def online_upgrade(plan: Plan) -> int:
         with throttle.stopping_on_signals(), short_row_lock_waits(connection, plan.options):
             execute = retrying_batches(connection, plan.options)
             filled = backfill(execute, first, last, plan.rows, plan.options, throttle)
+            throttle.stop_if_asked()  # a stop asked during the last batch: still stopped, before the stamp
         if plan.has_holdover:
             holdover.restore(connection)
         prove_backfilled(connection, after=RESUMES)
@@ -157,7 +158,9 @@ def short_row_lock_waits(connection, options: Options) -> Iterator[None]:
         wait_at_most(options.lock_timeout)
 
 
-def retrying_batches(connection, options: Options) -> Callable[[sa.Executable, dict], sa.CursorResult]:
+def retrying_batches(
+    connection, options: Options, resumes: str = RESUMES
+) -> Callable[[sa.Executable, dict], sa.CursorResult]:
     """``connection.execute`` for the batches, each its own committed statement: one that meets a deadlock or a
     row lock held past ``online_lock_timeout`` by the application is run again (``online_retries`` times), as
     gh-ost and pt-online-schema-change retry a chunk."""
@@ -177,7 +180,7 @@ def retrying_batches(connection, options: Options) -> Callable[[sa.Executable, d
             f"A backfill batch met {met} in each of {options.online_retries} attempts (waiting at most "
             f"{waited(connection, options)} each time): an application transaction holds rows of {TABLE} "
             f"({where_to_look(connection)}); "
-            f"the batches done so far are committed, {RESUMES}."
+            f"the batches done so far are committed, {resumes}."
         )
 
     return execute

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import wide_split_sum
+from autopack.migrations.fill_trigger import PG_NAMES
 from autopack.migrations.holdover import HOLDOVER, held_rows_changed_again
 from autopack.migrations.plan import Plan
 from autopack.migrations.table_inspection import (
@@ -24,7 +25,7 @@ from autopack.migrations.table_inspection import (
     objects_reading_total_tokens,
     publications_refusing_updates,
 )
-from autopack.migrations.usage_table import SPLITS, TABLE, events, first_ids, some, total
+from autopack.migrations.usage_table import FILL_TRIGGER, SPLITS, TABLE, events, first_ids, some, total
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,22 @@ def changed_again(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
 UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
 BOTH = UPGRADE + DOWNGRADE
 
+# BEFORE row triggers on INSERT or UPDATE that PostgreSQL fires after the fill trigger (it fires them in name order)
+PG_LATER_BEFORE_TRIGGERS = """
+SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal
+  AND (tgtype & 3) = 3 AND (tgtype & 20) <> 0 AND tgname COLLATE "C" > :fill AND tgname NOT IN :ours
+ORDER BY tgname
+"""
+
+
+def before_triggers_after_the_fill(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    if not (plan.online and plan.dialect == "postgresql"):
+        return None
+    statement = sa.text(PG_LATER_BEFORE_TRIGGERS).bindparams(sa.bindparam("ours", expanding=True))
+    later = bind.execute(statement, {"table": TABLE, "fill": FILL_TRIGGER, "ours": list(PG_NAMES)}).scalars().all()
+    return {"triggers": ", ".join(later), "fill": FILL_TRIGGER} if later else None
+
+
 CHECKS = [
     PreflightCheck(
         "totals the backfill would write past what `total_tokens` holds",
@@ -134,6 +151,14 @@ CHECKS = [
         "{table} is in publication {publication}, which publishes UPDATEs, and has {why}: PostgreSQL would "
         "refuse the backfill's UPDATE; run ALTER TABLE {table} REPLICA IDENTITY FULL (or DEFAULT), or take the "
         "table out of the publication, and re-run; nothing was changed.",
+    ),
+    PreflightCheck(
+        "BEFORE triggers that PostgreSQL would fire after the online fill trigger",
+        UPGRADE,
+        before_triggers_after_the_fill,
+        "{table} has BEFORE trigger {triggers}, which PostgreSQL fires after the online mode's fill trigger {fill} "
+        "(row triggers fire in name order), so a split it changes would not be in the total: rename it to sort "
+        "before {fill}, or run without -x online=true; nothing was changed.",
     ),
     PreflightCheck(
         "a table stamped `0002` without being migrated",

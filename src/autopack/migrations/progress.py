@@ -17,15 +17,19 @@ class Progress:
         self.log, self.what, self.total, self.every_s = log, what, total, every_s
         self.start = self.last = time.monotonic()
 
-    def at(self, fraction: float) -> None:
+    def at(self, fraction: float, idle_s: float = 0.0, pause_per_row_s: float = 0.0) -> None:
+        """``idle_s``: time spent waiting so far (pauses, replica waits), left out of the rate; the ETA adds the
+        pauses still to come (``pause_per_row_s`` for each row left), not replica waits, which nobody can foresee."""
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
         self.last = now
         done = round(self.total * min(fraction, 1.0))
         elapsed = now - self.start
-        rate = done / elapsed if elapsed else 0.0
-        eta = f"about {(self.total - done) / rate:.0f}s left" if rate else "time left unknown"
+        working = elapsed - idle_s
+        rate = done / working if working > 0 else 0.0
+        left = (self.total - done) / rate + (self.total - done) * pause_per_row_s if rate else None
+        eta = f"about {left:.0f}s left" if left is not None else "time left unknown"
         self.log.info(
             "      %s: %s / %s rows (%.1f%%), %.1fs elapsed, %s rows/s, %s",
             self.what,

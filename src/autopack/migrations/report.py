@@ -65,8 +65,8 @@ def what_a_failure_leaves(plan: Plan, step: str) -> str:
     """Nothing (one transaction), the schema change (MariaDB), or a resumable run (online)."""
     if plan.online and step == "upgrade":
         return (
-            "the revision stays 0001 and re-running the same command resumes (the fill trigger stays meanwhile, "
-            "so rows old code writes get their totals)"
+            "the revision stays 0001 and re-running the same command resumes (once the schema change committed, "
+            "the fill trigger stays meanwhile, so rows old code writes get their totals)"
         )
     if plan.online:
         return "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"

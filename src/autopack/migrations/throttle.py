@@ -8,7 +8,10 @@ waits while a replica is more than ``max_replica_lag`` behind by ``replay_lag`` 
 ``max_replica_lag_bytes`` of WAL behind by ``pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)``: a replica
 whose replay is paused or stuck stops acknowledging, so its ``replay_lag`` can stay small or turn NULL while the
 bytes grow. Lag that cannot be read (a role without ``pg_read_all_stats`` sees NULLs) for 15 s is treated as
-too high (fail closed). After ``replica_wait_max`` of waiting in all, the backfill stops, resumable, in one
+too high (fail closed). WAL senders that replay nothing — a WAL archiver such as ``pg_receivewal`` or Barman, a
+running ``pg_basebackup`` — are not replicas anyone reads from: they are named once and not waited for. A standby
+that has disconnected is not in ``pg_stat_replication`` at all and so is not waited for either (a replication
+slot keeps the WAL it needs). After ``replica_wait_max`` of waiting in all, the backfill stops, resumable, in one
 sentence: a replica delayed on purpose (``recovery_min_apply_delay``) must not hold the upgrade forever.
 The same limits as gh-ost's ``--max-lag-millis`` (1.5 s) and pt-online-schema-change's ``--max-lag``.
 """
@@ -31,10 +34,14 @@ log = logging.getLogger("alembic.build144")
 UNREADABLE_FOR_S = 15.0  # lag unreadable this long counts as too high
 POLL_S = 0.5
 SAY_EVERY_S = 5.0
+# every WAL sender: a standby reports where it replayed; a WAL archiver (pg_receivewal, Barman) or a base backup
+# (state 'backup', or its -X stream sender) replays nothing, so its replay_lsn stays NULL while sent_lsn is known;
+# a role without pg_read_all_stats sees every position NULL
 REPLICAS = """
 SELECT COALESCE(NULLIF(application_name, ''), client_addr::text, 'replica') AS name,
        EXTRACT(EPOCH FROM replay_lag) AS lag_s,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) AS lag_bytes
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) AS lag_bytes,
+       state = 'backup' OR (sent_lsn IS NOT NULL AND replay_lsn IS NULL) AS replays_nothing
 FROM pg_stat_replication
 """
 
@@ -48,6 +55,9 @@ class Throttle:
     watches_replicas: bool = field(default=False, init=False)
     stop_asked: str | None = None
     unreadable_since: float | None = field(default=None, repr=False)
+    idle_s: float = 0.0  # pauses and replica waits: not the batches' own time (the progress rate leaves it out)
+    ignored: set[str] = field(default_factory=set, repr=False)  # WAL receivers that replay nothing, said once
+    batches_started: int = field(default=0, repr=False)
     woken: threading.Event = field(default_factory=threading.Event, repr=False)  # a signal cuts a pause short
 
     def __post_init__(self) -> None:
@@ -83,9 +93,12 @@ class Throttle:
     def before_batch(self) -> None:
         """Stop if asked; pause; wait while a replica is too far behind; stop past ``replica_wait_max``."""
         self.stop_if_asked()
-        if self.options.batch_pause:
+        if self.options.batch_pause and self.batches_started:  # between batches, not before the first
+            paused = time.monotonic()
             self.woken.wait(interval_seconds(self.options.batch_pause))
+            self.idle_s += time.monotonic() - paused
             self.stop_if_asked()
+        self.batches_started += 1
         if not self.watches_replicas:
             return
         started, last_said = time.monotonic(), None
@@ -103,6 +116,7 @@ class Throttle:
             self.woken.wait(POLL_S)
             self.stop_if_asked()
         self.waited_s += time.monotonic() - started
+        self.idle_s += time.monotonic() - started
 
     def stop_if_asked(self) -> None:
         if self.stop_asked:
@@ -114,8 +128,12 @@ class Throttle:
     def too_far_behind(self) -> str | None:
         max_lag_s = interval_seconds(self.options.max_replica_lag)
         behind, unreadable = [], []
-        for name, lag_s, lag_bytes in self.connection.exec_driver_sql(REPLICAS):
-            if lag_bytes is None:
+        for name, lag_s, lag_bytes, replays_nothing in self.connection.exec_driver_sql(REPLICAS):
+            if replays_nothing:  # an archiver or a backup: no reads are served from it, nothing to wait for
+                if name not in self.ignored:
+                    self.ignored.add(name)
+                    log.info("      not waiting for %s: a WAL receiver that replays nothing (archiver, backup)", name)
+            elif lag_bytes is None:
                 unreadable.append(name)
             elif lag_bytes > self.options.max_replica_lag_bytes or (lag_s is not None and lag_s > max_lag_s):
                 behind.append(f"{name} {float(lag_s or 0):.1f}s / {int(lag_bytes) / 2**20:.1f} MiB behind")
@@ -127,6 +145,11 @@ class Throttle:
         elif now - self.unreadable_since >= UNREADABLE_FOR_S:
             behind.append(f"lag of {', '.join(unreadable)} unreadable for {now - self.unreadable_since:.0f}s")
         return "; ".join(behind) or None
+
+    def pause_per_row_s(self) -> float:
+        """The batch pause still to come, per row left (for the ETA)."""
+        pause = interval_seconds(self.options.batch_pause) if self.options.batch_pause else 0.0
+        return pause / max(self.batch_rows, 1)
 
     def after_batch(self, seconds: float) -> None:
         """With ``batch_seconds``: the next batch's size aims at that duration (at most doubling or halving)."""
