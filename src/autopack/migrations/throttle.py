@@ -18,7 +18,6 @@ The same limits as gh-ost's ``--max-lag-millis`` (1.5 s) and pt-online-schema-ch
 
 import logging
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ log = logging.getLogger("alembic.build144")
 
 UNREADABLE_FOR_S = 15.0  # lag unreadable this long counts as too high
 POLL_S = 0.5
+NAP_S = 0.05  # how soon a pause notices a stop
 SAY_EVERY_S = 5.0
 # every WAL sender: a standby reports where it replayed; a WAL archiver (pg_receivewal, Barman) or a base backup
 # (state 'backup', or its -X stream sender) replays nothing, so its replay_lsn stays NULL while sent_lsn is known;
@@ -58,7 +58,7 @@ class Throttle:
     idle_s: float = 0.0  # pauses and replica waits: not the batches' own time (the progress rate leaves it out)
     ignored: set[str] = field(default_factory=set, repr=False)  # WAL receivers that replay nothing, said once
     batches_started: int = field(default=0, repr=False)
-    woken: threading.Event = field(default_factory=threading.Event, repr=False)  # a signal cuts a pause short
+    said_stop: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.batch_rows = self.options.rows_per_batch
@@ -79,9 +79,9 @@ class Throttle:
         def ask(signum: int, _frame: object) -> None:
             if self.stop_asked:
                 raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
+            # only a flag: a lock or a log write here could deadlock with the main thread holding it (an Event's
+            # lock, the log stream); naps notice it within NAP_S, and the main thread says it
             self.stop_asked = signal.Signals(signum).name
-            self.woken.set()
-            log.info("      %s: stopping after the batch running now (send it again to stop at once)", self.stop_asked)
 
         previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -95,7 +95,7 @@ class Throttle:
         self.stop_if_asked()
         if self.options.batch_pause and self.batches_started:  # between batches, not before the first
             paused = time.monotonic()
-            self.woken.wait(interval_seconds(self.options.batch_pause))
+            self.nap(interval_seconds(self.options.batch_pause))
             self.idle_s += time.monotonic() - paused
             self.stop_if_asked()
         self.batches_started += 1
@@ -113,12 +113,25 @@ class Throttle:
             if last_said is None or now - last_said >= SAY_EVERY_S:
                 log.info("      throttled: %s; waiting (%.0fs so far)", reason, self.waited_s + now - started)
                 last_said = now
-            self.woken.wait(POLL_S)
+            self.nap(POLL_S)
             self.stop_if_asked()
         self.waited_s += time.monotonic() - started
         self.idle_s += time.monotonic() - started
 
+    def nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, cut short by a stop asked meanwhile (noticed within ``NAP_S``)."""
+        until = time.monotonic() + seconds
+        while not self.stop_asked and (left := until - time.monotonic()) > 0:
+            time.sleep(min(NAP_S, left))
+
+    def say_stopping(self) -> None:
+        """Called by the backfill after each batch: a stop asked during it is said at once, then obeyed."""
+        if self.stop_asked and not self.said_stop:
+            self.said_stop = True
+            log.info("      %s: stopping after the batch running now (send it again to stop at once)", self.stop_asked)
+
     def stop_if_asked(self) -> None:
+        self.say_stopping()
         if self.stop_asked:
             raise CommandError(
                 f"Stopped on {self.stop_asked} between batches, every batch done so far committed: the revision "
