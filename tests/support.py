@@ -174,11 +174,7 @@ def current(url: URL | str) -> str:
 def after_a_refused_downgrade(url: URL | str) -> str:
     """``alembic current`` once BUILD-144's downgrade refused a ``downgrade 0001`` from head: SQLite and PostgreSQL
     roll the whole run back; MariaDB, which commits DDL at once, committed 0003's index drop as its own step."""
-    return (
-        "0002"
-        if make_url(str(url) if isinstance(url, str) else url).get_backend_name() in ("mysql", "mariadb")
-        else "0003 (head)"
-    )
+    return "0002" if make_url(url).get_backend_name() in ("mysql", "mariadb") else "0003 (head)"
 
 
 def forced_row_security(owner: str, policy: str) -> list[str]:
