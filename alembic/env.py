@@ -20,6 +20,7 @@ from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_st
 from autopack.migrations.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
 from autopack.migrations.offline_scripts import script_timeouts
 from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
+from autopack.migrations.retired_revisions import restamp_retired
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
 config = context.config
@@ -44,8 +45,8 @@ def configure(dialect: str, **kwargs) -> None:
         compare_server_default=True,
         include_object=include_object,
         transactional_ddl=True if dialect == "sqlite" else None,  # SQLite: made real by migration_connection
-        # MariaDB commits DDL at once: a downgrade past 0003 stamps 0002 as its index goes, so that a 0002 downgrade
-        # refused after it leaves the revision saying what the table holds
+        # MariaDB commits DDL at once: a downgrade to base stamps 0001 as BUILD-144's downgrade ends, so that the
+        # baseline's refusal after it leaves the revision saying what the table holds
         transaction_per_migration=dialect in ("mysql", "mariadb") and command_name() == "downgrade",
         **kwargs,
     )
@@ -71,6 +72,7 @@ def run_migrations_online() -> None:
     ):
         applied: list[dict] = []
         configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
+        restamp_retired(context.get_context())  # 0003 of an earlier build: 0002 now
         require_known_revisions(context.script, context.get_context().get_current_heads())
         with context.begin_transaction():
             context.run_migrations()

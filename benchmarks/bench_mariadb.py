@@ -8,9 +8,9 @@ alternating within each round, repeated (medians):
   MODIFY completion_tokens INTEGER NULL`` and one full-table ``UPDATE … SET total_tokens = <the sum>``;
 - ``one copy``: the same ALTER with ``DEFAULT (<the sum>)`` (the table copy computes the totals) and
   ``ALTER COLUMN total_tokens SET DEFAULT 0``: the fastest hand-written form, for reference;
-- ``upgrade``: the whole ``alembic upgrade 0002`` process, as an operator runs it.
+- ``upgrade``: the whole ``alembic upgrade head`` process, as an operator runs it.
 
-``--writer``: instead, while ``alembic upgrade 0002`` runs in the default mode and then with
+``--writer``: instead, while ``alembic upgrade head`` runs in the default mode and then with
 ``-x online=true`` (alternating), a writer as pre-BUILD-144 code INSERTs one event and commits every 10 ms;
 prints each mode's wall time and the writer's slowest and 99th-percentile INSERT.
 
@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_migration import COLUMNS, alembic
 
 SEED, WORK = "bench_seed_mariadb", "bench_work_mariadb"
-# BUILD-144 itself, which the floors describe: 0003 (head) adds an index the floors do not build
-BUILD144 = "0002"
+BUILD144 = "head"  # 0002, BUILD-144, which the floors describe
 
 SUM = "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)"
 RELAX = "MODIFY prompt_tokens INTEGER NULL, MODIFY completion_tokens INTEGER NULL"

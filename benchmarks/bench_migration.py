@@ -3,7 +3,7 @@
 For each engine and size N it builds a pre-BUILD-144 table (Autopack's columns and five indexes) with N
 rows once, then, alternating and repeating, measures from a fresh copy of it:
 
-- ``alembic upgrade 0002`` and then ``alembic downgrade 0001``: whole processes, as an operator runs them,
+- ``alembic upgrade head`` and then ``alembic downgrade -1``: whole processes, as an operator runs them,
   with each process's peak RSS (from wait4); and ``alembic current`` on the same database, the start-up
   cost every command pays, so that time per row can be compared across sizes without it;
 - the floor, timed inside one connection: on SQLite one hand-written copy into the new table computing
@@ -34,15 +34,14 @@ from pathlib import Path
 
 import psycopg
 
-# BUILD-144 itself, which the floors describe: 0003 (head) adds an index the floors do not build
-BUILD144 = "0002"
+BUILD144 = "head"  # 0002, BUILD-144, which the floors describe
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (
     "provider, model, run_id, phase_id, role, prompt_tokens, completion_tokens, created_at, is_doctor_call, "
     "doctor_model, doctor_action"
 )
-INDEXED = ("id", "provider", "model", "run_id", "created_at")
+INDEXED = ("id", "provider", "model", "run_id", "created_at", "is_doctor_call")  # the baseline's six
 
 
 def alembic(url: str, *args: str) -> tuple[float, int]:
@@ -116,7 +115,7 @@ def sqlite_round(seed: Path, work: Path) -> dict:
     url = f"sqlite:///{work}"
     startup, _ = alembic(url, "current")
     up, up_rss = alembic(url, "upgrade", BUILD144)
-    down, down_rss = alembic(url, "downgrade", "0001")
+    down, down_rss = alembic(url, "downgrade", "-1")
     return {"floor": floor, "upgrade": up, "downgrade": down, "startup": startup, "rss": max(up_rss, down_rss)}
 
 
@@ -199,7 +198,7 @@ def pg_round(admin: str, seed: str) -> dict:
     size_before, wal_before = pg_table_and_wal(url)
     up, up_rss = alembic(url, "upgrade", BUILD144)
     size_after, wal_after = pg_table_and_wal(url)
-    down, down_rss = alembic(url, "downgrade", "0001")
+    down, down_rss = alembic(url, "downgrade", "-1")
     return {
         **floor,
         "upgrade": up,

@@ -1,7 +1,7 @@
 """Benchmark: what the application feels during the PostgreSQL upgrade (or ``--direction downgrade``), default mode
 vs ``-x online=true``.
 
-On a pre-BUILD-144 table of N rows (default 1M), while ``alembic upgrade 0002`` runs, three clients run on
+On a pre-BUILD-144 table of N rows (default 1M), while ``alembic upgrade head`` runs, three clients run on
 their own connections until it ends:
 
 - a writer, as pre-BUILD-144 code: INSERT one event and COMMIT, every 10 ms;
@@ -44,8 +44,7 @@ from bench_migration import ROOT, pg_admin_url, pg_fresh, pg_seed
 sys.path.insert(0, str(ROOT / "tests"))
 from replica_cluster import primary_and_replica_cluster, unavailable
 
-# BUILD-144 itself, which the floors describe: 0003 (head) adds an index the floors do not build
-BUILD144 = "0002"
+BUILD144 = "head"  # 0002, BUILD-144, which the floors describe
 
 INTERVAL_S = 0.01
 WAIT_INTERVAL_S = 0.005
@@ -250,7 +249,7 @@ def at_head_with_total_only_rows(url: str) -> None:
 def measure(admin: str, args: argparse.Namespace, modes: list[str], replica: bool) -> dict[str, dict]:
     """Per mode, the median of each figure over ``args.repeats`` rounds; the modes alternate so that a drift of the
     machine falls on all of them, and every round starts from a fresh copy of one seed."""
-    command = ("upgrade", BUILD144) if args.direction == "upgrade" else ("downgrade", "0001")
+    command = ("upgrade", BUILD144) if args.direction == "upgrade" else ("downgrade", "-1")
     seed = pg_seed(admin, args.rows)
     rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
@@ -333,7 +332,7 @@ def main() -> None:
         choices=("upgrade", "downgrade"),
         default="upgrade",
         help="downgrade: bring the table to head first (default mode, 1,000 total-only rows added), then measure "
-        "'alembic downgrade 0001'",
+        "'alembic downgrade -1'",
     )
     parser.add_argument(
         "--replica",

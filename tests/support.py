@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pymysql
 from pymysql.constants import CLIENT
-from sqlalchemy import Connection, create_engine, inspect, make_url, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,12 +169,6 @@ def fails(url: URL | str, *args: str, **env: str) -> str:
 def current(url: URL | str) -> str:
     """``alembic current`` as the operator reads it."""
     return alembic(url, "current").stdout.strip()
-
-
-def after_a_refused_downgrade(url: URL | str) -> str:
-    """``alembic current`` once BUILD-144's downgrade refused a ``downgrade 0001`` from head: SQLite and PostgreSQL
-    roll the whole run back; MariaDB, which commits DDL at once, committed 0003's index drop as its own step."""
-    return "0002" if make_url(url).get_backend_name() in ("mysql", "mariadb") else "0003 (head)"
 
 
 def forced_row_security(owner: str, policy: str) -> list[str]:

@@ -76,7 +76,8 @@ def test_downgrade_restores_the_baseline_schema_and_keeps_split_rows(alembic_run
         indexes = {i["name"] for i in inspect(connection).get_indexes("llm_usage_events")}
     assert "total_tokens" not in columns
     assert [(p, c) for _, p, c in got] == seed
-    assert indexes == {f"ix_llm_usage_events_{c}" for c in ("id", "provider", "model", "run_id", "created_at")}
+    baseline = ("id", "provider", "model", "run_id", "created_at", "is_doctor_call")  # kept: the old schema's
+    assert indexes == {f"ix_llm_usage_events_{c}" for c in baseline}
     with pytest.raises(exc.IntegrityError), alembic_engine.begin() as connection:
         insert_events(connection, [event_row(200, prompt_tokens=None, completion_tokens=5)])
 

@@ -20,7 +20,7 @@ from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, ROOT, alembic, current, s
 
 INIT_DB = "import logging; logging.basicConfig(level=logging.INFO); from autopack.database import init_db; init_db()"
 MIGRATED = "Running upgrade 0001 -> 0002"
-NOTHING = "Nothing to do: the database is already at 0003"
+NOTHING = "Nothing to do: the database is already at 0002"
 WAITING = "waiting for the migration lock"
 PG_KEY = 0x4155544F5041434B
 MARIADB_LOCK = "CONCAT('autopack_migrations:', MD5(DATABASE()))"
@@ -106,7 +106,7 @@ def test_four_init_db_calls_at_0001_migrate_once(db_url):
     seed_large(db_url, rows=20_000)
     before = token_rows(db_url)
     exactly_one_migrated(four_at_once(db_url, [sys.executable, "-c", INIT_DB]))
-    assert current(db_url) == "0003 (head)"
+    assert current(db_url) == "0002 (head)"
     after = token_rows(db_url)
     assert after.keys() == before.keys()
     assert all(after[i] == (p, c, p + c) for i, (p, c) in ((i, r[:2]) for i, r in before.items()))
@@ -169,7 +169,7 @@ def test_init_db_runs_in_any_thread_and_leaves_the_applications_signal_handlers_
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert current(url) == "0003 (head)"
+    assert current(url) == "0002 (head)"
 
 
 @pytest.mark.parametrize("backend", MYSQL_BACKENDS)

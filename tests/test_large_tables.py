@@ -90,7 +90,7 @@ def test_online_upgrade_commits_the_schema_then_batches_and_cleans_up(db_url):
     up = alembic(db_url, "-x", "online=true", "-x", "batch_rows=7000", "upgrade", "head")
     assert "[1/3] Schema (online, committed): added total_tokens" in up.stderr
     assert f"total rows {ROWS}" in up.stderr
-    assert revision(db_url) == "0003"
+    assert revision(db_url) == "0002"
     assert assert_totals_right(db_url) == ROWS
     assert pg_objects(db_url) == (1, 1)  # the fill trigger stays for old writers until finish-online
     assert "once every instance runs BUILD-144 code, run 'python -m autopack finish-online'" in up.stderr
@@ -120,7 +120,7 @@ def test_online_upgrade_killed_mid_backfill_resumes_and_stamps_only_when_done(db
     assert done > 0 and left > 0, "the kill should land inside the backfill"
     again = alembic(db_url, *args)
     assert f"[2/3] Backfilled {left} rows" in again.stderr  # only what was left
-    assert revision(db_url) == "0003"
+    assert revision(db_url) == "0002"
     assert assert_totals_right(db_url) == 200_000
     assert pg_objects(db_url) == (1, 1)
 
@@ -172,7 +172,7 @@ def test_online_upgrade_with_old_and_new_code_writing_meanwhile(db_url):
         thread.join(30)
     assert marker_seen
     assert written["old"] > 10 and written["new"] > 0 and written["updated"] > 10
-    assert revision(db_url) == "0003"
+    assert revision(db_url) == "0002"
     assert assert_totals_right(db_url) == 200_000 + written["old"] + written["new"]
     engine = create_engine(db_url)
     with engine.connect() as connection:
@@ -233,7 +233,7 @@ def test_a_signal_stops_the_online_backfill_between_batches_and_a_rerun_resumes_
     engine.dispose()
     assert 20_000 <= len(done) < 300_000
     alembic(db_url, "-x", "online=true", "upgrade", "head")
-    assert revision(db_url) == "0003" and assert_totals_right(db_url) == 300_000
+    assert revision(db_url) == "0002" and assert_totals_right(db_url) == 300_000
     engine = create_engine(db_url)
     with engine.connect() as connection:
         after = dict(connection.execute(text("SELECT id, xmin::text FROM llm_usage_events")).all())
@@ -244,7 +244,7 @@ def test_a_signal_stops_the_online_backfill_between_batches_and_a_rerun_resumes_
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 def test_a_signal_during_the_last_batch_still_stops_before_the_stamp(db_url):
     """The run says 'stopping after the batch running now': when that batch was the last, it must still stop, not
-    stamp 0002, build 0003's index and exit 0."""
+    stamp 0002 and exit 0."""
     seed_large(db_url, rows=300_000)
     args = ["-x", "online=true", "-x", "batch_rows=300000", "upgrade", "head"]
     process = start_alembic(db_url, *args, stdout=subprocess.PIPE)
@@ -257,4 +257,4 @@ def test_a_signal_during_the_last_batch_still_stops_before_the_stamp(db_url):
     assert process.returncode != 0 and "FAILED: Stopped on SIGINT between batches" in output, output
     assert revision(db_url) == "0001"
     alembic(db_url, "-x", "online=true", "upgrade", "head")
-    assert revision(db_url) == "0003" and assert_totals_right(db_url) == 300_000
+    assert revision(db_url) == "0002" and assert_totals_right(db_url) == 300_000

@@ -11,7 +11,6 @@ import pytest
 from support import (
     MYSQL_BACKENDS,
     POSTGRES_BACKENDS,
-    after_a_refused_downgrade,
     alembic,
     apply_script,
     columns_of,
@@ -55,7 +54,7 @@ def test_a_trigger_that_rolls_back_leaves_either_script_without_effect(db_url, r
     )
     sqlite_shell(db_url.database, guard + ";")
     before = token_rows(db_url)
-    printed = sqlite_shell(db_url.database, script(db_url, "upgrade", "0001:0003"))
+    printed = sqlite_shell(db_url.database, script(db_url, "upgrade", "0001:0002"))
     assert "append-only" in printed
     assert current(db_url) == "0001" and token_rows(db_url) == before and "total_tokens" not in columns_of(db_url)
     assert integrity(db_url.database) == "ok"
@@ -68,9 +67,9 @@ def test_a_trigger_that_rolls_back_leaves_either_script_without_effect(db_url, r
         " VALUES ('p', 'm', 'builder', 18500, '2025-11-03', 0);" + guard + ";",
     )
     at_head = token_rows(db_url)
-    printed = sqlite_shell(db_url.database, script(db_url, "downgrade", "0003:0001"))
+    printed = sqlite_shell(db_url.database, script(db_url, "downgrade", "0002:0001"))
     assert "append-only" in printed
-    assert current(db_url) == "0003 (head)" and token_rows(db_url) == at_head
+    assert current(db_url) == "0002 (head)" and token_rows(db_url) == at_head
     assert integrity(db_url.database) == "ok"
 
 
@@ -82,11 +81,11 @@ def test_a_column_whose_name_ends_like_a_split_is_never_edited(db_url):
     connection.execute("ALTER TABLE llm_usage_events ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0")
     connection.commit()
     connection.close()
-    assert not sqlite_shell(db_url.database, script(db_url, "upgrade", "0001:0003"))
-    assert current(db_url) == "0003 (head)"
+    assert not sqlite_shell(db_url.database, script(db_url, "upgrade", "0001:0002"))
+    assert current(db_url) == "0002 (head)"
     columns = columns_of(db_url)
     assert columns["prompt_tokens"]["nullable"] and not columns["cached_prompt_tokens"]["nullable"]
-    assert not sqlite_shell(db_url.database, script(db_url, "downgrade", "0003:0001"))
+    assert not sqlite_shell(db_url.database, script(db_url, "downgrade", "0002:0001"))
     assert current(db_url) == "0001" and not columns_of(db_url)["cached_prompt_tokens"]["nullable"]
     assert integrity(db_url.database) == "ok"
 
@@ -127,8 +126,8 @@ def test_a_server_downgrade_script_refuses_while_a_trigger_reads_total_tokens(db
     before = seeded_at_head(db_url)
     execute(db_url, *READER[backend])
     with pytest.raises(Exception, match=r"total_tokens|more than 1 row"):
-        apply_script(db_url, script(db_url, "downgrade", "0003:0001"))
-    assert current(db_url) == after_a_refused_downgrade(db_url) and token_rows(db_url) == before
+        apply_script(db_url, script(db_url, "downgrade", "0002:0001"))
+    assert current(db_url) == "0002 (head)" and token_rows(db_url) == before
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
@@ -138,8 +137,8 @@ def test_postgresql_scripts_never_work_on_a_view_filtered_by_row_level_security(
     execute(db_url, *forced_row_security(owner, "provider <> 'tenant2'"))
     try:
         with pytest.raises(Exception, match="row-level security"):
-            apply_script(db_url.set(username=owner), script(db_url, "downgrade", "0003:0001"))
-        assert current(db_url) == after_a_refused_downgrade(db_url) and token_rows(db_url) == before
+            apply_script(db_url.set(username=owner), script(db_url, "downgrade", "0002:0001"))
+        assert current(db_url) == "0002 (head)" and token_rows(db_url) == before
     finally:
         execute(
             db_url,
@@ -162,7 +161,7 @@ def test_a_postgresql_upgrade_script_whose_backfill_is_skipped_by_a_trigger_is_r
         "CREATE TRIGGER skip_updates BEFORE UPDATE ON llm_usage_events FOR EACH ROW EXECUTE FUNCTION skip()",
     )
     with pytest.raises(Exception, match="rows still need a total"):
-        apply_script(db_url, script(db_url, "upgrade", "0001:0003"))
+        apply_script(db_url, script(db_url, "upgrade", "0001:0002"))
     assert current(db_url) == "0001" and "total_tokens" not in columns_of(db_url)
 
 
@@ -177,6 +176,6 @@ def test_a_mariadb_upgrade_script_never_narrows_a_bigint_split(db_url):
     )
     before = token_rows(db_url)
     with pytest.raises(Exception, match="more than 1 row"):
-        apply_script(db_url, "SET SESSION sql_mode = '';\n" + script(db_url, "upgrade", "0001:0003"))
+        apply_script(db_url, "SET SESSION sql_mode = '';\n" + script(db_url, "upgrade", "0001:0002"))
     assert token_rows(db_url) == before and current(db_url) == "0001"
     assert type(columns_of(db_url)["prompt_tokens"]["type"]).__name__ == "BIGINT"

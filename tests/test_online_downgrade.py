@@ -120,7 +120,7 @@ def test_a_failure_midway_drops_the_checks_stays_at_0002_and_a_rerun_finishes(db
     message = fails(db_url, "-x", "online=true", "downgrade", "0001")  # the placeholders' UPDATE meets the guard
     assert "usage events are append-only" in message and "re-running the same command finishes" in message, message
     assert build144_checks(db_url) == []  # total-only rows can still be written at 0002
-    assert alembic(db_url, "current").stdout.strip() == "0002"  # 0003's index went first, committed (online)
+    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
     assert token_rows(db_url) == upgraded
     execute(db_url, "DROP TRIGGER append_only ON llm_usage_events")
     alembic(db_url, "-x", "online=true", "downgrade", "0001")
@@ -184,7 +184,7 @@ def test_a_lock_timeout_after_rows_were_set_aside_says_so_and_a_rerun_finishes(d
     failed = [line for line in output.splitlines() if line.startswith("FAILED: ")]
     assert process.returncode != 0 and len(failed) == 1, output
     assert "re-running the same command finishes" in failed[0] and "nothing was changed" not in failed[0]
-    assert alembic(db_url, "current").stdout.strip() == "0002"  # 0003's index went first, committed (online)
+    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
     alembic(db_url, "-x", "online=true", "downgrade", "0001")
     assert alembic(db_url, "current").stdout.strip() == "0001" and build144_checks(db_url) == []
     alembic(db_url, "upgrade", "head")
@@ -211,7 +211,7 @@ def test_ctrl_c_midway_leaves_no_check_behind_and_a_rerun_finishes(db_url):
     process.communicate(timeout=60)
     assert process.returncode != 0
     assert build144_checks(db_url) == []  # BUILD-144 code can still write total-only rows
-    assert alembic(db_url, "current").stdout.strip() == "0002"  # 0003's index went first, committed (online)
+    assert alembic(db_url, "current").stdout.strip() == "0002 (head)"
     alembic(db_url, "-x", "online=true", "downgrade", "0001")
     alembic(db_url, "upgrade", "head")
     assert token_rows(db_url) == upgraded

@@ -196,7 +196,7 @@ def per_partition(url) -> dict[str, tuple[int, int]]:
 def assert_build144_on_every_partition(url, layout: dict) -> None:
     after = catalog(url)
     assert after["tree"] == layout["tree"], "the partitions must stay as they were"
-    assert [i for i in after["indexes"] if "is_doctor_call" not in i[1]] == layout["indexes"]  # 0003's: below
+    assert [i for i in after["indexes"] if "is_doctor_call" not in i[1]] == layout["indexes"]  # the doctor index: below
     assert after["triggers"] == [], "no fill trigger may stay on the table or a partition"
     for relation in ["llm_usage_events", *PARTITIONS]:
         assert after["columns"][(relation, "total_tokens")] == (True, "0"), relation
@@ -205,7 +205,8 @@ def assert_build144_on_every_partition(url, layout: dict) -> None:
 
 
 def doctor_index_on_every_partition(url) -> list[str]:
-    """0003's index, valid on the parent (so attached on every partition): the partitions holding its part."""
+    """The baseline's is_doctor_call index, valid on the parent (so attached on every partition): the partitions
+    holding its part."""
     valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('ix_llm_usage_events_is_doctor_call')"
     assert scalar(url, valid)
     engine = create_engine(url)
@@ -243,7 +244,7 @@ def test_a_partitioned_table_round_trips_losslessly_partition_by_partition(db_ur
 
     # upgrade: every total is the sum of its splits, taken here; nothing else about a row changes
     up = alembic(db_url, *MODES[mode], "-x", "batch_rows=17", "upgrade", "head")
-    assert current(db_url) == "0003 (head)"
+    assert current(db_url) == "0002 (head)"
     upgraded = read_rows(db_url)
     assert upgraded == {i: (*row, row[6] + row[7]) for i, row in before.items()}
     filled = sum(1 for s in seeded if s["prompt_tokens"] + s["completion_tokens"])
@@ -257,24 +258,26 @@ def test_a_partitioned_table_round_trips_losslessly_partition_by_partition(db_ur
     assert per_partition(db_url) == {name: (n, n) for name, n in counts.items()}
     assert_build144_on_every_partition(db_url, layout)
     assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
-    assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
     if operator == "serial-unversioned":  # a BIGINT identity id is the operator's own choice, which check reports
         assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
     checked = verify(db_url)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # downgrade: the pre-BUILD-144 rows exactly, each in its partition, and the schema on every partition
-    alembic(db_url, "downgrade", "0001")
+    alembic(db_url, "downgrade", "-1")
     assert current(db_url) == "0001"
     assert read_rows(db_url) == before
-    assert catalog(db_url) == layout
+    downgraded = catalog(db_url)  # the baseline's is_doctor_call index stays, on the parent and every partition
+    assert [i for i in downgraded["indexes"] if "is_doctor_call" not in i[1]] == layout["indexes"]
+    assert {**downgraded, "indexes": layout["indexes"]} == layout
+    assert doctor_index_on_every_partition(db_url) == sorted(PARTITIONS)
     assert "llm_usage_events_build144_holdover" not in table_names(db_url)
 
     # and up again: the same rows as the first upgrade gave
     alembic(db_url, *MODES[mode], "-x", "batch_rows=17", "upgrade", "head")
     if mode == "online":
         finish_online(db_url)
-    assert current(db_url) == "0003 (head)"
+    assert current(db_url) == "0002 (head)"
     assert read_rows(db_url) == upgraded
     assert per_partition(db_url) == {name: (n, n) for name, n in counts.items()}
     assert_build144_on_every_partition(db_url, layout)

@@ -25,7 +25,7 @@ def test_the_backfill_is_one_rewrite_that_keeps_the_tables_size_and_its_statisti
     seed_large(db_url, 20_000)
     before = scalar(db_url, "SELECT pg_total_relation_size('llm_usage_events')")
     splits = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
-    log = alembic(db_url, "upgrade", "0002").stderr  # BUILD-144's rewrite (0003 then adds an index of its own)
+    log = alembic(db_url, "upgrade", "0002").stderr
     assert f"Backfilled {sum(1 for p, c in splits.values() if p + c)} rows {REWRITE}" in log, log
     after = scalar(db_url, "SELECT pg_total_relation_size('llm_usage_events')")
     assert after <= 1.10 * before, (before, after)  # an UPDATE of every row leaves about twice the size

@@ -27,8 +27,8 @@ from support import (
 
 SCRIPTS = {
     "upgrade head": ("upgrade", "head"),
-    "upgrade": ("upgrade", "0001:0003"),
-    "downgrade": ("downgrade", "0003:0001"),
+    "upgrade": ("upgrade", "0001:0002"),
+    "downgrade": ("downgrade", "0002:0001"),
 }
 SQUAWK = Path(sys.executable).with_name("squawk")
 TIMEOUT_RULES = ("require-lock-timeout", "require-statement-timeout")
@@ -88,14 +88,14 @@ def test_the_squawk_config_never_ignores_the_timeout_rules_and_says_why_for_each
 
 
 def test_the_timeouts_come_from_x():
-    sql = script("-x", "lock_timeout=3s", "-x", "statement_timeout=20 min", "upgrade", "0001:0003")
+    sql = script("-x", "lock_timeout=3s", "-x", "statement_timeout=20 min", "upgrade", "0001:0002")
     assert "SET LOCAL lock_timeout = '3s';" in sql and "SET LOCAL statement_timeout = '20min';" in sql
-    assert "SET LOCAL statement_timeout = '0';" in script("-x", "statement_timeout=0", "upgrade", "0001:0003")
+    assert "SET LOCAL statement_timeout = '0';" in script("-x", "statement_timeout=0", "upgrade", "0001:0002")
 
 
 def test_the_online_mode_has_no_script_and_says_so():
     result = alembic(
-        "postgresql://postgres@127.0.0.1/unused", "-x", "online=true", "upgrade", "0001:0003", "--sql", check=False
+        "postgresql://postgres@127.0.0.1/unused", "-x", "online=true", "upgrade", "0001:0002", "--sql", check=False
     )
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED: ")]
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
@@ -141,22 +141,22 @@ def test_scripts_applied_with_psql_give_the_online_rows_both_ways(new_database, 
     for url in (online, offline):
         seeded(url)
     alembic(online, "-x", "online=true", "upgrade", "head")
-    applied = apply_with_psql(offline, script("upgrade", "0001:0003"), tmp_path)
+    applied = apply_with_psql(offline, script("upgrade", "0001:0002"), tmp_path)
     assert applied.returncode == 0 and "WARNING" not in applied.stderr, applied.stderr
     assert everything(offline) == everything(online)
     assert [r["total_tokens"] for r in everything(offline)] == [p + c for p, c in SEED]
-    assert alembic(offline, "current").stdout.strip() == "0003 (head)"
+    assert alembic(offline, "current").stdout.strip() == "0002 (head)"
 
     for url in (online, offline):
         add_later_rows(url)
     upgraded = everything(online)
     alembic(online, "downgrade", "0001")
-    assert apply_with_psql(offline, script("downgrade", "0003:0001"), tmp_path).returncode == 0
+    assert apply_with_psql(offline, script("downgrade", "0002:0001"), tmp_path).returncode == 0
     assert everything(offline) == everything(online)
     assert alembic(offline, "current").stdout.strip() == "0001"
 
     alembic(online, "-x", "online=true", "upgrade", "head")
-    assert apply_with_psql(offline, script("upgrade", "0001:0003"), tmp_path).returncode == 0
+    assert apply_with_psql(offline, script("upgrade", "0001:0002"), tmp_path).returncode == 0
     assert everything(offline) == everything(online) == upgraded  # set-aside rows back exactly
 
 
@@ -166,7 +166,7 @@ def test_the_script_rewrites_the_table_and_keeps_its_size(db_url, tmp_path):
     splits = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
     size = "SELECT pg_total_relation_size('llm_usage_events')"
     before = scalar(db_url, size)
-    # BUILD-144's rewrite alone (0003 adds an index of its own)
+    # BUILD-144's rewrite
     assert apply_with_psql(db_url, script("upgrade", "0001:0002"), tmp_path).returncode == 0
     after = scalar(db_url, size)
     assert after <= 1.10 * before, (before, after)  # an UPDATE of every row would leave about twice the size
@@ -182,7 +182,7 @@ def test_the_script_updates_where_an_update_trigger_must_see_each_row(db_url, tm
         db_url,
         *audit_trigger("t_audit"),
     )
-    assert apply_with_psql(db_url, script("upgrade", "0001:0003"), tmp_path).returncode == 0
+    assert apply_with_psql(db_url, script("upgrade", "0001:0002"), tmp_path).returncode == 0
     audited = scalar(db_url, "SELECT COUNT(*) FROM audit")
     assert audited == sum(1 for p, c in SEED if p + c)  # fired once per row the backfill filled
     assert [r["total_tokens"] for r in everything(db_url)] == [p + c for p, c in SEED]
@@ -192,7 +192,7 @@ def test_the_script_updates_where_an_update_trigger_must_see_each_row(db_url, tm
 def test_a_statement_timeout_mid_rewrite_rolls_the_script_back(db_url, tmp_path):
     seed_large(db_url, 300_000)
     before = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
-    sql = script("-x", "statement_timeout=20ms", "upgrade", "0001:0003")
+    sql = script("-x", "statement_timeout=20ms", "upgrade", "0001:0002")
     applied = apply_with_psql(db_url, sql, tmp_path)
     assert applied.returncode != 0 and "statement timeout" in applied.stderr, applied.stderr
     assert token_rows(db_url) == before  # no total_tokens column, splits as they were
@@ -217,7 +217,7 @@ def test_the_upgrade_head_script_applied_with_psql_builds_what_the_online_comman
     alembic(online, "-x", "online=true", "upgrade", "head")
     applied = apply_with_psql(offline, script("upgrade", "head"), tmp_path)
     assert applied.returncode == 0 and "WARNING" not in applied.stderr, applied.stderr
-    assert alembic(offline, "current").stdout.strip() == "0003 (head)"
+    assert alembic(offline, "current").stdout.strip() == "0002 (head)"
 
     def shape(url) -> dict:
         return {name: (str(c["type"]), c["nullable"], c["default"]) for name, c in columns_of(url).items()}

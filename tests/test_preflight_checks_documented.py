@@ -39,6 +39,9 @@ SAMPLES = {
     "columns": "created_at",
     "triggers": "zz_policy_cap_prompt",
     "fill": "zz_llm_usage_events_build144_fill_total",
+    "what": "on llm_usage_events: CREATE INDEX ix_llm_usage_events_is_doctor_call ON llm_usage_events (provider)",
+    "index": "ix_llm_usage_events_is_doctor_call",
+    "column": "is_doctor_call",
 }
 
 

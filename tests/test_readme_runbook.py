@@ -38,18 +38,24 @@ def test_the_runbook_block_runs_verbatim_on_a_pre_build144_database(tmp_path):
         "alembic upgrade head",
         "python -m autopack verify",
         "alembic current",
-        "alembic downgrade 0001",
+        "alembic downgrade -1",
     ]
     backup, upgrade, verify, current, downgrade = (run(c, url) for c in commands)
     for result in (backup, upgrade, verify, current, downgrade):
         assert result.returncode == 0, result.stdout + result.stderr
-    assert current.stdout.strip() == "0003 (head)"  # what the runbook says to look for before rolling back
+    assert current.stdout.strip() == "0002 (head)"  # what the runbook says to look for before rolling back
     assert backup.stdout.startswith(f"Backed up {tmp_path / 'autopack.db'} to {tmp_path / 'autopack.db.backup'} (")
     backup_url = make_url(f"sqlite:///{tmp_path / 'autopack.db.backup'}")
     assert list(token_rows(backup_url).values()) == [(p, c) for p, c, _ in ROWS["pre_build144"]]
     assert "detected state: pre-BUILD-144" in upgrade.stderr
     assert verify.stdout.strip().endswith("All checks passed.")
     assert "Running downgrade 0002 -> 0001" in downgrade.stderr
+    schema = sqlite3.connect(tmp_path / "autopack.db")  # the pre-BUILD-144 schema, the baseline's index kept
+    columns = {row[1]: row[3] for row in schema.execute("PRAGMA table_info(llm_usage_events)")}
+    indexes = {row[1] for row in schema.execute("PRAGMA index_list(llm_usage_events)")}
+    schema.close()
+    assert "total_tokens" not in columns and columns["prompt_tokens"] == columns["completion_tokens"] == 1
+    assert "ix_llm_usage_events_is_doctor_call" in indexes
     assert run("alembic upgrade head", url).returncode == 0
     assert list(token_rows(url).values()) == [(p, c, expected_total(p, c, t)) for p, c, t in ROWS["pre_build144"]]
 

@@ -52,17 +52,18 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
         CREATE TRIGGER audit_insert AFTER INSERT ON llm_usage_events BEGIN
             INSERT INTO audit VALUES (NEW.id, NEW.created_at); END;
         CREATE INDEX ix_ops_role ON llm_usage_events (role, created_at);
+        DROP INDEX ix_llm_usage_events_is_doctor_call;  -- as upstream's doctor-columns script left tables
         INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, created_at,
             is_doctor_call) VALUES ('p', 'm', 'builder', 12500, 3200, '2025-11-01', 0), ('q', 'm', 'r', 0, 7, 'x', 0);
     """)
     connection.close()
     before = objects(db_url.database)
 
-    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0003"), how)
+    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0002"), how)
     assert printed == "", printed
-    assert current(db_url) == "0003 (head)"
+    assert current(db_url) == "0002 (head)"
     assert token_rows(db_url) == {1: (12500, 3200, 15700), 2: (0, 7, 7)}
-    doctor_index = "ix_llm_usage_events_is_doctor_call"  # 0003's, beside everything that was there
+    doctor_index = "ix_llm_usage_events_is_doctor_call"  # built by the script, beside everything that was there
     assert [o for o in objects(db_url.database) if o[1] != doctor_index] == before
     assert doctor_index in [o[1] for o in objects(db_url.database)]
     columns = columns_of(db_url)
@@ -77,10 +78,11 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
     assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     connection.close()
 
-    printed = apply(db_url.database, script(db_url, "downgrade", "0003:0001"), how)
+    printed = apply(db_url.database, script(db_url, "downgrade", "0002:0001"), how)
     assert printed == "", printed
     assert current(db_url) == "0001"
-    assert objects(db_url.database) == before
+    assert [o for o in objects(db_url.database) if o[1] != doctor_index] == before  # the index stays: the baseline's
+    assert doctor_index in [o[1] for o in objects(db_url.database)]
     assert token_rows(db_url) == {1: (12500, 3200), 2: (0, 7), 3: (0, 0)}
     alembic(db_url, "upgrade", "head")  # the set-aside total-only row comes back
     assert token_rows(db_url)[3] == (None, None, 18500)
@@ -93,10 +95,10 @@ def test_the_upgrade_script_on_a_legacy_state_adopted_at_0001_never_changes_a_to
     build(db_url, state)
     legacy = token_rows(db_url)
     alembic(db_url, "upgrade", "0001")  # adopt, as the README says, then apply the DBA's script
-    upgrade = script(db_url, "upgrade", "0001:0003")
+    upgrade = script(db_url, "upgrade", "0001:0002")
     apply(db_url.database, upgrade, how)
     after = token_rows(db_url)
-    if current(db_url) == "0003 (head)":
+    if current(db_url) == "0002 (head)":
         assert {i: r[2] for i, r in after.items()} == {
             i: expected_total(*r, *([None] * (3 - len(r)))) for i, r in legacy.items()
         }
@@ -127,7 +129,7 @@ def test_a_script_whose_table_does_not_end_migrated_is_rolled_back_whole(db_url)
     )
     connection.commit()
     connection.close()
-    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0003"), "sqlite3")
+    printed = apply(db_url.database, script(db_url, "upgrade", "0001:0002"), "sqlite3")
     assert "did not end in the state of revision 0002" in printed
     assert current(db_url) == "0001"
     assert "total_tokens" not in columns_of(db_url)

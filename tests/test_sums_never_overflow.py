@@ -42,7 +42,7 @@ def test_a_set_total_beside_splits_that_sum_past_bigint_is_left_alone(db_url):
     result = alembic(db_url, "upgrade", "head")
     assert "[3/3] Verification: total rows 3" in result.stderr
     assert token_rows(db_url) == {1: (huge, huge, 5), 2: (3, 4, 7), 3: (10, 20, 30)}
-    assert current(db_url) == "0003 (head)"
+    assert current(db_url) == "0002 (head)"
 
 
 def test_verify_reports_a_split_sum_past_integer_instead_of_tracing_back(db_url):

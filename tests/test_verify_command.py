@@ -256,7 +256,7 @@ def test_verify_of_a_database_stamped_without_being_migrated_prints_commands_tha
     alembic(db_url, "stamp", "head")  # generic advice for unversioned databases, which skips the migration
     result = verify(db_url)
     assert result.returncode == 1
-    fix = "stamped 0003 but the table was never migrated: run 'alembic stamp 0001' then 'alembic upgrade head'"
+    fix = "stamped 0002 but the table was never migrated: run 'alembic stamp 0001' then 'alembic upgrade head'"
     assert fix in result.stdout
     alembic(db_url, "stamp", "0001")  # the commands, as printed
     alembic(db_url, "upgrade", "head")

@@ -1,12 +1,14 @@
 """Baseline: llm_usage_events as it was before BUILD-144.
 
 What it is: the table Autopack created before BUILD-144: ``prompt_tokens`` and ``completion_tokens``
-NOT NULL, no ``total_tokens``, with its five indexes.
+NOT NULL, no ``total_tokens``, with its six indexes — ``is_doctor_call``'s included: upstream's model declared it
+with the column (2025-12-02), four weeks before BUILD-144.
 
 Existing databases: databases made by ``Base.metadata.create_all()`` or by Autopack's old standalone
 script already have the table but no ``alembic_version``. On those this revision creates nothing:
 it recognises which known state the table is in, logs it, and adopts it; BUILD-144 (0002) then does
-only what is missing. A table that matches none of the known states is refused with a message and
+only what is missing (the is_doctor_call index included: upstream's script that added the doctor columns to
+older databases never made it). A table that matches none of the known states is refused with a message and
 nothing is changed.
 
 Downgrade: drops the table it created (and an empty BUILD-144 holdover table), and only while it holds no
@@ -92,9 +94,7 @@ def downgrade() -> None:
     if bind is not None and sa.inspect(bind).has_table(TABLE):
         refuse_to_drop_rows(TABLE, bind.execute(sa.select(sa.func.count()).select_from(sa.table(TABLE))).scalar_one())
     drop_with_the_baseline(bind, refuse=refuse_to_drop_rows)  # an empty set-aside table BUILD-144 may have left
-    for column in INDEXED:
-        op.drop_index(f"ix_{TABLE}_{column}", table_name=TABLE)
-    op.drop_table(TABLE)
+    op.drop_table(TABLE)  # its indexes with it (an adopted table may lack some of the baseline's)
 
 
 def refuse_to_drop_rows(table: str, rows: int) -> None:

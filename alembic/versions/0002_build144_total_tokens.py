@@ -3,10 +3,13 @@
 Upgrade, doing only what the table is missing: add ``total_tokens INTEGER NOT NULL DEFAULT 0`` (or just its
 DEFAULT 0), make ``prompt_tokens`` / ``completion_tokens`` nullable (a provider that reports only a total is
 recorded total-only, never as a guessed split), backfill the totals (``backfill_rule``: a non-zero total is
-never changed), put back the rows an earlier downgrade set aside, and report what the table now holds.
+never changed), put back the rows an earlier downgrade set aside, build ``ix_llm_usage_events_is_doctor_call`` where
+the table lacks it (``doctor_index``: the pre-BUILD-144 schema declares it, revision 0001 makes it on an empty
+database, but databases upstream's own script upgraded never got it), and report what the table now holds.
 Downgrade, losing nothing: set aside the rows the old schema cannot hold, splits NOT NULL again, drop
-``total_tokens``. Everything that would go wrong is refused in one sentence before any change
-(``preflight_checks``). The engine strategies live in ``autopack.migrations``, one module each.
+``total_tokens``; the is_doctor_call index stays (it is the old schema's). Everything that would go wrong is
+refused in one sentence before any change (``preflight_checks``). The engine strategies live in
+``autopack.migrations``, one module each.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,7 +22,14 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
-from autopack.migrations import fill_trigger, holdover, mariadb_schema_change, postgres_rewrite, sqlite_schema_edit
+from autopack.migrations import (
+    doctor_index,
+    fill_trigger,
+    holdover,
+    mariadb_schema_change,
+    postgres_rewrite,
+    sqlite_schema_edit,
+)
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
 from autopack.migrations.online_backfill import drop_leftovers, online_upgrade
@@ -51,8 +61,9 @@ def upgrade() -> None:
     hooks = update_hooks(bind)  # the operator's triggers the backfill's UPDATEs will fire
     keep_history(bind, plan)
     with failures_in_one_sentence(plan, hooks, "upgrade"):
-        if plan.online:  # PostgreSQL: steps 2-4 with the schema change and each batch committed at once
+        if plan.online:  # steps 2-4 with the schema change and each batch committed at once
             filled = online_upgrade(plan)
+            doctor_index.ensure(bind, plan.options)  # concurrently (PostgreSQL) or in place (MariaDB), if missing
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
             if plan.dialect == "postgresql":
                 drop_leftovers(bind)  # of an interrupted online run: its fill trigger, an online downgrade's CHECKs
@@ -60,6 +71,7 @@ def upgrade() -> None:
             filled = fill_totals(bind, plan, hooks)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
+            doctor_index.ensure(bind, plan.options)  # the baseline's index, if the table lacks it
             prove_backfilled(bind, after=what_a_failure_leaves(plan, "upgrade"))
     report(bind, filled, hooks)  # 5. report what the table now holds
 

@@ -20,6 +20,7 @@ from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import shown
 from autopack.migrations.options import Options
 from autopack.migrations.plan import Plan, to_do
+from autopack.migrations.retired_revisions import holding
 from autopack.migrations.table_inspection import checks_forbidding_total_only
 
 
@@ -94,7 +95,7 @@ def verify(connection: Connection) -> Verification:
                 not unfinished,
                 f"stamped {', '.join(stamped) or 'nothing'}: an upgrade did not finish; {fix}"
                 if unfinished
-                else ", ".join(stamped),
+                else ", ".join(shown_revision(r) for r in stamped),
             )
         )
     checks += [
@@ -117,11 +118,7 @@ def verify(connection: Connection) -> Verification:
         ),
     ]
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
-    if doctor_index.invalid(connection):  # a concurrent build or drop was stopped: the index is not used
-        warnings.append(
-            f"{doctor_index.INDEX} is INVALID (an online build or drop of it was interrupted): run 'alembic "
-            "-x online=true downgrade -1' then 'alembic -x online=true upgrade head' to build it again"
-        )
+    warnings += doctor_index_warnings(connection, unfinished)
     if trigger_on:
         warnings.append(
             "the online upgrade's fill trigger is still on llm_usage_events (pre-BUILD-144 writers get right "
@@ -130,8 +127,35 @@ def verify(connection: Connection) -> Verification:
     return Verification(checks, warnings)
 
 
+def doctor_index_warnings(connection: Connection, unfinished: bool) -> list[str]:
+    """The baseline's is_doctor_call index: INVALID after an interrupted concurrent build, or missing at 0002 (a
+    database an earlier build of this tree upgraded to 0002 only, or stamped by hand)."""
+    index = doctor_index.INDEX
+    state, impostor = doctor_index.what_carries_the_name(connection)
+    if impostor is not None:
+        return [f"an index named {index} is not the plain one on is_doctor_call ({impostor}): rename or drop it"]
+    if state == "invalid":
+        return [
+            f"{index} is INVALID (an online build of it was interrupted): run 'REINDEX INDEX CONCURRENTLY {index}' "
+            "(PostgreSQL 12+), or re-run 'alembic -x online=true upgrade head' if the revision is still 0001"
+        ]
+    if state is None and not unfinished:
+        return [
+            f"{index} is missing (the pre-BUILD-144 schema declares it; 'alembic upgrade head' builds it): run "
+            f"'CREATE INDEX {index} ON llm_usage_events (is_doctor_call)' (CONCURRENTLY on a busy PostgreSQL)"
+        ]
+    return []
+
+
 # rows written at 0002 by code that did not know total_tokens; after an online upgrade, its last step
 REFILL = "run 'python -m autopack finish-online'"
+
+
+def shown_revision(revision: str) -> str:
+    """A revision as verify names it: a retired one with what the next alembic command makes of it."""
+    if holding(revision) == revision:
+        return revision
+    return f"{revision} (an earlier build's name for {holding(revision)}: the next alembic command restamps it)"
 
 
 def stamped_revisions(connection: Connection) -> list[str] | None:

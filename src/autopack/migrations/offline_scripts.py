@@ -19,7 +19,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import context, op
 
-from autopack.migrations import fill_trigger, holdover
+from autopack.migrations import doctor_index, fill_trigger, holdover
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
 from autopack.migrations.options import SCRIPT_STATEMENT_TIMEOUT, Options
 from autopack.migrations.plan import Plan
@@ -60,6 +60,7 @@ def offline_upgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
         op.execute(statement)
     op.execute(holdover.restore_statement())
     op.execute(holdover.holdover.delete().where(holdover.done_with()))
+    offline_doctor_index(dialect)
     # after every statement that can fire an operator's trigger: see the SQLite note above
     offline_refuse_unless(dialect, "0002", sa.select(events.c.id).where(NEEDS_TOTAL), "rows still need a total")
 
@@ -167,6 +168,33 @@ def offline_check(dialect: str, query: str, message: str) -> None:
         op.execute(MYSQL_CHECK.format(query=query))
 
 
+INDEX, COLUMN = doctor_index.INDEX, doctor_index.COLUMN
+PG_NOT_OUR_INDEX = f"""SELECT 1 FROM pg_class i JOIN pg_index x ON x.indexrelid = i.oid
+  WHERE i.relname = '{INDEX}' AND i.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = '{TABLE}'::regclass)
+  AND (x.indrelid <> '{TABLE}'::regclass OR NOT x.indisvalid
+       OR pg_get_indexdef(x.indexrelid) !~ '^CREATE INDEX {INDEX} ON (ONLY )?\\S+ USING btree \\({COLUMN}\\)$')"""
+MYSQL_NOT_OUR_INDEX = f"""SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()
+  AND TABLE_NAME = '{TABLE}' AND LOWER(INDEX_NAME) = '{INDEX}' AND (BINARY INDEX_NAME <> '{INDEX}' OR NON_UNIQUE = 0
+  OR COLUMN_NAME <> '{COLUMN}' OR SEQ_IN_INDEX > 1 OR SUB_PART IS NOT NULL OR INDEX_TYPE <> 'BTREE')"""
+SQLITE_OUR_INDEX = f"""(SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' COLLATE NOCASE) = 1
+  AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' AND tbl_name = '{TABLE}'
+      AND sql = 'CREATE INDEX {INDEX} ON {TABLE} ({COLUMN})')"""
+NOT_OUR_INDEX = (
+    f"an index named {INDEX} exists that is not a valid plain index on {TABLE} ({COLUMN}) (another table's, other "
+    "columns, or INVALID after an interrupted concurrent build): rename or drop it, or run the online command"
+)
+
+
+def offline_doctor_index(dialect: str) -> None:
+    """The index the pre-BUILD-144 schema declares, for a table that lacks it (``doctor_index``); the servers'
+    scripts refused an impostor in their preamble, SQLite's stamp is guarded (an index of the name on another
+    table would have been kept by IF NOT EXISTS)."""
+    lint = doctor_index.DEFAULT_MODE_CREATE if dialect == "postgresql" else ""
+    op.execute(f"{lint}CREATE INDEX IF NOT EXISTS {INDEX} ON {TABLE} ({COLUMN})")
+    if dialect == "sqlite":
+        sqlite_guard("0002", SQLITE_OUR_INDEX, f"{INDEX} is not the plain index on {TABLE} ({COLUMN})", "index")
+
+
 def offline_preamble(dialect: str, direction: str) -> None:
     if dialect == "postgresql":  # every row seen; a role that row-level security would filter fails here
         op.execute("SET LOCAL row_security = off")
@@ -176,6 +204,8 @@ def offline_preamble(dialect: str, direction: str) -> None:
             offline_check(dialect, MYSQL_ON_UPDATE, ON_UPDATE_MESSAGE)
             narrowing = "prompt_tokens or completion_tokens is not a plain INT column (BIGINT, a default or a comment)"
             offline_check(dialect, MYSQL_NARROWING, f"{narrowing}: the script would narrow it; use the online command")
+    if direction == "upgrade" and dialect != "sqlite":  # an index of the name that is not ours: refused
+        offline_check(dialect, PG_NOT_OUR_INDEX if dialect == "postgresql" else MYSQL_NOT_OUR_INDEX, NOT_OUR_INDEX)
     if direction == "downgrade" and dialect != "sqlite":
         readers = PG_READERS_LITERAL if dialect == "postgresql" else MYSQL_READERS_LITERAL
         readers_message = (
@@ -211,10 +241,11 @@ def sqlite_stamp_guard(version: str, state: str) -> None:
     sqlite_guard(version, state, f"{TABLE} did not end in the state of revision {version} (see the script header)")
 
 
-def sqlite_guard(version: str, state: str, why: str) -> None:
+def sqlite_guard(version: str, state: str, why: str, name: str = "") -> None:
     """The stamp to ``version`` rolls the whole script back, saying ``why``, unless ``state`` holds."""
+    trigger = f"build144_stamp_guard_{version}{name and '_'}{name}"
     op.execute(
-        f"CREATE TEMP TRIGGER IF NOT EXISTS build144_stamp_guard_{version} BEFORE UPDATE ON main.alembic_version "
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {trigger} BEFORE UPDATE ON main.alembic_version "
         f"WHEN NEW.version_num = '{version}' AND NOT ({state}) BEGIN SELECT RAISE(ROLLBACK, "
         f"'BUILD-144 script: {why}; everything this script did is rolled back'); END"
     )

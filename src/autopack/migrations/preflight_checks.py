@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.util import CommandError
 
+from autopack.migrations import doctor_index
 from autopack.migrations.backfill_rule import wide_split_sum
 from autopack.migrations.fill_trigger import PG_NAMES
 from autopack.migrations.holdover import HOLDOVER, held_rows_changed_again
@@ -109,6 +110,11 @@ def changed_again(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
     return _ids(first_ids(bind, held_rows_changed_again())) if plan.has_holdover else None
 
 
+def index_not_ours(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
+    _state, impostor = doctor_index.what_carries_the_name(bind)
+    return {"what": impostor, "index": doctor_index.INDEX, "column": doctor_index.COLUMN} if impostor else None
+
+
 UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
 BOTH = UPGRADE + DOWNGRADE
 
@@ -159,6 +165,12 @@ CHECKS = [
         "{table} has BEFORE trigger {triggers}, which PostgreSQL fires after the online mode's fill trigger {fill} "
         "(row triggers fire in name order), so a split it changes would not be in the total: rename it to sort "
         "before {fill}, or run without -x online=true; nothing was changed.",
+    ),
+    PreflightCheck(
+        "an index named `ix_llm_usage_events_is_doctor_call` that is not the plain one on `is_doctor_call`",
+        UPGRADE,
+        index_not_ours,
+        doctor_index.NOT_OURS,
     ),
     PreflightCheck(
         "a table stamped `0002` without being migrated",

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 TABLE = "llm_usage_events"
 SPLITS = ("prompt_tokens", "completion_tokens")
-INDEXED = ("id", "provider", "model", "run_id", "created_at")
+# the baseline's indexes: is_doctor_call's too (upstream's model declared it with the column, before BUILD-144)
+INDEXED = ("id", "provider", "model", "run_id", "created_at", "is_doctor_call")
 # the helper CHECKs of the PostgreSQL online downgrade (online_downgrade), one per split
 NOT_NULL_CHECKS = {split: f"build144_{split}_not_null" for split in SPLITS}
 DROP_NOT_NULL_CHECKS = f"ALTER TABLE {TABLE} " + ", ".join(
