@@ -20,7 +20,7 @@ from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_st
 from autopack.migrations.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
 from autopack.migrations.offline_scripts import script_timeouts
 from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
-from autopack.migrations.retired_revisions import restamp_retired
+from autopack.migrations.retired_revisions import refuse_retired_arguments, restamp_retired
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
 config = context.config
@@ -28,6 +28,7 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 target_metadata = Base.metadata
 options = config.attributes[OPTIONS_KEY] = parse_options(context.get_x_argument(as_dictionary=True))
+refuse_retired_arguments(getattr(config.cmd_opts, "revision", None) or getattr(config.cmd_opts, "revisions", None))
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
@@ -72,7 +73,7 @@ def run_migrations_online() -> None:
     ):
         applied: list[dict] = []
         configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
-        restamp_retired(context.get_context())  # 0003 of an earlier build: 0002 now
+        restamp_retired(context.get_context(), upgrading=command_name() == "upgrade")  # an earlier build's stamps
         require_known_revisions(context.script, context.get_context().get_current_heads())
         with context.begin_transaction():
             context.run_migrations()

@@ -217,6 +217,8 @@ IMPOSTORS = [
     ("sqlite", OTHER_TABLE),
     ("sqlite", [f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call) WHERE is_doctor_call"]),
     ("sqlite", [f"CREATE INDEX {INDEX.upper()} ON llm_usage_events (is_doctor_call)"]),
+    ("sqlite", [f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call DESC)"]),
+    ("sqlite", [f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call COLLATE NOCASE)"]),
     *((pg, OTHER_TABLE) for pg in POSTGRES_BACKENDS),
     *(
         (pg, [f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call) WHERE is_doctor_call"])
@@ -225,6 +227,7 @@ IMPOSTORS = [
     *((pg, [f"CREATE INDEX {INDEX} ON llm_usage_events USING hash (is_doctor_call)"]) for pg in POSTGRES_BACKENDS),
     *((m, [f"CREATE UNIQUE INDEX {INDEX} ON llm_usage_events (is_doctor_call, id)"]) for m in MYSQL_BACKENDS),
     *((m, [f"CREATE INDEX {INDEX.upper()} ON llm_usage_events (is_doctor_call)"]) for m in MYSQL_BACKENDS),
+    *((m, [f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call DESC)"]) for m in MYSQL_BACKENDS),
 ]
 
 
@@ -274,28 +277,37 @@ def test_partitions_whose_long_names_share_a_beginning_each_get_their_own_index(
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
-def test_verify_warns_of_an_invalid_index_at_head(db_url):
+def test_verify_warns_of_an_invalid_index_at_head_and_upgrade_head_builds_it_again(db_url):
     seed_large(db_url, rows=100)
     alembic(db_url, "upgrade", "head")
     execute(db_url, f"DROP INDEX {INDEX}")
     interrupted_concurrent_build(db_url)
     assert pg_valid(db_url) is False
     checked = verify(db_url)
-    assert f"warning: {INDEX} is INVALID (an online build of it was interrupted): run 'REINDEX INDEX" in checked.stdout
-    execute(db_url, f"REINDEX INDEX {INDEX}")  # the command it names (CONCURRENTLY outside a transaction)
-    assert pg_valid(db_url) is True and "warning" not in verify(db_url).stdout
+    assert f"warning: {INDEX} is INVALID (an online build of it was interrupted); the pre-BUILD" in checked.stdout
+    up = alembic(db_url, "-x", "online=true", "upgrade", "head")  # the command it names
+    assert f"dropping the INVALID {INDEX}" in up.stderr and "Running upgrade 0001 -> 0002" in up.stderr
+    assert pg_valid(db_url) is True and current(db_url) == "0002 (head)"
+    assert INDEX not in verify(db_url).stdout  # (the online run's fill trigger is warned of, as after any)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_verify_warns_of_the_index_missing_at_head(db_url):
-    """A database an earlier build of this tree took to 0002 only, from a table without the index."""
-    seed_large(db_url, rows=10)
+def test_a_database_an_earlier_build_left_at_0002_without_the_index_gets_it_from_upgrade_head(db_url):
+    """That build's 0002 made no index and its 'downgrade -1' from 0003 dropped it: stamped head, index missing."""
+    seed_large(db_url, rows=200)
     alembic(db_url, "upgrade", "head")
+    at_head = token_rows(db_url)
     execute(db_url, f"DROP INDEX {INDEX} ON llm_usage_events" if "mysql" in str(db_url) else f"DROP INDEX {INDEX}")
     checked = verify(db_url)
     assert checked.returncode == 0 and f"warning: {INDEX} is missing" in checked.stdout, checked.stdout
-    execute(db_url, f"CREATE INDEX {INDEX} ON llm_usage_events (is_doctor_call)")  # the command it names
-    assert "warning" not in verify(db_url).stdout
+    up = alembic(db_url, "upgrade", "head")  # the command verify names
+    assert "The database is stamped 0002 but ix_llm_usage_events_is_doctor_call is missing or INVALID" in up.stderr
+    assert f"Index: built {INDEX}" in up.stderr and "Nothing to do" not in up.stderr
+    assert current(db_url) == "0002 (head)" and indexes(db_url)[INDEX] == ["is_doctor_call"]
+    assert token_rows(db_url) == at_head and "warning" not in verify(db_url).stdout
+    assert "No new upgrade operations detected." in alembic(db_url, "check").stdout
+    again = alembic(db_url, "upgrade", "head")
+    assert "Nothing to do: the database is already at 0002" in again.stderr
 
 
 def stamped_0003(url) -> None:
@@ -351,3 +363,76 @@ def test_a_migrator_through_a_symlink_waits_for_one_holding_the_real_files_lock(
         result = alembic(db_url.set(database=str(link)), "-x", "migration_lock_wait=2s", "upgrade", "head", check=False)
     assert result.returncode != 0 and "held the migration lock for 2s" in result.stdout, result.stdout
     assert current(db_url) == "0001"
+
+
+# the plain index as operators type it: SQLite keeps their text, so what it is is read from SQLite, not the text
+PLAIN_AS_TYPED = [
+    f"create index {INDEX} on llm_usage_events(is_doctor_call)",
+    f'CREATE INDEX "{INDEX}" ON "llm_usage_events" ( "is_doctor_call" ASC )',
+    f"CREATE INDEX IF NOT EXISTS {INDEX}\n  ON llm_usage_events (is_doctor_call)",
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("typed", PLAIN_AS_TYPED)
+@pytest.mark.parametrize("how", ["command", "script"])
+def test_sqlite_adopts_the_plain_index_however_it_was_typed(db_url, typed, how):
+    seed_without_the_index(db_url, rows=10)
+    execute(db_url, typed)
+    if how == "command":
+        assert f"Index: {INDEX} already there (adopted)" in alembic(db_url, "upgrade", "head").stderr
+    else:
+        apply_script(db_url, alembic(db_url, "upgrade", "0001:0002", "--sql").stdout)
+    assert current(db_url) == "0002 (head)" and indexes(db_url) == {**indexes(db_url), INDEX: ["is_doctor_call"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", *POSTGRES_BACKENDS])
+def test_0003_beside_0002_in_the_version_table_becomes_one_stamp(db_url):
+    stamped_0003(db_url)
+    execute(db_url, "INSERT INTO alembic_version (version_num) VALUES ('0002')")
+    shown = alembic(db_url, "current")
+    assert shown.stdout.strip() == "0002 (head)" and RESTAMPED in shown.stderr
+    assert scalar(db_url, "SELECT count(*) FROM alembic_version") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "command",
+    [("upgrade", "0001:0003", "--sql"), ("downgrade", "0003:0002", "--sql"), ("stamp", "0003"), ("upgrade", "0003")],
+)
+def test_a_command_naming_the_retired_revision_says_which_to_name(db_url, command):
+    alembic(db_url, "upgrade", "head")
+    result = alembic(db_url, *command, check=False)
+    assert result.returncode != 0 and result.stdout.startswith("FAILED: Revision 0003 was retired"), result.stdout
+    assert "name 0002 instead" in result.stdout and len(result.stdout.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and current(db_url) == "0002 (head)"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", *POSTGRES_BACKENDS])
+def test_the_downgrade_script_applied_to_a_0003_database_stamps_0001(db_url):
+    stamped_0003(db_url)
+    at_head = token_rows(db_url)
+    apply_script(db_url, alembic(db_url, "downgrade", "0002:0001", "--sql").stdout)
+    assert scalar(db_url, "SELECT version_num FROM alembic_version") == "0001"
+    assert "total_tokens" not in columns_of(db_url) and indexes(db_url)[INDEX] == ["is_doctor_call"]
+    alembic(db_url, "upgrade", "head")
+    assert token_rows(db_url) == at_head
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_current_on_a_0003_database_for_a_read_only_role_is_one_sentence(db_url):
+    stamped_0003(db_url)
+    role = f"ro_{db_url.database}"[:60]
+    execute(
+        db_url,
+        f"DROP ROLE IF EXISTS {role}",
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+    )
+    try:
+        message = fails(db_url.set(username=role), "current")
+        assert message.startswith("The database is stamped 0003, which this tree restamps before reading it"), message
+        assert "run 'alembic upgrade head' once as the table's owner on the primary" in message
+        assert scalar(db_url, "SELECT version_num FROM alembic_version") == "0003"
+    finally:
+        execute(db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")

@@ -134,17 +134,13 @@ def doctor_index_warnings(connection: Connection, unfinished: bool) -> list[str]
     state, impostor = doctor_index.what_carries_the_name(connection)
     if impostor is not None:
         return [f"an index named {index} is not the plain one on is_doctor_call ({impostor}): rename or drop it"]
-    if state == "invalid":
-        return [
-            f"{index} is INVALID (an online build of it was interrupted): run 'REINDEX INDEX CONCURRENTLY {index}' "
-            "(PostgreSQL 12+), or re-run 'alembic -x online=true upgrade head' if the revision is still 0001"
-        ]
-    if state is None and not unfinished:
-        return [
-            f"{index} is missing (the pre-BUILD-144 schema declares it; 'alembic upgrade head' builds it): run "
-            f"'CREATE INDEX {index} ON llm_usage_events (is_doctor_call)' (CONCURRENTLY on a busy PostgreSQL)"
-        ]
-    return []
+    if state == "valid" or unfinished:
+        return []
+    what = "is INVALID (an online build of it was interrupted)" if state == "invalid" else "is missing"
+    return [
+        f"{index} {what}; the pre-BUILD-144 schema declares it: run 'alembic upgrade head', which builds it "
+        "(with -x online=true, concurrently, on a busy PostgreSQL)"
+    ]
 
 
 # rows written at 0002 by code that did not know total_tokens; after an online upgrade, its last step

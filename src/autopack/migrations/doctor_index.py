@@ -56,7 +56,14 @@ WHERE i.relname = :index AND i.relnamespace = (SELECT relnamespace FROM pg_class
 """
 PG_PLAIN = re.compile(rf"CREATE INDEX {INDEX} ON (ONLY )?\S+ USING btree \({COLUMN}\)")
 SQLITE_NAMED = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND name = :index COLLATE NOCASE"
-SQLITE_PLAIN = re.compile(rf'CREATE INDEX "?{INDEX}"? ON "?{TABLE}"? \("?{COLUMN}"?\)', re.IGNORECASE)
+# what the index is, as SQLite itself reads it (not how its CREATE text was typed): the one index of the name in any
+# letter case, on this table, not UNIQUE, not partial, one key column, is_doctor_call, ascending, default collation
+SQLITE_PLAIN = f"""(SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' COLLATE NOCASE) = 1
+  AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' AND tbl_name = '{TABLE}')
+  AND EXISTS (SELECT 1 FROM pragma_index_list('{TABLE}') WHERE name = '{INDEX}' AND "unique" = 0 AND partial = 0)
+  AND (SELECT count(*) FROM pragma_index_xinfo('{INDEX}') WHERE key = 1) = 1
+  AND EXISTS (SELECT 1 FROM pragma_index_xinfo('{INDEX}')
+      WHERE key = 1 AND name = '{COLUMN}' AND "desc" = 0 AND coll = 'BINARY')"""
 MARIADB_NAMED = """
 SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SUB_PART, INDEX_TYPE, COLLATION FROM information_schema.STATISTICS
 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table AND LOWER(INDEX_NAME) = LOWER(:index) ORDER BY SEQ_IN_INDEX
@@ -99,14 +106,14 @@ def what_carries_the_name(bind: sa.Connection) -> tuple[str | None, str | None]:
             len(rows) == 1
             and (name, non_unique, column, sub_part, kind, order) == (INDEX, 1, COLUMN, None, "BTREE", "A")
         ):
-            columns = ", ".join(str(r[2]) for r in rows)
+            columns = ", ".join(f"{r[2]}{' DESC' if r[5] == 'D' else ''}{f'({r[3]})' if r[3] else ''}" for r in rows)
             return None, f"{name} on {TABLE} ({columns}), {kind}{'' if non_unique else ', UNIQUE'}"
         return "valid", None
     named = bind.execute(sa.text(SQLITE_NAMED), {"index": INDEX}).one_or_none()
     if named is None:
         return None, None
     name, table, definition = named
-    if not (name == INDEX and table == TABLE and SQLITE_PLAIN.fullmatch(" ".join(str(definition).split()))):
+    if not bind.exec_driver_sql(f"SELECT {SQLITE_PLAIN}").scalar():
         return None, f"{name} on {table}: {definition}"
     return "valid", None
 
@@ -142,6 +149,7 @@ def ensure(bind: sa.Connection, options: Options) -> None:
             raise CommandError(f"{INDEX} was built but PostgreSQL still reports it INVALID: {STAYS}.")
     elif dialect == "postgresql":
         if state == "invalid":
+            log.info("      dropping the INVALID %s an interrupted concurrent build left, to build it again", INDEX)
             bind.exec_driver_sql(f"{DEFAULT_MODE_DROP}DROP INDEX {INDEX}")
         bind.exec_driver_sql(f"{DEFAULT_MODE_CREATE}CREATE INDEX {INDEX} ON {TABLE} ({COLUMN})")
     elif dialect in ("mysql", "mariadb") and options.online:  # metadata lock waits as short as the online steps'

@@ -24,6 +24,7 @@ from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
 from autopack.migrations.options import SCRIPT_STATEMENT_TIMEOUT, Options
 from autopack.migrations.plan import Plan
 from autopack.migrations.postgres_rewrite import rewrite_statement
+from autopack.migrations.retired_revisions import RETIRED
 from autopack.migrations.table_inspection import (
     MYSQL_READERS_LITERAL,
     PG_PUBLISHED,
@@ -70,6 +71,7 @@ def offline_downgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
     dialect = plan.dialect
     op.get_context().impl.static_output(f"-- BUILD-144 plan ({plan.mode}): {DOWNGRADE_PLAN}")
     offline_preamble(dialect, "downgrade")
+    restamp_retired_offline()
     for statement in holdover.create_statements(dialect):
         op.execute(statement)
     op.execute(holdover.hold_over_statement())
@@ -92,6 +94,16 @@ def offline_downgrade(plan: Plan, change_schema: Callable[[], None]) -> None:
             statement = f"-- squawk-ignore ban-drop-function\n{statement}"
         op.execute(statement)
     change_schema()
+
+
+def restamp_retired_offline() -> None:
+    """A database an earlier build of this tree stamped 0003 holds 0002's schema: stamped 0002 first, so that the
+    script's final stamp (``WHERE version_num = '0002'``) applies to it too (``retired_revisions``)."""
+    context = op.get_context()
+    version = sa.table(context.version_table, sa.column("version_num", sa.String), schema=context.version_table_schema)
+    op.get_context().impl.static_output("-- a database an earlier build of this tree stamped 0003 is at 0002")
+    for old, new in RETIRED.items():
+        op.execute(version.update().where(version.c.version_num == old).values(version_num=new))
 
 
 def literal_sql(statement) -> str:
@@ -175,10 +187,9 @@ PG_NOT_OUR_INDEX = f"""SELECT 1 FROM pg_class i JOIN pg_index x ON x.indexrelid 
        OR pg_get_indexdef(x.indexrelid) !~ '^CREATE INDEX {INDEX} ON (ONLY )?\\S+ USING btree \\({COLUMN}\\)$')"""
 MYSQL_NOT_OUR_INDEX = f"""SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()
   AND TABLE_NAME = '{TABLE}' AND LOWER(INDEX_NAME) = '{INDEX}' AND (BINARY INDEX_NAME <> '{INDEX}' OR NON_UNIQUE = 0
-  OR COLUMN_NAME <> '{COLUMN}' OR SEQ_IN_INDEX > 1 OR SUB_PART IS NOT NULL OR INDEX_TYPE <> 'BTREE')"""
-SQLITE_OUR_INDEX = f"""(SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' COLLATE NOCASE) = 1
-  AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '{INDEX}' AND tbl_name = '{TABLE}'
-      AND sql = 'CREATE INDEX {INDEX} ON {TABLE} ({COLUMN})')"""
+  OR COLUMN_NAME <> '{COLUMN}' OR SEQ_IN_INDEX > 1 OR SUB_PART IS NOT NULL OR INDEX_TYPE <> 'BTREE'
+  OR COALESCE(COLLATION, '') <> 'A')"""
+SQLITE_OUR_INDEX = doctor_index.SQLITE_PLAIN
 NOT_OUR_INDEX = (
     f"an index named {INDEX} exists that is not a valid plain index on {TABLE} ({COLUMN}) (another table's, other "
     "columns, or INVALID after an interrupted concurrent build): rename or drop it, or run the online command"
