@@ -42,6 +42,8 @@ SAMPLES = {
     "what": "on llm_usage_events: CREATE INDEX ix_llm_usage_events_is_doctor_call ON llm_usage_events (provider)",
     "index": "ix_llm_usage_events_is_doctor_call",
     "column": "is_doctor_call",
+    "publications": "usage_pub (logical replication slot usage_sub)",
+    "subscriptions": "usage_sub",
 }
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from autopack.migrations import doctor_index, fill_trigger
+from autopack.migrations import doctor_index, fill_trigger, logical_replication
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import shown
 from autopack.migrations.options import Options
@@ -119,6 +119,7 @@ def verify(connection: Connection) -> Verification:
     ]
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
     warnings += doctor_index_warnings(connection, unfinished)
+    warnings += logical_replication.verify_warnings(connection)  # subscribers that must have total_tokens
     if trigger_on:
         warnings.append(
             "the online upgrade's fill trigger is still on llm_usage_events (pre-BUILD-144 writers get right "

@@ -9,6 +9,11 @@ total-only row has no split (the rule leaves it alone) and an exact-split row al
 old instance is left, ``finish-online`` drops it and fills any total still missing; a downgrade drops it first
 (its column goes). PostgreSQL: one PL/pgSQL function and one BEFORE INSERT OR UPDATE trigger; MariaDB (no
 ``INSERT OR UPDATE`` trigger): two BEFORE triggers, one statement each.
+
+On PostgreSQL it is ``ENABLE ALWAYS``: a logical-replication apply worker runs with ``session_replication_role =
+replica``, where an ordinary trigger does not fire, so on a subscriber upgraded before its publisher the rows the
+pre-BUILD-144 publisher sends would keep total 0 (``logical_replication``). An ALWAYS trigger fires there too, and in
+any session a loading tool sets to ``replica``; the rule it applies is the same.
 """
 
 import sqlalchemy as sa
@@ -67,6 +72,7 @@ def create_statements(dialect: str) -> list[str]:
             *PG_DROP_TRIGGERS,
             f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} "
             f"FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
+            f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {FILL_TRIGGER}",  # replicated rows too (apply workers)
             f"DROP FUNCTION IF EXISTS {EARLIER_FILL_TRIGGER}()",
         ]
     return [

@@ -115,6 +115,7 @@ def hold_over(bind: sa.Connection, dialect: str) -> int:
     held_before = held_rows(bind) or 0
     for statement in create_statements(dialect):
         bind.exec_driver_sql(statement)
+    usable_by_replication(bind)
     bind.execute(hold_over_statement())
     # counted, not taken from INSERT ... SELECT's rowcount, which psycopg reports as -1
     held = held_rows(bind) or 0
@@ -140,6 +141,18 @@ def prove_set_aside(bind: sa.Connection) -> None:
             f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): a trigger "
             f"or rule on the table or another writer interfered; nothing was changed."
         )
+
+
+def usable_by_replication(bind: sa.Connection) -> None:
+    """PostgreSQL: the set-aside table gets a replica identity (FULL: it has no primary key), so that where a
+    ``FOR ALL TABLES`` publication sends it, the DELETE of rows the next upgrade restores is not refused ("does not
+    have a replica identity and publishes deletes"). A table an earlier build made gets it before such a DELETE."""
+    if bind.dialect.name == "postgresql":
+        identity = bind.exec_driver_sql(
+            f"SELECT relreplident FROM pg_class WHERE oid = '{HOLDOVER}'::regclass"
+        ).scalar()
+        if identity != "f":
+            bind.exec_driver_sql(f"ALTER TABLE {HOLDOVER} REPLICA IDENTITY FULL")
 
 
 # --- upgrade: restore ----------------------------------------------------------------------------------
@@ -224,9 +237,10 @@ def restore(bind: sa.Connection) -> int:
             some(superseded),
         )
     done = restored + superseded
-    for start in range(0, len(done), 500):
-        bind.execute(holdover.delete().where(h.event_id.in_(done[start : start + 500])))
-    if changed:
+    if changed:  # the rows done with go, the others stay (DROP TABLE sends subscribers nothing: no DELETE then)
+        usable_by_replication(bind)
+        for start in range(0, len(done), 500):
+            bind.execute(holdover.delete().where(h.event_id.in_(done[start : start + 500])))
         log.warning(
             "      %d set-aside rows stay in %s: pre-BUILD-144 code changed their event after the downgrade "
             "(ids %s), so neither value is dropped; compare each with llm_usage_events, fix the event by hand if "

@@ -42,6 +42,10 @@ class Options:
     max_replica_lag_bytes: int = 64 * 2**20
     replica_wait_max: str = "10min"
     migration_lock_wait: str = "1h"  # PostgreSQL, MariaDB: how long to wait while another migration runs
+    # logical replication (``logical_replication``): the operator confirms the order that keeps subscriptions applying
+    subscribers_upgraded: bool = False  # upgrade of a publisher: every subscriber has total_tokens already
+    publisher_downgraded: bool = False  # downgrade of a subscriber: its publisher no longer sends total_tokens
+    holdover_on_subscribers: bool = False  # downgrade under FOR ALL TABLES: subscribers have the set-aside table
 
     @property
     def rows_per_batch(self) -> int:
@@ -122,6 +126,9 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "max_replica_lag_bytes": (_bytes, "a size such as 64MB or 1048576 (bytes)"),
     "replica_wait_max": (_interval, "a duration from 1ms to 24d such as 10min"),
     "statement_timeout": (_interval_or_off, "a duration from 1ms to 24d such as 30min or 2h, or 0 for none"),
+    "subscribers_upgraded": (_boolean, "true or false"),
+    "publisher_downgraded": (_boolean, "true or false"),
+    "holdover_on_subscribers": (_boolean, "true or false"),
 }
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.util import CommandError
 
-from autopack.migrations import doctor_index
+from autopack.migrations import doctor_index, logical_replication
 from autopack.migrations.backfill_rule import wide_split_sum
 from autopack.migrations.fill_trigger import PG_NAMES
-from autopack.migrations.holdover import HOLDOVER, held_rows_changed_again
+from autopack.migrations.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
 from autopack.migrations.plan import Plan
 from autopack.migrations.table_inspection import (
     checks_forbidding_total_only,
@@ -115,6 +115,32 @@ def index_not_ours(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
     return {"what": impostor, "index": doctor_index.INDEX, "column": doctor_index.COLUMN} if impostor else None
 
 
+def publisher_before_subscribers(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    """An upgrade that adds total_tokens on a publisher: subscribers without it would stop applying."""
+    if not plan.add_total or plan.options.subscribers_upgraded:
+        return None
+    found = logical_replication.read_by_subscribers(bind, logical_replication.publications(bind))
+    return {"publications": found} if found else None
+
+
+def subscriber_before_publisher(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    """A downgrade that drops total_tokens on a subscriber: a publisher still sending it would stop it."""
+    if plan.options.publisher_downgraded:
+        return None
+    found = logical_replication.subscriptions(bind)
+    return {"subscriptions": ", ".join(found)} if found else None
+
+
+def set_aside_rows_published(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    """A downgrade that sets rows aside where FOR ALL TABLES (or TABLES IN SCHEMA) publishes the set-aside table."""
+    if plan.options.holdover_on_subscribers:
+        return None
+    found = logical_replication.read_by_subscribers(bind, logical_replication.publications_of_new_tables(bind))
+    if not found or not first_ids(bind, sa.select(events.c.id).where(NOT_HOLDABLE)):  # no rows to set aside
+        return None
+    return {"publications": found}
+
+
 UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
 BOTH = UPGRADE + DOWNGRADE
 
@@ -159,6 +185,15 @@ CHECKS = [
         "table out of the publication, and re-run; nothing was changed.",
     ),
     PreflightCheck(
+        "publications that send `llm_usage_events` to subscribers (PostgreSQL logical replication)",
+        UPGRADE,
+        publisher_before_subscribers,
+        "{table} is published by {publications} and this upgrade adds total_tokens, which each subscriber's table "
+        "must have before this publisher sends it (else the subscription stops applying: 'missing replicated "
+        "column'): upgrade every subscriber's database first, then re-run here with -x subscribers_upgraded=true; "
+        "nothing was changed.",
+    ),
+    PreflightCheck(
         "BEFORE triggers that PostgreSQL would fire after the online fill trigger",
         UPGRADE,
         before_triggers_after_the_fill,
@@ -193,6 +228,25 @@ CHECKS = [
         splits_not_null,
         "{table}'s {splits} is still NOT NULL although the database is stamped 0002 (stamped without being "
         "migrated?): run 'python -m autopack verify' for the commands that fix it; nothing was changed.",
+    ),
+    PreflightCheck(
+        "subscriptions that receive `llm_usage_events` (PostgreSQL logical replication)",
+        DOWNGRADE,
+        subscriber_before_publisher,
+        "{table} receives rows from subscription {subscriptions} and this downgrade drops total_tokens, which its "
+        "publisher sends until it is downgraded itself (else the subscription stops applying: 'missing replicated "
+        "column'): downgrade the publisher's database first, then re-run here with -x publisher_downgraded=true; "
+        "nothing was changed.",
+    ),
+    PreflightCheck(
+        "publications that would send the set-aside table (`FOR ALL TABLES`, `FOR TABLES IN SCHEMA`)",
+        DOWNGRADE,
+        set_aside_rows_published,
+        "Publication {publications} sends every new table, so the rows this downgrade sets aside in {holdover} would "
+        "reach its subscribers, which stop applying on a table they lack: on each subscriber's database first run "
+        "CREATE TABLE {holdover} AS SELECT id AS event_id, provider, model, role, created_at, prompt_tokens, "
+        "completion_tokens, total_tokens FROM {table} WITH NO DATA, then re-run here with "
+        "-x holdover_on_subscribers=true; nothing was changed.",
     ),
     PreflightCheck(
         "split sums past INTEGER",
@@ -243,3 +297,4 @@ def refuse_what_would_go_wrong(bind: sa.Connection, plan: Plan, direction: str) 
             found = check.find(bind, plan)
             if found is not None:
                 raise CommandError(check.sentence(found))
+    logical_replication.say_the_order(bind, plan, direction)
