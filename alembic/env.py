@@ -69,15 +69,17 @@ def run_migrations_online() -> None:
     with (
         interrupts_in_one_sentence(leaves, owns_the_process=config.attributes.get("owns_the_process", True)),
         migration_connection(config, database_url(), options) as connection,
-        one_migrator_at_a_time(connection, options, changes),  # then the revision is read: another may have finished
     ):
         applied: list[dict] = []
         configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
-        restamp_retired(context.get_context(), upgrading=command_name() == "upgrade")  # an earlier build's stamps
-        require_known_revisions(context.script, context.get_context().get_current_heads())
-        with context.begin_transaction():
-            context.run_migrations()
-            sqlite_foreign_key_check(connection)
+        # the lock, then the revision is read (another migrator may have finished); PostgreSQL's default mode: a
+        # transaction lock, in the transaction begin_transaction() adopts
+        with one_migrator_at_a_time(connection, options, changes):
+            restamp_retired(context.get_context(), upgrading=command_name() == "upgrade")  # an earlier build's stamps
+            require_known_revisions(context.script, context.get_context().get_current_heads())
+            with context.begin_transaction():
+                context.run_migrations()
+                sqlite_foreign_key_check(connection)
         if changes:
             say_if_nothing_was_done(applied, context.get_context().get_current_heads())
 

@@ -32,7 +32,14 @@ def run_verify() -> int:
 
 def run_finish_online() -> int:
     from autopack.finish_online import finish_online
-    from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
+    from autopack.migrations.connection import (
+        connected,
+        migration_engine,
+        refuse_transaction_pooler,
+        require_sqlite_file,
+        session_settings,
+        transaction_settings,
+    )
     from autopack.migrations.interrupts import interrupts_in_one_sentence
 
     url = parse_url(database_url())
@@ -51,6 +58,8 @@ def run_finish_online() -> int:
             connected(engine, url) as connection,
         ):
             if url.get_backend_name() != "sqlite":  # SQLite: no trigger, and its engine opens each transaction
+                refuse_transaction_pooler(connection, url, "finish-online")  # many transactions, one session
+                session_settings(connection, transaction_settings(DEFAULT_LOCK_TIMEOUT, None))
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             finished = finish_online(connection)
     finally:

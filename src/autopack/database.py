@@ -51,7 +51,11 @@ class Base(DeclarativeBase):
 
 @cache
 def _engine() -> Engine:
-    return create_engine(with_driver(make_url(database_url())))
+    url = with_driver(make_url(database_url()))
+    # psycopg prepares a statement on its fifth run: through a transaction pooler (PgBouncer) the next transaction's
+    # server connection does not know it, or already has one of the name; prepare nothing
+    options = {"connect_args": {"prepare_threshold": None}} if url.drivername == "postgresql+psycopg" else {}
+    return create_engine(url, **options)
 
 
 @cache

@@ -9,8 +9,9 @@ rebuild's ``DROP TABLE`` cannot cascade; ``sqlite_foreign_key_check`` proves not
 
 PostgreSQL: every statement runs under ``lock_timeout`` (a migration waiting behind a long transaction gives
 up with a clear message instead of freezing every reader queued behind it) and ``row_security = off`` (a
-role that row-level security would filter is an error, never a partial view). MariaDB/MySQL: strict mode (an
-overflow is an error, not a clamped number) and ``lock_wait_timeout`` instead of the default of a day.
+role that row-level security would filter is an error, never a partial view), each set inside the transaction
+that relies on it, so that it holds through a transaction pooler too (``postgres_engine``). MariaDB/MySQL: strict
+mode (an overflow is an error, not a clamped number) and ``lock_wait_timeout`` instead of the default of a day.
 
 What an operator reads when this fails is in ``errors``.
 """
@@ -18,6 +19,7 @@ What an operator reads when this fails is in ``errors``.
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,7 @@ from autopack.migrations.options import Options, whole_seconds
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
 DEFAULT_CONNECT_TIMEOUT_S = 10
+POOLER_PROBE_S = 3.0
 
 
 def parse_url(raw: str) -> URL:
@@ -147,16 +150,7 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
 
         return engine
     if backend == "postgresql":
-        # merged with the URL's own options (a search_path, say), never replacing them; row_security=off makes a
-        # table whose row-level security would hide rows from this role an error instead of a filtered view
-        ours = f"-c lock_timeout={lock_timeout} -c row_security=off"
-        ours += f" -c statement_timeout={statement_timeout}" if statement_timeout else ""
-        options = " ".join(filter(None, [url.query.get("options"), ours]))
-        return create_engine(
-            url.difference_update_query(["options"]),
-            poolclass=NullPool,
-            connect_args={"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S, "options": options},
-        )
+        return postgres_engine(url, transaction_settings(lock_timeout, statement_timeout))
     engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -170,6 +164,95 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
             cursor.execute(f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}")
 
     return engine
+
+
+def transaction_settings(lock_timeout: str, statement_timeout: str | None) -> dict[str, str]:
+    """What every PostgreSQL transaction of a migration relies on: a bounded lock wait; every row seen (a role that
+    row-level security would filter is an error, never a partial view); no idle-in-transaction cut while it waits
+    for a replica; and ``statement_timeout`` when asked for."""
+    settings = {"lock_timeout": lock_timeout, "row_security": "off", "idle_in_transaction_session_timeout": "0"}
+    if statement_timeout:
+        settings["statement_timeout"] = statement_timeout
+    return settings
+
+
+def set_config(settings: dict[str, str], local: bool) -> str:
+    """One statement setting each of ``settings`` for the transaction (``local``) or the session."""
+    calls = ", ".join(f"set_config('{name}', '{value}', {str(local).lower()})" for name, value in settings.items())
+    return f"SELECT {calls}"
+
+
+def postgres_engine(url: URL, settings: dict[str, str]) -> Engine:
+    """PostgreSQL as a pooler may hand it over (PgBouncer: a transaction pooler gives each transaction whichever
+    server connection is free, and rejects or silently drops libpq's startup ``options``). So nothing relies on the
+    session: each transaction sets what it relies on itself (``set_config(..., true)``, as ``SET LOCAL``), at READ
+    COMMITTED whatever the role's ``default_transaction_isolation`` (psycopg says so in its BEGIN), and no statement
+    is prepared (psycopg prepares one on its fifth run, which the next server connection does not know). The URL's
+    own ``options`` (a search_path, say) are passed on as they are. Autocommit work (the online mode, which refuses a
+    transaction pooler) sets the session instead: ``session_settings``."""
+    engine = create_engine(
+        url,
+        poolclass=NullPool,
+        isolation_level="READ COMMITTED",
+        connect_args={"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S, "prepare_threshold": None},
+    )
+    statement = set_config(settings, local=True)
+
+    @event.listens_for(engine, "begin")
+    def _postgres_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            connection.exec_driver_sql(statement)
+
+    return engine
+
+
+def session_settings(connection: Connection, settings: dict[str, str]) -> None:
+    """The online mode and finish-online, which run in autocommit: the same settings for the whole session, and
+    READ COMMITTED for every transaction they begin (a role's 'serializable' default would fail their batches on
+    every concurrent write). Only after ``refuse_transaction_pooler``: on a direct or session-pooled connection the
+    session ends with the run (PgBouncer's session mode resets the server connection with DISCARD ALL)."""
+    if connection.dialect.name != "postgresql":
+        return
+    settings = {**settings, "default_transaction_isolation": "read committed"}
+    connection.exec_driver_sql(set_config(settings, local=False))
+    connection.commit()
+
+
+def transaction_pooled(connection: Connection) -> bool:
+    """Whether this client connection's transactions may run on other server connections (a transaction or
+    statement pooler): after its transaction ends, a second client is handed the very backend it used. A direct or
+    session-pooled client keeps its backend, so the second gets another one, or (a session pool with no server
+    connection free) waits, which is read as 'not transaction-pooled' after ``POOLER_PROBE_S``. PgBouncer hands out
+    the most recently used server connection first, so the probe sees it unless ``server_round_robin`` is on."""
+    pid = "SELECT pg_backend_pid()"
+    first = connection.exec_driver_sql(pid).scalar()
+    connection.commit()
+    second: list[int] = []
+
+    def probe() -> None:
+        try:
+            with connection.engine.connect() as other:
+                second.append(other.exec_driver_sql(pid).scalar())
+        except exc.DBAPIError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a waiting probe is left behind, never waited for
+    thread.start()
+    thread.join(POOLER_PROBE_S)
+    return second == [first]
+
+
+def refuse_transaction_pooler(connection: Connection, url: URL, what: str) -> None:
+    """``what`` spans many transactions and holds a session lock: refused through a transaction pooler, before any
+    change, in one sentence naming the pooler and the fix."""
+    if connection.dialect.name == "postgresql" and transaction_pooled(connection):
+        raise CommandError(
+            f"{shown(url)} is reached through a transaction-pooling connection pooler (PgBouncer pool_mode = "
+            f"transaction: each transaction may run on another server connection), which {what} cannot use: it "
+            "commits many transactions under one session lock; point DATABASE_URL at PostgreSQL itself or at a "
+            "session-pooled port for this command (the default mode, init_db() and verify work through it); "
+            "nothing was changed."
+        )
 
 
 def sqlite_foreign_key_check(connection: Connection) -> None:
@@ -197,6 +280,40 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
             ) from None
 
 
+def why_no_connection(url: URL, error: BaseException) -> str:
+    """The sentence for a connection that failed: a pooler refusing a startup parameter and a SQL_ASCII database are
+    named as such (the server is up and the URL right), anything else as a connection problem."""
+    reason = first_line(error)
+    refused = re.search(r"unsupported startup parameter: (\w+)", reason)
+    if refused:
+        return (
+            f"The server at {shown(url)} refused the startup parameter '{refused[1]}': a connection pooler (PgBouncer) "
+            f"accepts it only when its ignore_startup_parameters lists it; take it out of DATABASE_URL (e.g. "
+            f"?{refused[1]}=...) or add it to that setting; nothing was changed."
+        )
+    if url.get_backend_name() == "postgresql" and server_encoding(url) == "SQL_ASCII":
+        return (
+            f"The database at {shown(url)} has the SQL_ASCII encoding, whose text psycopg cannot decode: add "
+            "?client_encoding=utf8 to DATABASE_URL if its text is UTF-8 (or the encoding it really holds); "
+            "nothing was changed."
+        )
+    return (
+        f"Cannot connect to {shown(url)}: {reason}; check DATABASE_URL and that the server is up; nothing was changed."
+    )
+
+
+def server_encoding(url: URL) -> str | None:
+    """The database's encoding as a bare psycopg connection reads it, or None when none can be had."""
+    try:
+        import psycopg
+
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(False), connect_timeout=5) as raw:
+            value = raw.execute("SHOW server_encoding").fetchone()[0]
+            return value.decode() if isinstance(value, bytes) else value
+    except Exception:  # the first error is the one to report
+        return None
+
+
 @contextmanager
 def connected(engine: Engine, url: URL) -> Iterator[Connection]:
     """``engine.connect()``, where any failure to get a connection (server down, wrong password, unknown
@@ -207,10 +324,7 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
         # the last four: a driver option in the URL it cannot use (ssl_ca=/missing, charset=bogus, ...)
         if url.get_backend_name() == "sqlite":
             raise
-        raise CommandError(
-            f"Cannot connect to {shown(url)}: {first_line(error)}; check DATABASE_URL and that the server is up; "
-            "nothing was changed."
-        ) from None
+        raise CommandError(why_no_connection(url, error)) from None
     with connection:
         if connection.dialect.name in ("mysql", "mariadb"):  # GET_LOCK, information_schema: all per database
             database = connection.exec_driver_sql("SELECT DATABASE()").scalar()
@@ -243,6 +357,9 @@ def migration_connection(config: Config, raw_url: str, options: Options) -> Iter
     engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout)
     try:
         with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
+            if options.online:
+                refuse_transaction_pooler(connection, url, "-x online=true")
+                session_settings(connection, transaction_settings(options.lock_timeout, options.statement_timeout))
             yield connection
     finally:
         engine.dispose()

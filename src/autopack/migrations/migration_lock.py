@@ -50,14 +50,36 @@ def one_migrator_at_a_time(connection: sa.Connection, options: Options, changes:
     elif connection.dialect.name == "sqlite":
         with sqlite_lock_file(connection, options):
             yield
+    elif connection.dialect.name == "postgresql" and not options.online:
+        with transaction_lock(connection, options):
+            yield
     else:
         with server_lock(connection, options):
             yield
 
 
 @contextmanager
+def transaction_lock(connection: sa.Connection, options: Options) -> Iterator[None]:
+    """PostgreSQL's default mode is one transaction: its lock is that transaction's (``pg_advisory_xact_lock``), taken
+    in the transaction Alembic then runs and commits, and released by its commit or rollback whatever happens. Through
+    a transaction pooler a session lock would be taken on one server connection and released on another, leaving it
+    held for every later migrator; a transaction lock cannot leak."""
+    take = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
+
+    def taken() -> bool:
+        if connection.execute(take, {"key": PG_KEY}).scalar():
+            return True
+        connection.rollback()  # hold no snapshot while waiting
+        return False
+
+    wait_until(taken, lambda: holder(connection), options)
+    yield  # the transaction stays open: Alembic's begin_transaction() adopts it and commits it
+
+
+@contextmanager
 def server_lock(connection: sa.Connection, options: Options) -> Iterator[None]:
-    """PostgreSQL's advisory lock or MariaDB's named lock: the session's, so it outlives the online commits."""
+    """PostgreSQL's advisory lock (online mode, which commits as it goes; a transaction pooler is refused before) or
+    MariaDB's named lock: the session's, so it outlives the run's commits."""
     take, release = (
         ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
         if connection.dialect.name == "postgresql"
