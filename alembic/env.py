@@ -19,7 +19,7 @@ from autopack.migrations.connection import (
 from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_stop_leaves
 from autopack.migrations.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
 from autopack.migrations.offline_scripts import script_timeouts
-from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits
+from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits, version_table
 from autopack.migrations.retired_revisions import refuse_retired_arguments, restamp_retired
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
@@ -45,6 +45,7 @@ def configure(dialect: str, **kwargs) -> None:
         compare_type=True,
         compare_server_default=True,
         include_object=include_object,
+        version_table=version_table(),  # AUTOPACK_VERSION_TABLE: beside another Alembic tree in the same database
         transactional_ddl=True if dialect == "sqlite" else None,  # SQLite: made real by migration_connection
         # MariaDB commits DDL at once: a downgrade to base stamps 0001 as BUILD-144's downgrade ends, so that the
         # baseline's refusal after it leaves the revision saying what the table holds

@@ -28,7 +28,12 @@ def unavailable() -> str | None:
 
 @contextmanager
 def pgbouncer(
-    server: URL, pool_mode: str, ignore: str | None = None, pool_size: int = 2, users: tuple[str, ...] = ()
+    server: URL,
+    pool_mode: str,
+    ignore: str | None = None,
+    pool_size: int = 2,
+    users: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
 ) -> Iterator[URL]:
     """Yield ``server`` (a database URL) as reached through a new PgBouncer; stopped at exit. ``users``: the roles
     besides postgres a test connects as (trust still looks each up in the auth file)."""
@@ -54,6 +59,7 @@ def pgbouncer(
     ]
     if ignore:
         lines.append(f"ignore_startup_parameters = {ignore}")
+    lines += extra  # e.g. "server_round_robin = 1", "server_reset_query ="
     (folder / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
     shutil.chown(folder, "postgres")
     for child in folder.iterdir():
@@ -85,7 +91,7 @@ def wait_until_up(url: URL, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with psycopg.connect(libpq(url), connect_timeout=2) as connection:
+            with psycopg.connect(libpq(url), connect_timeout=2, autocommit=True) as connection:
                 connection.execute("SELECT 1")
             return
         except psycopg.OperationalError:

@@ -150,7 +150,7 @@ def test_the_online_mode_and_finish_online_refuse_a_transaction_pooler_before_an
 def test_the_online_mode_works_through_a_session_pooler_and_leaves_its_settings_on_no_server(db_url):
     seed_large(db_url, rows=3_000)
     before = token_rows(db_url, ("prompt_tokens", "completion_tokens"))
-    with pgbouncer(db_url, "session", ignore=IGNORING, pool_size=1) as pooled:
+    with pgbouncer(db_url, "session", ignore=IGNORING, pool_size=2) as pooled:
         alembic(pooled, "-x", "online=true", "-x", "batch_rows=500", "upgrade", "head")
         assert finish_online(pooled).returncode == 0
         assert server_state(pooled) == CLEAN  # PgBouncer's DISCARD ALL, and the run's own reset
@@ -214,3 +214,68 @@ def finish_online(url) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "autopack", "finish-online"], env=env, cwd=ROOT, capture_output=True, text=True
     )
+
+
+@pytest.mark.parametrize("backend", PG_TCP)
+def test_a_round_robin_transaction_pooler_is_recognised_too(db_url):
+    seed_large(db_url, rows=100)
+    with pgbouncer(db_url, "transaction", ignore=IGNORING, pool_size=4, extra=("server_round_robin = 1",)) as pooled:
+        for _ in range(4):  # warm up several server connections, so that the pooler has some to hand out in turn
+            threads = [threading.Thread(target=lambda: alembic(pooled, "current")) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        message = fails(pooled, "-x", "online=true", "upgrade", "head")
+        assert "through a transaction-pooling connection pooler" in message, message
+        assert current(pooled) == "0001" and server_state(pooled) == CLEAN
+
+
+@pytest.mark.parametrize("backend", PG_TCP)
+def test_a_session_pooler_without_a_reset_query_keeps_nothing_of_an_online_run(db_url):
+    seed_large(db_url, rows=1_000)
+    with pgbouncer(db_url, "session", ignore=IGNORING, pool_size=2, extra=("server_reset_query =",)) as pooled:
+        alembic(pooled, "-x", "online=true", "upgrade", "head")
+        assert server_state(pooled) == CLEAN
+        assert finish_online(pooled).returncode == 0
+        assert server_state(pooled) == CLEAN
+
+
+@pytest.mark.parametrize("backend", PG_TCP)
+def test_url_options_a_pooler_drops_unread_are_refused_never_a_second_table(db_url):
+    """The table in schema s1, the URL's search_path naming it: PgBouncer ignoring 'options' drops it silently, and
+    the migration would have created an empty table in public."""
+    execute(db_url, "CREATE SCHEMA s1")
+    in_s1 = db_url.update_query_dict({"options": "-csearch_path=s1"})
+    seed_large(in_s1, rows=100)
+    with pgbouncer(db_url, "transaction", ignore=IGNORING, pool_size=2) as pooled:
+        through = pooled.update_query_dict({"options": "-csearch_path=s1"})
+        for command in (["upgrade", "head"], ["current"]):
+            message = fails(through, *command)
+            assert message.startswith("DATABASE_URL's options set search_path=s1, but the session has"), message
+        tables = (
+            "SELECT string_agg(table_schema, ',') FROM information_schema.tables WHERE table_name = 'llm_usage_events'"
+        )
+        assert scalar(db_url, tables) == "s1"
+        message = fails(pooled, "upgrade", "head")  # without the options: the table is outside the search_path
+        assert message.startswith("llm_usage_events is in schema s1, outside this connection's search_path"), message
+        assert scalar(db_url, tables) == "s1"
+
+
+@pytest.mark.parametrize("backend", PG_TCP)
+def test_a_statement_pooler_is_named(db_url):
+    seed_large(db_url, rows=10)
+    with pgbouncer(db_url, "statement", ignore=IGNORING, pool_size=2) as pooled:
+        message = fails(pooled, "upgrade", "head")
+        assert "is a statement-pooling connection pooler (PgBouncer pool_mode = statement)" in message, message
+
+
+@pytest.mark.parametrize("backend", PG_TCP)
+def test_a_pooler_whose_server_connections_are_all_busy_is_refused_by_the_online_mode(db_url):
+    """A session pool of one: the second connection the probe opens waits, so whether it pools transactions
+    cannot be told; the online mode refuses rather than guess."""
+    seed_large(db_url, rows=10)
+    with pgbouncer(db_url, "session", ignore=IGNORING, pool_size=1) as pooled:
+        message = fails(pooled, "-x", "online=true", "upgrade", "head")
+        assert message.startswith("Could not tell whether") and message.endswith("nothing was changed."), message
+        assert current(pooled) == "0001" and server_state(pooled) == CLEAN

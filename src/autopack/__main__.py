@@ -37,7 +37,7 @@ def run_finish_online() -> int:
         migration_engine,
         refuse_transaction_pooler,
         require_sqlite_file,
-        session_settings,
+        settings_for_the_session,
         transaction_settings,
     )
     from autopack.migrations.interrupts import interrupts_in_one_sentence
@@ -59,9 +59,11 @@ def run_finish_online() -> int:
         ):
             if url.get_backend_name() != "sqlite":  # SQLite: no trigger, and its engine opens each transaction
                 refuse_transaction_pooler(connection, url, "finish-online")  # many transactions, one session
-                session_settings(connection, transaction_settings(DEFAULT_LOCK_TIMEOUT, None))
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            finished = finish_online(connection)
+                settings = transaction_settings(DEFAULT_LOCK_TIMEOUT, None)
+                with settings_for_the_session(connection, settings):
+                    finished = finish_online(connection.execution_options(isolation_level="AUTOCOMMIT"))
+            else:
+                finished = finish_online(connection)
     finally:
         engine.dispose()
     print(finished.sentence())

@@ -7,6 +7,7 @@ parses the URL nor builds an engine.
 """
 
 import os
+import re
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -37,6 +38,22 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # Drivers this project installs, for URLs that name only the engine (as the runbook's do).
 DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
+VERSION_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def version_table() -> str:
+    """The table this tree stamps its revision in: ``AUTOPACK_VERSION_TABLE``, default Alembic's ``alembic_version``
+    (existing databases keep it). Another Alembic tree in the same database (upstream Autopack's own, say) keeps
+    ``alembic_version``; this tree then needs a table of its own."""
+    name = os.environ.get("AUTOPACK_VERSION_TABLE", "").strip() or "alembic_version"
+    if not VERSION_TABLE_NAME.fullmatch(name):
+        raise ValueError(
+            f"AUTOPACK_VERSION_TABLE={name!r} is not a table name (letters, digits and _, at most 63, not starting "
+            "with a digit): fix it or unset it"
+        )
+    return name
 
 
 def with_driver(url: URL) -> URL:

@@ -20,7 +20,7 @@ from autopack.migrations import fill_trigger
 from autopack.migrations.backfill_rule import NEEDS_TOTAL
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits, with_lock_retries
-from autopack.migrations.options import Options
+from autopack.migrations.options import Options, version_table
 from autopack.migrations.usage_table import TABLE, events
 
 AGAIN = "the fill trigger is gone already, and re-running 'python -m autopack finish-online' finishes"
@@ -52,9 +52,10 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
             f"{TABLE} has no total_tokens column: run 'alembic upgrade head' first (finish-online is the step after "
             "an online upgrade); nothing was changed."
         )
+    versions = version_table()
     stamped = (
-        connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-        if (inspector.has_table("alembic_version"))
+        connection.exec_driver_sql(f"SELECT version_num FROM {versions}").scalars().all()
+        if inspector.has_table(versions)
         else []
     )
     if not any(r >= "0002" for r in stamped):  # an online upgrade that stopped: its re-run finishes it

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from autopack.migrations import doctor_index, fill_trigger, logical_replication
 from autopack.migrations.backfill_rule import lost_usage_warning, survey
 from autopack.migrations.errors import shown
-from autopack.migrations.options import Options
+from autopack.migrations.options import Options, version_table
 from autopack.migrations.plan import Plan, to_do
 from autopack.migrations.retired_revisions import holding
 from autopack.migrations.table_inspection import checks_forbidding_total_only
@@ -156,25 +156,43 @@ def shown_revision(revision: str) -> str:
 
 
 def stamped_revisions(connection: Connection) -> list[str] | None:
-    """The revisions alembic_version holds, or None when there is none (or this role may not read it)."""
-    if not inspect(connection).has_table("alembic_version"):
+    """The revisions this tree's version table holds, or None when there is none (or this role may not read it)."""
+    table = version_table()
+    if not inspect(connection).has_table(table):
         return None
     try:
         with connection.begin_nested():
-            return list(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all())
+            return list(connection.exec_driver_sql(f"SELECT version_num FROM {table}").scalars().all())
     except DBAPIError:
         return None
+
+
+def tree_revisions() -> set[str]:
+    """The revision ids of this migrations tree."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from autopack.database import ALEMBIC_INI
+
+    return {script.revision for script in ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()}
 
 
 def how_to_migrate(connection: Connection) -> str:
     """The exact commands that bring this database's table to BUILD-144, from the revision it is stamped with."""
-    if not inspect(connection).has_table("alembic_version"):
+    table = version_table()
+    if not inspect(connection).has_table(table):
         return "run 'alembic upgrade head'"
     try:
         with connection.begin_nested():  # a role that may read only llm_usage_events still gets its checks
-            stamped = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+            stamped = connection.exec_driver_sql(f"SELECT version_num FROM {table}").scalars().all()
     except DBAPIError:
         return "run 'alembic upgrade head' as the table's owner"
+    foreign = [r for r in stamped if holding(r) not in tree_revisions()]
+    if foreign:  # another Alembic tree's revision (upstream Autopack's own 001_initial_schema, say)
+        return (
+            f"{table} holds {', '.join(foreign)}, a revision of another Alembic tree: give this tree a version table "
+            "of its own: export AUTOPACK_VERSION_TABLE=build144_alembic_version, then run 'alembic upgrade head'"
+        )
     later = sorted(r for r in stamped if r >= "0002")  # zero-padded ids: a later revision sorts after
     if later:  # stamped head without being migrated: step the stamp back, then migrate for real
         return (

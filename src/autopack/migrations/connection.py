@@ -18,6 +18,7 @@ What an operator reads when this fails is in ``errors``.
 
 import os
 import re
+import shlex
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from sqlalchemy.util import asbool
 from autopack.database import with_driver
 from autopack.migrations.errors import first_line, one_sentence_errors, shown
 from autopack.migrations.options import Options, whole_seconds
+from autopack.migrations.usage_table import TABLE
 
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
@@ -206,6 +208,29 @@ def postgres_engine(url: URL, settings: dict[str, str]) -> Engine:
     return engine
 
 
+@contextmanager
+def settings_for_the_session(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
+    """``session_settings`` for the run, then each setting back to the role's or database's own (``RESET``), so
+    that a session pooler without ``server_reset_query`` hands nothing of the run to its next client."""
+    session_settings(connection, settings)
+    try:
+        yield
+    finally:
+        reset_session_settings(connection, settings)
+
+
+def reset_session_settings(connection: Connection, settings: dict[str, str]) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    try:
+        connection.rollback()
+        names = [*settings, "default_transaction_isolation"]
+        connection.exec_driver_sql("; ".join(f"RESET {name}" for name in names))
+        connection.commit()
+    except exc.DBAPIError:  # a broken connection: its session, and the settings with it, are gone
+        pass
+
+
 def session_settings(connection: Connection, settings: dict[str, str]) -> None:
     """The online mode and finish-online, which run in autocommit: the same settings for the whole session, and
     READ COMMITTED for every transaction they begin (a role's 'serializable' default would fail their batches on
@@ -218,34 +243,86 @@ def session_settings(connection: Connection, settings: dict[str, str]) -> None:
     connection.commit()
 
 
-def transaction_pooled(connection: Connection) -> bool:
-    """Whether this client connection's transactions may run on other server connections (a transaction or
-    statement pooler): after its transaction ends, a second client is handed the very backend it used. A direct or
-    session-pooled client keeps its backend, so the second gets another one, or (a session pool with no server
-    connection free) waits, which is read as 'not transaction-pooled' after ``POOLER_PROBE_S``. PgBouncer hands out
-    the most recently used server connection first, so the probe sees it unless ``server_round_robin`` is on."""
+def transaction_pooled(connection: Connection) -> bool | None:
+    """Whether this client connection's transactions may run on other server connections (a transaction pooler),
+    or None when that cannot be told. A direct or session-pooled client keeps its backend for good. A transaction
+    pooler hands the backend this client just released to the next client that asks: at once (PgBouncer's default,
+    most recently used first) or within a few transactions (``server_round_robin``, oldest idle first). A second
+    client that waits ``POOLER_PROBE_S`` for a backend (every server connection busy) leaves it untold."""
     pid = "SELECT pg_backend_pid()"
     first = connection.exec_driver_sql(pid).scalar()
     connection.commit()
-    second: list[int] = []
+    seen: list[int] = []
+    got, finished = threading.Event(), threading.Event()
 
-    def probe() -> None:
+    def probe() -> None:  # a few transactions of a second client: does one of them get this client's backend?
         try:
             with connection.engine.connect() as other:
-                second.append(other.exec_driver_sql(pid).scalar())
+                for _ in range(8):
+                    seen.append(other.exec_driver_sql(pid).scalar())
+                    got.set()
+                    other.commit()
+                    if seen[-1] == first:
+                        break
         except exc.DBAPIError:
             pass
+        finally:
+            got.set()
+            finished.set()
 
-    thread = threading.Thread(target=probe, daemon=True)  # a waiting probe is left behind, never waited for
-    thread.start()
-    thread.join(POOLER_PROBE_S)
-    return second == [first]
+    threading.Thread(target=probe, daemon=True).start()  # a probe still waiting is left behind, never waited for
+    if not got.wait(POOLER_PROBE_S) or not seen:
+        return None
+    finished.wait(POOLER_PROBE_S)
+    if first in seen:
+        return True
+    for _ in range(3):  # handed out in turn, this client's own next transactions get other backends
+        again = connection.exec_driver_sql(pid).scalar()
+        connection.commit()
+        if again != first:
+            return True
+    return False
+
+
+PG_SESSION = "SELECT current_setting('transaction_read_only'), current_setting('session_replication_role')"
+
+
+def require_a_writing_session(connection: Connection, url: URL) -> None:
+    """Defaults a role or database may carry that the migration cannot run under, refused before any change (the
+    others, isolation and timeouts, are set for each transaction: ``transaction_settings``)."""
+    if connection.dialect.name != "postgresql":
+        return
+    read_only, replication_role = connection.exec_driver_sql(PG_SESSION).one()
+    connection.rollback()
+    if read_only == "on":
+        raise CommandError(
+            f"{shown(url)} accepts no writes (default_transaction_read_only is on for this role, database or URL, or "
+            "the server is a standby): run the migration against the primary as a role that may write (ALTER ROLE "
+            "... RESET default_transaction_read_only); nothing was changed."
+        )
+    if replication_role != "origin":
+        raise CommandError(
+            f"session_replication_role is '{replication_role}' on {shown(url)} (a default of this role or "
+            "database), under which triggers and foreign-key checks do not fire: reset it for the migration's role "
+            "(ALTER ROLE ... RESET session_replication_role); nothing was changed."
+        )
 
 
 def refuse_transaction_pooler(connection: Connection, url: URL, what: str) -> None:
     """``what`` spans many transactions and holds a session lock: refused through a transaction pooler, before any
     change, in one sentence naming the pooler and the fix."""
-    if connection.dialect.name == "postgresql" and transaction_pooled(connection):
+    if connection.dialect.name != "postgresql":
+        return
+    pooled = transaction_pooled(connection)
+    if pooled is None:
+        raise CommandError(
+            f"Could not tell whether {shown(url)} is reached through a transaction-pooling connection pooler: a "
+            f"second connection waited {POOLER_PROBE_S:g}s for a server connection (a pooler whose server "
+            f"connections are all busy); {what} commits many transactions under one session lock and needs a "
+            "connection of its own: point DATABASE_URL at PostgreSQL itself for this command, or re-run when the "
+            "pooler is less busy; nothing was changed."
+        )
+    if pooled:
         raise CommandError(
             f"{shown(url)} is reached through a transaction-pooling connection pooler (PgBouncer pool_mode = "
             f"transaction: each transaction may run on another server connection), which {what} cannot use: it "
@@ -275,8 +352,10 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
             script.get_revision(head)
         except Exception:
             raise CommandError(
-                f"The database is at revision {head!r}, which this migrations tree does not know (a newer or "
-                "different Autopack migrated it): run that release's migrations instead; nothing was changed."
+                f"The database is at revision {head!r}, which this migrations tree does not know (a newer Autopack "
+                "migrated it, or another Alembic tree shares the version table): run that release's migrations, or "
+                "give this tree a version table of its own (export AUTOPACK_VERSION_TABLE=build144_alembic_version, "
+                "then 'alembic upgrade head'); nothing was changed."
             ) from None
 
 
@@ -288,8 +367,20 @@ def why_no_connection(url: URL, error: BaseException) -> str:
     if refused:
         return (
             f"The server at {shown(url)} refused the startup parameter '{refused[1]}': a connection pooler (PgBouncer) "
-            f"accepts it only when its ignore_startup_parameters lists it; take it out of DATABASE_URL (e.g. "
-            f"?{refused[1]}=...) or add it to that setting; nothing was changed."
+            f"takes no session settings at connection time; take ?{refused[1]}=... out of DATABASE_URL and set them on "
+            "the role instead (ALTER ROLE ... SET search_path = ...), which reaches every server connection "
+            "(ignore_startup_parameters would only drop them unread); nothing was changed."
+        )
+    if "canceling statement due to statement timeout" in reason:
+        return (
+            f"A statement_timeout cancelled the command on {shown(url)} as it connected ({reason}): raise the role's "
+            "or the database's setting; nothing was changed."
+        )
+    if "statement pooling mode" in reason:
+        return (
+            f"{shown(url)} is a statement-pooling connection pooler (PgBouncer pool_mode = statement), which allows "
+            "no transaction of more than one statement: point DATABASE_URL at PostgreSQL itself or at a session- or "
+            "transaction-pooled port; nothing was changed."
         )
     if url.get_backend_name() == "postgresql" and server_encoding(url) == "SQL_ASCII":
         return (
@@ -334,7 +425,79 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
                     f"{shown(url)} names no database on the server: add it to DATABASE_URL "
                     "(mysql://user@host:3306/autopack); nothing was changed."
                 )
+        if connection.dialect.name == "postgresql":
+            require_url_options_applied(connection, url)
+            require_the_table_in_reach(connection, url)
         yield connection
+
+
+# settings the tree sets in each transaction itself (transaction_settings): not the URL's to prove
+OURS = ("lock_timeout", "row_security", "idle_in_transaction_session_timeout", "statement_timeout")
+
+
+def url_settings(options: str) -> dict[str, str]:
+    """The ``-c name=value`` / ``--name=value`` settings of a libpq ``options`` string."""
+    tokens, found = shlex.split(options), {}
+    for i, token in enumerate(tokens):
+        if token == "-c" and i + 1 < len(tokens):
+            token = "-c" + tokens[i + 1]
+        if token.startswith(("-c", "--")) and "=" in token:
+            name, value = token.removeprefix("--").removeprefix("-c").split("=", 1)
+            found[name.strip().replace("-", "_")] = value
+    return found
+
+
+def require_url_options_applied(connection: Connection, url: URL) -> None:
+    """The URL's own ``options`` (a search_path, say) in effect, or one sentence: PgBouncer with
+    ``ignore_startup_parameters = options`` drops them unread, and the migration would look for the table, and
+    create one, elsewhere."""
+    options = url.query.get("options")
+    if not isinstance(options, str):
+        return
+    for name, value in url_settings(options).items():
+        if name in OURS:
+            continue
+        got = connection.exec_driver_sql("SELECT current_setting(%(name)s, true)", {"name": name}).scalar()
+        if got is not None and got.replace(" ", "").replace('"', "").lower() != value.replace(" ", "").lower():
+            connection.rollback()
+            raise CommandError(
+                f"DATABASE_URL's options set {name}={value}, but the session has {name}={got}: something between "
+                "(a connection pooler such as PgBouncer with ignore_startup_parameters) dropped them; set it on the "
+                f"role instead (ALTER ROLE ... SET {name} = ...), which reaches every connection, or connect to "
+                "PostgreSQL itself; nothing was changed."
+            )
+    connection.rollback()
+
+
+PG_REACH = """SELECT current_schema(), current_setting('search_path'),
+  (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%(table)s)),
+  (SELECT string_agg(n.nspname, ', ' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relname = %(table)s AND c.relkind IN ('r', 'p'))"""
+
+
+def require_the_table_in_reach(connection: Connection, url: URL) -> None:
+    """The table where SQLAlchemy and Alembic will look for it (the first schema of the search_path), or one
+    sentence: they look, and would create a second, empty table, in that first schema only."""
+    first, search_path, found, anywhere = connection.exec_driver_sql(PG_REACH, {"table": TABLE}).one()
+    connection.rollback()
+    where = "ALTER ROLE ... SET search_path = ..., which a pooler passes on, unlike the URL's options"
+    if first is None:
+        raise CommandError(
+            f"No schema of this connection's search_path ({search_path}) exists on {shown(url)}, so there is nowhere "
+            f"to look for or create {TABLE}: fix the search_path ({where}); nothing was changed."
+        )
+    if found is not None and found != first:
+        raise CommandError(
+            f"{TABLE} is in schema {found}, but this connection's first schema (its search_path, {search_path}) is "
+            f"{first}, where the migration would look for it and create a new, empty one: put {found} first "
+            f"({where}); nothing was changed."
+        )
+    if found is None and anywhere:
+        raise CommandError(
+            f"{TABLE} is in schema {anywhere}, outside this connection's search_path ({search_path}), and the "
+            f"migration would create a new, empty one in {first}: put that schema in the search_path ({where}); "
+            "nothing was changed."
+        )
 
 
 @contextmanager
@@ -357,9 +520,15 @@ def migration_connection(config: Config, raw_url: str, options: Options) -> Iter
     engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout)
     try:
         with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
-            if options.online:
-                refuse_transaction_pooler(connection, url, "-x online=true")
-                session_settings(connection, transaction_settings(options.lock_timeout, options.statement_timeout))
-            yield connection
+            if command is None or command.__name__ in ("upgrade", "downgrade", "stamp"):
+                require_a_writing_session(connection, url)
+            if not options.online:
+                yield connection
+                return
+            refuse_transaction_pooler(connection, url, "-x online=true")
+            with settings_for_the_session(
+                connection, transaction_settings(options.lock_timeout, options.statement_timeout)
+            ):
+                yield connection
     finally:
         engine.dispose()

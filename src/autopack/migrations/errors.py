@@ -96,9 +96,10 @@ def explain(
             "holds it (SHOW PROCESSLIST); retry when it ends, or pass -x lock_timeout=30s; nothing was changed."
         )
     if getattr(orig, "sqlstate", None) == "57014":  # midway, report.failed_midway says it with what is left
+        more = "-x statement_timeout=2h, or raise" if wait_hint else "raise"  # verify and finish-online take no -x
         return (
-            f"A statement_timeout cancelled the migration on {where} ({text}): give it more time with -x "
-            "statement_timeout=2h, or raise the role's or the database's setting; nothing was changed."
+            f"A statement_timeout cancelled the command on {where} ({text}): give it more time with {more} the "
+            "role's or the database's setting; nothing was changed."
         )
     if getattr(orig, "sqlstate", None) == "55P03":
         return (

@@ -256,7 +256,7 @@ def sqlite_guard(version: str, state: str, why: str, name: str = "") -> None:
     """The stamp to ``version`` rolls the whole script back, saying ``why``, unless ``state`` holds."""
     trigger = f"build144_stamp_guard_{version}{name and '_'}{name}"
     op.execute(
-        f"CREATE TEMP TRIGGER IF NOT EXISTS {trigger} BEFORE UPDATE ON main.alembic_version "
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {trigger} BEFORE UPDATE ON main.{op.get_context().version_table} "
         f"WHEN NEW.version_num = '{version}' AND NOT ({state}) BEGIN SELECT RAISE(ROLLBACK, "
         f"'BUILD-144 script: {why}; everything this script did is rolled back'); END"
     )

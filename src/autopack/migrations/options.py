@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from alembic import context
 from alembic.util import CommandError
 
+from autopack.database import version_table as configured_version_table
 from autopack.migrations.progress import PROGRESS_EVERY_S
 
 SCRIPT_STATEMENT_TIMEOUT = "1h"  # what a --sql script sets when -x statement_timeout is not given
@@ -202,3 +203,11 @@ def require_mode_fits(options: Options, dialect: str, offline: bool = False, com
             f"-x online=true is the PostgreSQL and MariaDB online mode and does not apply to {dialect}: run without "
             "it (see the README's Large tables section); nothing was changed."
         )
+
+
+def version_table() -> str:
+    """This tree's version table (``AUTOPACK_VERSION_TABLE``, default ``alembic_version``), or one sentence."""
+    try:
+        return configured_version_table()
+    except ValueError as error:
+        raise CommandError(f"{error}; nothing was changed.") from None

@@ -141,6 +141,13 @@ def set_aside_rows_published(bind: sa.Connection, plan: Plan) -> dict[str, Any] 
     return {"publications": found}
 
 
+def id_not_an_integer(_bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    column = plan.columns.get("id")
+    if column is None or isinstance(column["type"], sa.Integer):
+        return None
+    return {"type": column["type"]}
+
+
 UPGRADE, DOWNGRADE = ("upgrade",), ("downgrade",)
 BOTH = UPGRADE + DOWNGRADE
 
@@ -161,6 +168,14 @@ def before_triggers_after_the_fill(bind: sa.Connection, plan: Plan) -> dict[str,
 
 
 CHECKS = [
+    PreflightCheck(
+        "an `id` that is not an integer (UUID, TEXT)",
+        ("upgrade", "downgrade"),
+        id_not_an_integer,
+        "{table}.id is {type}, not an integer: BUILD-144's backfill and set-aside walk the table in ranges of "
+        "integer ids (Autopack's id is INTEGER), so this tree cannot migrate it; migrate it by hand from the "
+        "runbook's SQL, or give the table an integer id first; nothing was changed.",
+    ),
     PreflightCheck(
         "totals the backfill would write past what `total_tokens` holds",
         UPGRADE,
