@@ -20,6 +20,6 @@ def app_client(engine: Engine) -> Iterator[TestClient]:
 
     app.dependency_overrides[get_db] = session
     try:
-        yield TestClient(app)
+        yield TestClient(app, base_url="http://127.0.0.1")  # a local host name: served without a key
     finally:
         app.dependency_overrides.clear()

@@ -91,6 +91,30 @@ def test_without_a_key_the_dashboard_is_open(database):
         assert response.json()["providers"][0]["total_tokens"] == 18_500
 
 
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"])
+def test_without_a_key_a_local_host_name_is_served(database, host):
+    with serving(database, None) as client:
+        response = client.get("/dashboard/usage?period=month", headers={"Host": host})
+        assert response.status_code == 200 and response.json()["providers"][0]["total_tokens"] == 18_500
+
+
+@pytest.mark.parametrize("host", ["rebind.attacker.example", "rebind.attacker.example:8000", "127.0.0.1.nip.io"])
+def test_without_a_key_a_foreign_host_name_gets_no_data_dns_rebinding(database, host):
+    """A page elsewhere that rebinds its own name to 127.0.0.1 still sends that name in Host."""
+    with serving(database, None) as client:
+        for path in ("/dashboard/usage?period=month", "/dashboard/usage/breakdown?period=month", "/dashboard"):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == 400 and "18500" not in response.text, (path, response.text)
+
+
+def test_with_a_key_a_foreign_host_name_is_served_with_the_key(database):
+    with serving(database, "s3cret-key") as client:
+        host = {"Host": "usage.internal.example"}
+        assert client.get("/dashboard/usage?period=month", headers=host).status_code == 401
+        keyed = client.get("/dashboard/usage?period=month", headers={**host, "X-API-Key": "s3cret-key"})
+        assert keyed.status_code == 200 and keyed.json()["providers"][0]["total_tokens"] == 18_500
+
+
 def test_an_empty_key_answers_errors_not_data_even_without_the_startup_check(database):
     with serving(database, "", "--lifespan", "off") as client:
         for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "anything"}):

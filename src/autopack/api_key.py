@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import HTTPException, Security
 from fastapi.security import APIKeyHeader
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ENV = "AUTOPACK_API_KEY"
@@ -63,6 +64,28 @@ class RefuseUnusableApiKey:
                 await send({"type": "lifespan.startup.failed", "message": str(error)})
                 return
         await self.app(scope, receive, send)
+
+
+# the host names a browser on the operator's machine uses for it (any port): a page elsewhere that rebinds its own
+# name to 127.0.0.1 (DNS rebinding) still sends its own name in Host, and is refused
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+class LocalHostsWithoutKey:
+    """ASGI middleware: without ``AUTOPACK_API_KEY`` the dashboard is open, so only requests addressed to a local
+    host name are served (Starlette's ``TrustedHostMiddleware``: any other ``Host`` is a 400); with a key, every
+    host name is served and the key decides."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.local_only = TrustedHostMiddleware(app, allowed_hosts=LOCAL_HOSTS, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            keyless = configured_api_key() is None
+        except ApiKeyError:  # an unusable key serves no data anyway (RefuseUnusableApiKey, require_api_key)
+            keyless = False
+        await (self.local_only if keyless else self.app)(scope, receive, send)
 
 
 def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:

@@ -3,7 +3,9 @@
 When ``AUTOPACK_API_KEY`` is set, every ``/dashboard`` route requires it in the ``X-API-Key`` header; a key
 that is set but empty, or holds characters a header cannot carry, stops the server at start-up (see
 ``autopack.api_key``). Without it the dashboard is open, so bind the server to localhost
-(``--host 127.0.0.1``, uvicorn's default). ``/docs`` and ``/openapi.json`` describe the API and hold no
+(``--host 127.0.0.1``, uvicorn's default), and only requests addressed to ``localhost``, ``127.0.0.1`` or
+``[::1]`` are served (any other ``Host``, as a DNS-rebinding page sends, is a 400). ``/docs`` and
+``/openapi.json`` describe the API and hold no
 data: they need no key, nor does the page ``GET /dashboard``, which holds no data either (it asks the user for
 the key and sends it with its own requests).
 """
@@ -14,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from sqlalchemy.orm import Session
 
-from autopack.api_key import RefuseUnusableApiKey, require_api_key
+from autopack.api_key import LocalHostsWithoutKey, RefuseUnusableApiKey, require_api_key
 from autopack.config import RunTokenCapError, run_token_cap
 from autopack.dashboard import known_period, usage_by_model, usage_by_provider
 from autopack.dashboard_page import router as dashboard_page
@@ -44,4 +46,5 @@ def dashboard_usage(
 app = FastAPI(title="Autopack usage dashboard")
 app.include_router(dashboard)
 app.include_router(dashboard_page)  # GET /dashboard (the page, no data) and /dashboard/usage/breakdown
+app.add_middleware(LocalHostsWithoutKey)  # no key: only localhost, 127.0.0.1 and [::1] (DNS rebinding)
 app.add_middleware(RefuseUnusableApiKey)
