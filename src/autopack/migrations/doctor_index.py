@@ -219,11 +219,3 @@ def concurrent_failures_in_one_sentence() -> Iterator[None]:
             f"pg_stat_activity, at most -x lock_timeout): the backfill is committed, {STAYS} (dropping the INVALID "
             "index it may have left)."
         ) from None
-
-
-def invalid(bind: sa.Connection) -> bool:
-    """PostgreSQL: whether the index is there but INVALID (for ``verify``)."""
-    if bind.dialect.name != "postgresql":
-        return False
-    named = bind.execute(sa.text(PG_NAMED), {"table": TABLE, "index": INDEX}).one_or_none()
-    return named is not None and named[0] and not named[3]
