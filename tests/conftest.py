@@ -19,6 +19,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
+from autopack.database import make_engine
 from autopack.migrations.connection import migration_engine
 from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS, alembic
 
@@ -147,6 +148,6 @@ def alembic_engine(db_url: URL) -> Iterator[Engine]:
 def engine(db_url: URL) -> Iterator[Engine]:
     """An engine on a database the real ``alembic upgrade head`` made (the dashboard tests' starting point)."""
     alembic(db_url, "upgrade", "head")
-    engine = create_engine(db_url)
+    engine = make_engine(db_url)  # the application's own: its session settings are part of what is tested
     yield engine
     engine.dispose()

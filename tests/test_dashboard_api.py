@@ -48,6 +48,9 @@ MIXED = [
 ]
 
 
+NO_UNDATED = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "events": 0}
+
+
 def test_week_totals_count_total_only_events_in_full(engine, client):
     record(engine, *MIXED)
     response = client.get("/dashboard/usage?period=week")
@@ -101,6 +104,7 @@ def test_week_totals_count_total_only_events_in_full(engine, client):
                 "events": 1,
             },
         ],
+        "undated": NO_UNDATED,
     }
     day = client.get("/dashboard/usage?period=day").json()
     assert [(p["provider"], p["total_tokens"]) for p in day["providers"]] == [("anthropic", 15_700), ("openai", 10_500)]
@@ -124,7 +128,7 @@ def test_period_boundaries_are_inclusive_at_the_start(engine):
 
 
 def test_an_empty_database_reports_no_usage(client):
-    assert client.get("/dashboard/usage").json() == {"providers": [], "models": []}
+    assert client.get("/dashboard/usage").json() == {"providers": [], "models": [], "undated": NO_UNDATED}
 
 
 CAPS = [  # environment -> cap_tokens, and percent_of_cap of the week's anthropic (20,700) and openai (12,900) totals

@@ -387,3 +387,41 @@ def test_the_page_in_chromium_says_when_there_is_no_usage(chromium, engine, db_u
         assert chromium.find_element("id", "empty-title").text == "No usage recorded in the last 30 days"
         assert not chromium.find_element("id", "key-form").is_displayed()
         no_horizontal_scroll(chromium, 390)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_page_keeps_a_null_provider_apart_from_one_named_null(chromium, db_url, monkeypatch):
+    """An adopted table's NULL provider and a provider literally named "null" are two cards with their own shares,
+    and rows whose created_at gives no time are said on the page, not silently left out."""
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR, model VARCHAR, run_id VARCHAR, "
+            "phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT "
+            "NULL, created_at DATETIME, is_doctor_call BOOLEAN NOT NULL, doctor_model VARCHAR, doctor_action "
+            "VARCHAR)"
+        )
+    alembic(db_url, "upgrade", "head")
+    recent = utcnow() - timedelta(hours=1)
+    seed(engine, [(None, "m1", 10, 20, 30, recent), ("null", "m2", None, None, 700, recent)])
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call) "
+            "VALUES ('p', 'm', 'r', 4000, 'last tuesday', 0)"
+        )
+    engine.dispose()
+    monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
+    with serving(db_url, None) as client:
+        chromium.get(f"{client.base_url}/dashboard#day")
+        wait_for(chromium, "loaded", "day")
+        cards = chromium.execute_script(
+            "return [...document.querySelectorAll('#providers [data-provider]')].map(c => [c.dataset.provider,"
+            " c.querySelector('h3').textContent, c.querySelector('.total-only-share').textContent])"
+        )
+        assert {(heading, digits(only.split("(")[0])) for _, heading, only in cards} == {
+            ("(no provider)", 0),
+            ("null", 700),
+        }
+        undated = chromium.find_element("id", "undated")
+        assert undated.is_displayed()
+        assert undated.text.startswith("1 event (4,000 tokens) have a created_at that gives no time")

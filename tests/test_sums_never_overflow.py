@@ -80,3 +80,42 @@ def test_verify_of_total_only_rows_whose_totals_sum_past_int64_passes_on_sqlite(
     result = verify(url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 rows with NULL splits and total_tokens > 0" in line(result.stdout, "total-only rows well-formed")
+
+
+def test_the_dashboard_sums_totals_past_int64_exactly(db_url):
+    """total_tokens widened to BIGINT by an operator, two providers' sums past 2^63: exact, never a bare 500."""
+    from datetime import timedelta
+
+    from app_client import app_client
+
+    from autopack.database import make_engine
+    from autopack.usage_recorder import utcnow
+
+    alembic(db_url, "upgrade", "head")
+    widen = {
+        "postgresql": "ALTER TABLE llm_usage_events ALTER COLUMN total_tokens TYPE BIGINT",
+        "mysql": "ALTER TABLE llm_usage_events MODIFY total_tokens BIGINT NOT NULL DEFAULT 0",
+    }.get(db_url.get_backend_name())
+    big = [2**62 + 5, 2**62 + 7, 2**62 - 1]  # 3 * 2^62 + 11: past 2^63, below 2^64
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        if widen:
+            connection.exec_driver_sql(widen)
+        for total in big:
+            connection.execute(
+                text(
+                    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
+                    "total_tokens, created_at, is_doctor_call) VALUES ('p', 'm', 'r', NULL, NULL, :t, :at, false)"
+                ),
+                {"t": total, "at": utcnow() - timedelta(hours=1)},
+            )
+    with app_client(engine) as client:
+        usage = client.get("/dashboard/usage?period=day")
+        breakdown = client.get("/dashboard/usage/breakdown?period=day")
+    engine.dispose()
+    assert usage.status_code == 200, usage.text
+    assert usage.json()["providers"][0]["total_tokens"] == sum(big)
+    assert usage.json()["models"][0]["total_tokens"] == sum(big)
+    assert breakdown.status_code == 200, breakdown.text
+    assert breakdown.json()["overall"]["total_only_tokens"] == sum(big)
+    assert sum(day["total_tokens"] for day in breakdown.json()["days"]) == sum(big)

@@ -9,10 +9,12 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import HTTPException, Query
-from sqlalchemy import BigInteger, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import run_token_cap
+from autopack.event_time import dated_since, group_key, undated
+from autopack.exact_sums import read_sums, sum_columns
 from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
 
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
@@ -36,19 +38,24 @@ def period_start(period: str, now: datetime | None = None) -> datetime:
     return as_naive_utc(now or utcnow()) - timedelta(days=PERIOD_DAYS[period])
 
 
-def _sum(column) -> object:
-    # CAST: MySQL's SUM is DECIMAL, which JSON would render as a float
-    return cast(func.coalesce(func.sum(column), 0), BigInteger)
+TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def _sums():
+def _sums(dialect: str) -> list:
     e = LlmUsageEvent
-    return (
-        _sum(func.coalesce(e.prompt_tokens, 0)).label("prompt_tokens"),
-        _sum(func.coalesce(e.completion_tokens, 0)).label("completion_tokens"),
-        _sum(e.total_tokens).label("total_tokens"),
-        func.count().label("events"),
+    sums = sum_columns(
+        dialect,
+        prompt_tokens=func.coalesce(e.prompt_tokens, 0),
+        completion_tokens=func.coalesce(e.completion_tokens, 0),
+        total_tokens=e.total_tokens,
     )
+    return [*sums, func.count().label("events")]
+
+
+def _row(row, *keys: str) -> dict:
+    """A result row as the response's fields: its keys, its exact sums and its count of events."""
+    mapping = row._mapping
+    return {**{key: mapping[key] for key in keys}, **read_sums(mapping, TOKENS), "events": mapping["events"]}
 
 
 def percent_of_cap(total_tokens: int, cap_tokens: int) -> float:
@@ -56,30 +63,49 @@ def percent_of_cap(total_tokens: int, cap_tokens: int) -> float:
     return total_tokens / cap_tokens * 100 if cap_tokens > 0 else 0.0
 
 
+def in_period(db: Session, period: str, now: datetime | None = None):
+    """The WHERE clause of ``period``: rows whose instant (``event_time``) is in it; undated rows never are."""
+    return dated_since(LlmUsageEvent.created_at, dialect_of(db), period_start(period, now))
+
+
+def dialect_of(db: Session) -> str:
+    return db.get_bind().dialect.name
+
+
 def usage_by_provider(
     db: Session, period: str, now: datetime | None = None, cap_tokens: int | None = None
 ) -> list[dict]:
     """Sums per provider, each with ``cap_tokens`` (the configured run token cap unless given) and its percentage."""
     cap = run_token_cap() if cap_tokens is None else cap_tokens
-    start = period_start(period, now)
+    e = LlmUsageEvent
+    dialect = dialect_of(db)
     query = (
-        select(LlmUsageEvent.provider, *_sums())
-        .where(LlmUsageEvent.created_at >= start)
-        .group_by(LlmUsageEvent.provider)
-        .order_by(LlmUsageEvent.provider)
+        select(e.provider, *_sums(dialect))
+        .where(in_period(db, period, now))
+        .group_by(group_key(e.provider, dialect))
+        .order_by(e.provider)
     )
+    rows = [_row(row, "provider") for row in db.execute(query)]
     return [
-        {**row._asdict(), "period": period, "cap_tokens": cap, "percent_of_cap": percent_of_cap(row.total_tokens, cap)}
-        for row in db.execute(query)
+        {**row, "period": period, "cap_tokens": cap, "percent_of_cap": percent_of_cap(row["total_tokens"], cap)}
+        for row in rows
     ]
 
 
 def usage_by_model(db: Session, period: str, now: datetime | None = None) -> list[dict]:
-    start = period_start(period, now)
+    e = LlmUsageEvent
+    dialect = dialect_of(db)
     query = (
-        select(LlmUsageEvent.provider, LlmUsageEvent.model, *_sums())
-        .where(LlmUsageEvent.created_at >= start)
-        .group_by(LlmUsageEvent.provider, LlmUsageEvent.model)
-        .order_by(LlmUsageEvent.provider, LlmUsageEvent.model)
+        select(e.provider, e.model, *_sums(dialect))
+        .where(in_period(db, period, now))
+        .group_by(group_key(e.provider, dialect), group_key(e.model, dialect))
+        .order_by(e.provider, e.model)
     )
-    return [row._asdict() for row in db.execute(query)]
+    return [_row(row, "provider", "model") for row in db.execute(query)]
+
+
+def undated_usage(db: Session) -> dict:
+    """The sums of every undated row (``event_time.undated``): in no period, so shown apart, never dropped."""
+    e = LlmUsageEvent
+    query = select(*_sums(dialect_of(db))).where(undated(e.created_at, dialect_of(db)))
+    return _row(db.execute(query).one())

@@ -21,12 +21,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import BigInteger, and_, case, cast, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from autopack.api_key import require_api_key
-from autopack.dashboard import PERIOD_DAYS, known_period, period_start
+from autopack.dashboard import PERIOD_DAYS, dialect_of, in_period, known_period, period_start
 from autopack.database import get_db
+from autopack.event_time import group_key, undated, utc_day
+from autopack.exact_sums import read_sums, sum_columns
 from autopack.usage_recorder import LlmUsageEvent, utcnow
 
 PAGE = files("autopack").joinpath("dashboard_page.html").read_text(encoding="utf-8")
@@ -71,50 +73,58 @@ class UsageBreakdown(BaseModel):
     overall: TokenShares
     providers: list[ProviderShares]
     days: list[DayShares] = Field(description="every UTC day from start to end, days without usage as zeros")
-
-
-def _sum(expression) -> object:
-    # CAST: MySQL's SUM is DECIMAL, which JSON would render as a float
-    return cast(func.coalesce(func.sum(expression), 0), BigInteger)
-
-
-def _shares():
-    e = LlmUsageEvent
-    exact = and_(e.prompt_tokens.is_not(None), e.completion_tokens.is_not(None))
-    return (
-        _sum(e.total_tokens).label("total_tokens"),
-        _sum(case((exact, e.total_tokens), else_=0)).label("exact_split_tokens"),
-        _sum(case((exact, 0), else_=e.total_tokens)).label("total_only_tokens"),
-        func.count().label("events"),
-        _sum(case((exact, 0), else_=1)).label("total_only_events"),
+    undated: TokenShares = Field(
+        description="rows of any time whose created_at gives no instant: in no period or day, counted here"
     )
 
 
+SHARES = ("total_tokens", "exact_split_tokens", "total_only_tokens", "total_only_events")
+
+
+def _shares(dialect: str) -> list:
+    e = LlmUsageEvent
+    exact = and_(e.prompt_tokens.is_not(None), e.completion_tokens.is_not(None))
+    sums = sum_columns(
+        dialect,
+        total_tokens=e.total_tokens,
+        exact_split_tokens=case((exact, e.total_tokens), else_=0),
+        total_only_tokens=case((exact, 0), else_=e.total_tokens),
+        total_only_events=case((exact, 0), else_=1),
+    )
+    return [*sums, func.count().label("events")]
+
+
+def _read(row) -> dict:
+    return {**read_sums(row._mapping, SHARES), "events": row.events}
+
+
 def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> UsageBreakdown:
-    """Per provider and per UTC day of ``period``: total, exact-split and total-only tokens; two GROUP BY queries."""
+    """Per provider and per UTC day of ``period``: total, exact-split and total-only tokens; two GROUP BY queries,
+    and one for the undated rows (``event_time``), which are in no period."""
     end = now or utcnow()
     start = period_start(period, end)
     end = start + timedelta(days=PERIOD_DAYS[period])  # naive UTC, whatever ``now`` was given as
     e = LlmUsageEvent
-    providers = [
-        ProviderShares(**row._asdict())
-        for row in db.execute(
-            select(e.provider, *_shares()).where(e.created_at >= start).group_by(e.provider).order_by(e.provider)
-        )
-    ]
-    day = func.date(e.created_at)  # created_at is naive UTC on every engine; SQLite answers 'YYYY-MM-DD'
+    dialect = dialect_of(db)
+    shares = _shares(dialect)
+    where = in_period(db, period, end)
+    by_provider = select(e.provider, *shares).where(where).group_by(group_key(e.provider, dialect))
+    rows = db.execute(by_provider.order_by(e.provider))
+    providers = [ProviderShares(provider=row.provider, **_read(row)) for row in rows]
+    day = utc_day(e.created_at, dialect)
     empty = dict.fromkeys(TokenShares.model_fields, 0)
     by_day: dict[date, dict] = {}
-    for row in db.execute(select(day.label("day"), *_shares()).where(e.created_at >= start).group_by(day)):
+    for row in db.execute(select(day.label("day"), *shares).where(where).group_by(day)):
         # a writer whose clock runs ahead of this server's: counted today, as in every total, never dropped
         bucket = by_day.setdefault(min(date.fromisoformat(str(row.day)[:10]), end.date()), dict(empty))
-        for field in TokenShares.model_fields:
-            bucket[field] += getattr(row, field)
+        for field, value in _read(row).items():
+            bucket[field] += value
     days = [
         DayShares(**{**empty, **by_day.get(d, {}), "day": d})
         for d in (start.date() + timedelta(days=i) for i in range((end.date() - start.date()).days + 1))
     ]
     overall = TokenShares(**{field: sum(getattr(p, field) for p in providers) for field in TokenShares.model_fields})
+    undated_row = db.execute(select(*shares).where(undated(e.created_at, dialect))).one()
     return UsageBreakdown(
         period=period,
         start=start.replace(tzinfo=UTC),
@@ -122,6 +132,7 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
         overall=overall,
         providers=providers,
         days=days,
+        undated=TokenShares(**_read(undated_row)),
     )
 
 

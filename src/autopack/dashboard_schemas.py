@@ -1,4 +1,5 @@
-"""The shape of ``GET /dashboard/usage``: upstream Autopack's ``dashboard_schemas`` plus our ``events`` counts."""
+"""The shape of ``GET /dashboard/usage``: upstream Autopack's ``dashboard_schemas`` plus our ``events`` counts and
+``undated`` line."""
 
 from pydantic import BaseModel, Field
 
@@ -27,6 +28,17 @@ class ModelUsage(BaseModel):
     events: int
 
 
+class UndatedUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    events: int = Field(description="rows whose created_at gives no instant: 0 on a table only Autopack wrote")
+
+
 class UsageResponse(BaseModel):
     providers: list[ProviderUsage] = Field(description="one row per provider, sorted by provider")
     models: list[ModelUsage] = Field(description="one row per (provider, model), sorted by provider then model")
+    undated: UndatedUsage = Field(
+        description="every row, of any time, whose created_at gives no instant (NULL, text the database cannot "
+        "read as a time, PostgreSQL's infinity, MariaDB's zero dates): in no period, so counted here instead"
+    )

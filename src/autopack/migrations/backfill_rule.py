@@ -8,6 +8,7 @@ expressions; the online trigger is its PL/pgSQL twin (``online_backfill.FILL_TOT
 
 import sqlalchemy as sa
 
+from autopack.event_time import undated
 from autopack.migrations.usage_table import completion, events, prompt, total
 
 RULE = (
@@ -43,7 +44,15 @@ def lost_usage_warning(rows: int) -> str:
     )
 
 
-def survey(has_total: bool = True, *, verify: bool = False) -> sa.Select:
+def undated_warning(rows: int) -> str:
+    """The warning the upgrade's report and ``verify`` give for rows whose created_at gives no instant."""
+    return (
+        f"{rows} rows have a created_at that gives no time (NULL, or a value the database cannot read as one): "
+        "they are in no dashboard period, and the dashboard counts them under 'undated'"
+    )
+
+
+def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None = None) -> sa.Select:
     """One scan of the table for what the upgrade batches by and reports (``verify=False``) or what ``verify``
     checks (``verify=True``); each count is defined once, in ``counts``. A table without ``total_tokens`` yet
     reads as all totals 0.
@@ -53,7 +62,8 @@ def survey(has_total: bool = True, *, verify: bool = False) -> sa.Select:
     positive (total > 0), unfilled (rows the rule would still change), mismatched (a split set and the total not
     their sum, unfilled rows included) and malformed (both splits NULL and a negative total). Verify adds the
     splits as NUMERIC, so no split an operator widened can overflow the check; the report adds them only where
-    the rule would (a total of 0), as the backfill itself does."""
+    the rule would (a total of 0), as the backfill itself does. Given the ``dialect``, both also count ``undated``:
+    rows whose created_at gives no instant (``autopack.event_time``)."""
     stored = total if has_total else sa.literal(0)
     totals = sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
     exact_sum = sa.cast(sa.func.coalesce(prompt, 0), EXACT) + sa.cast(sa.func.coalesce(completion, 0), EXACT)
@@ -75,7 +85,9 @@ def survey(has_total: bool = True, *, verify: bool = False) -> sa.Select:
         "mismatched": count(sa.and_(sa.not_(both_null), stored != exact_sum)),
         "malformed": count(sa.and_(both_null, stored < 0)),
     }
-    names = VERIFY_COUNTS if verify else REPORT_COUNTS
+    if dialect is not None:
+        counts["undated"] = count(undated(events.c.created_at, dialect))
+    names = (VERIFY_COUNTS if verify else REPORT_COUNTS) + (("undated",) if dialect is not None else ())
     return sa.select(*(counts[name].label(name) for name in names)).select_from(events)
 
 

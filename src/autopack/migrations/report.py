@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from alembic.util import CommandError
 
-from autopack.migrations.backfill_rule import lost_usage_warning, survey
+from autopack.migrations.backfill_rule import lost_usage_warning, survey, undated_warning
 from autopack.migrations.errors import explained_by_the_environment, first_line
 from autopack.migrations.interrupts import MARIADB_RUNS_ON, Interrupted, signal_name
 from autopack.migrations.plan import Plan
@@ -22,7 +22,7 @@ log = logging.getLogger("alembic.build144")
 
 
 def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]]) -> None:
-    stats = bind.execute(survey()).one()
+    stats = bind.execute(survey(dialect=bind.dialect.name)).one()
     log.info(
         "[3/3] Verification: total rows %d, exact splits %d, total-only (NULL splits) %d, sum of total_tokens %d",
         stats.rows,
@@ -41,6 +41,8 @@ def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]]) -> N
         )
     if stats.lost:
         log.warning(lost_usage_warning(stats.lost))
+    if stats.undated:
+        log.warning(undated_warning(stats.undated))
 
 
 def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan: Plan, step: str) -> str:
