@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -66,13 +66,46 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+# MariaDB as the migrations run it: a value that does not fit is an error, never silently cut or clamped
+MARIADB_STRICT = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')"
+
+
 @cache
 def _engine() -> Engine:
-    url = with_driver(make_url(database_url()))
+    return make_engine(database_url())
+
+
+def make_engine(database: str | URL) -> Engine:
+    """The application's engine for ``database``, as ``engine`` is made for ``DATABASE_URL``: psycopg or PyMySQL,
+    every PostgreSQL transaction in UTC, MariaDB sessions strict and in UTC."""
+    url = with_driver(make_url(database))
+    if url.get_backend_name() == "postgresql":
+        return _postgres_engine(url)
+    engine = create_engine(url)
+    if url.get_backend_name() in ("mysql", "mariadb"):
+
+        @event.listens_for(engine, "connect")
+        def _mariadb_session(dbapi_connection, _record: object) -> None:
+            # strict, as the migrations run; UTC, so a TIMESTAMP created_at is stored and read as UTC
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(MARIADB_STRICT)
+                cursor.execute("SET SESSION time_zone = '+00:00'")
+
+    return engine
+
+
+def _postgres_engine(url: URL) -> Engine:
     # psycopg prepares a statement on its fifth run: through a transaction pooler (PgBouncer) the next transaction's
     # server connection does not know it, or already has one of the name; prepare nothing
-    options = {"connect_args": {"prepare_threshold": None}} if url.drivername == "postgresql+psycopg" else {}
-    return create_engine(url, **options)
+    engine = create_engine(url, connect_args={"prepare_threshold": None})
+
+    @event.listens_for(engine, "begin")
+    def _utc(connection: Connection) -> None:
+        # every transaction in UTC, whatever the database's or role's TimeZone: a timestamptz created_at is written
+        # and compared as the instant it is (set per transaction, as SET LOCAL, so a transaction pooler keeps it)
+        connection.exec_driver_sql("SELECT set_config('TimeZone', 'UTC', true)")
+
+    return engine
 
 
 @cache

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 from sqlalchemy import DateTime, Dialect, Integer, String, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -19,8 +20,10 @@ from autopack.database import Base
 # limit applies on every engine, so an event is stored everywhere or refused everywhere.
 INTEGER_MAX = 2**31 - 1
 
-# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one.
-Varchar = String().with_variant(String(255), "mysql", "mariadb")
+# VARCHAR without a length, as Autopack always declared it; MySQL/MariaDB need one. The recorder holds every engine
+# to that length, so an event is stored whole everywhere or refused everywhere.
+VARCHAR_LENGTH = 255
+Varchar = String().with_variant(String(VARCHAR_LENGTH), "mysql", "mariadb")
 
 
 def utcnow() -> datetime:
@@ -117,6 +120,8 @@ class UsageEventData:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string or None, got {value!r}{_ORDER_HINT}")
+        for name in STRING_FIELDS:
+            _storable(name, getattr(self, name))
         if not isinstance(self.is_doctor_call, bool):  # "no" or 2 would be stored as true, or fail in the driver
             raise ValueError(f"is_doctor_call must be True or False, got {self.is_doctor_call!r}")
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
@@ -148,6 +153,31 @@ class UsageEventData:
         return replace(self, total_tokens=prompt + completion)
 
 
+STRING_FIELDS = ("provider", "model", "run_id", "phase_id", "role", "doctor_model", "doctor_action")
+
+
+def _storable(name: str, value: str | None) -> None:
+    """Refuse, the same on every engine, a string one of them would refuse or change: longer than MariaDB's
+    ``VARCHAR(255)`` (strict mode refuses it, a server without it cuts it, so two long model ids would merge),
+    holding NUL (PostgreSQL cannot store it) or a lone surrogate (no engine can encode it)."""
+    if value is None:
+        return
+    if len(value) > VARCHAR_LENGTH:
+        raise ValueError(
+            f"{name} is {len(value)} characters, more than the {VARCHAR_LENGTH} its column holds on MariaDB (the "
+            f"narrowest engine; refused on every engine alike): shorten it, e.g. {value[:40]!r}..."
+        )
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character (\\x00), which PostgreSQL cannot store: remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} contains {value[error.start]!r} at position {error.start}, a lone surrogate that no database "
+            "can store as text: decode the provider's bytes properly"
+        ) from None
+
+
 def _too_large(what: str) -> ValueError:
     return ValueError(
         f"{what} is more than {INTEGER_MAX}, the most an INTEGER column holds on any engine: check the figure the "
@@ -168,6 +198,12 @@ def record_usage(db: Session, data: UsageEventData) -> LlmUsageEvent:
     db.add(event)
     try:
         db.commit()
+    except DataError as error:  # a value this table cannot hold though every engine's would: a narrower column
+        db.rollback()  # or a 3-byte character set made by other code
+        raise ValueError(
+            f"this table cannot hold a value of the event as given ({str(error.orig).splitlines()[0]}): shorten the "
+            "value, or widen the column (or convert the table to utf8mb4); nothing was written"
+        ) from error
     except BaseException:
         db.rollback()
         raise
