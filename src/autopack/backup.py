@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 
 from autopack.migrations.connection import DEFAULT_LOCK_TIMEOUT
 from autopack.migrations.errors import one_sentence_errors, shown
-from autopack.read_only import existing_sqlite_file, sqlite_uri
+from autopack.read_only import existing_sqlite_file, open_sqlite_read_only, sqlite_uri
 
 TABLE = "llm_usage_events"
 
@@ -37,7 +37,7 @@ def backup_sqlite(url: URL, destination: Path | None, *, busy_timeout_s: float) 
     reader: sqlite3.Connection | None = None
     try:
         with one_sentence_errors(url, busy_timeout_s=busy_timeout_s, lock_timeout=DEFAULT_LOCK_TIMEOUT, wait_hint=None):
-            reader = sqlite3.connect(sqlite_uri(source, "ro"), uri=True, timeout=busy_timeout_s, isolation_level=None)
+            reader = open_sqlite_read_only(source, timeout=busy_timeout_s)  # a hot journal rolled back first
             reader.execute("BEGIN")  # one snapshot for the count and the copy, under a read lock only
             rows = _row_count(reader)
         if rows is None:

@@ -2,7 +2,9 @@
 
 SQLite: the file is opened through a ``mode=ro`` URI whose path is percent-escaped (a ``#``, ``?`` or ``%``
 in the name stays part of the name) inside a plain deferred ``BEGIN``: a reader takes no write lock, so it
-runs while the application commits, and nothing it does can create or change a file. PostgreSQL and
+runs while the application commits, and nothing it does can create or change a file — except one thing every
+SQLite client does: a hot journal a crashed writer left is rolled back first (``open_sqlite_read_only``), so
+that the reads see the committed state. PostgreSQL and
 MariaDB/MySQL: the migration engine's connection in a ``READ ONLY`` transaction, so a role that may only
 SELECT can run it, and a lock held by another session is waited for a bounded time, then reported.
 """
@@ -50,12 +52,60 @@ def existing_sqlite_file(url: URL) -> Path | None:
     return path
 
 
+SQLITE_READONLY_ROLLBACK = 776  # (SQLITE_READONLY | 3 << 8): a hot journal a read-only connection cannot roll back
+
+
+def open_sqlite_read_only(path: Path, *, timeout: float, check_same_thread: bool = True) -> sqlite3.Connection:
+    """``path`` opened read-only (``mode=ro``, autocommit at the driver), its committed state readable.
+
+    A writer that died mid-transaction in rollback-journal mode leaves a hot ``-journal`` beside the file: the file
+    may hold half of that transaction until a connection that can write rolls the journal back, which SQLite does
+    by itself on the first read of any such connection. A read-only one cannot, and fails with
+    SQLITE_READONLY_ROLLBACK; so, then, a read-write connection reads the schema once (the rollback restores the
+    last committed state, exactly what any sqlite3 client would do) and the read-only one is opened again. If
+    that connection cannot write the file or its directory, one sentence says what the file holds and what to do."""
+
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: the driver emits no BEGIN of its own; the callers' BEGIN is a deferred one
+        return sqlite3.connect(
+            sqlite_uri(path, "ro"), uri=True, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread
+        )
+
+    connection = connect()
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read meets a hot journal
+        return connection
+    except sqlite3.Error as error:
+        connection.close()
+        if getattr(error, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
+            raise
+    roll_back_hot_journal(path, timeout=timeout)
+    return connect()
+
+
+def roll_back_hot_journal(path: Path, *, timeout: float) -> None:
+    journal = path.with_name(path.name + "-journal")
+    try:
+        writer = sqlite3.connect(sqlite_uri(path, "rw"), uri=True, timeout=timeout, isolation_level=None)
+        try:
+            writer.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite rolls the hot journal back here
+        finally:
+            writer.close()
+    except sqlite3.Error as error:
+        if getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+            raise  # another connection is rolling it back or writing: the callers' "locked" sentence
+        raise CommandError(
+            f"{path.resolve()} has a hot journal, {journal.resolve()}, left by a writer that stopped in the middle "
+            "of a transaction, so the file may hold half of that transaction until a connection that can write rolls "
+            f"the journal back, and this one could not ({error}): run this command, or any sqlite3 client reading "
+            f"the file, as a user who may write {path.resolve()} and its directory (keep the -journal file: it holds "
+            "the committed pages); nothing was changed."
+        ) from None
+
+
 def _sqlite_engine(path: Path, *, lock_wait_s: float) -> Engine:
     def connect() -> sqlite3.Connection:
-        # isolation_level=None: the driver emits no BEGIN of its own; ours is the deferred one in BEGIN_READ_ONLY
-        return sqlite3.connect(
-            sqlite_uri(path, "ro"), uri=True, timeout=lock_wait_s, isolation_level=None, check_same_thread=False
-        )
+        return open_sqlite_read_only(path, timeout=lock_wait_s, check_same_thread=False)
 
     return create_engine("sqlite://", creator=connect, poolclass=NullPool)
 

@@ -16,6 +16,7 @@ mode (an overflow is an error, not a clamped number) and ``lock_wait_timeout`` i
 What an operator reads when this fails is in ``errors``.
 """
 
+import logging
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+import sqlalchemy as sa
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
@@ -34,14 +36,17 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import asbool
 
-from autopack.database import with_driver
+from autopack.database import MARIADB_STRICT, with_driver
 from autopack.migrations.errors import first_line, one_sentence_errors, shown
 from autopack.migrations.options import Options, whole_seconds
+from autopack.migrations.table_inspection import case_sensitive_names, names_in_other_case, rename_to_own_case, rows_in
 from autopack.migrations.usage_table import TABLE
 
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
 DEFAULT_CONNECT_TIMEOUT_S = 10
+RENAME_TO_OWN_CASE = "autopack_rename_to_own_case"  # connection.info flag: SQLite's table renamed as it begins
+log = logging.getLogger("alembic.build144")
 POOLER_PROBE_S = 3.0
 
 
@@ -149,6 +154,10 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
             # the migration would meet it only at its first cache spill, after all the work. In WAL mode readers
             # never block a writer and EXCLUSIVE acts as IMMEDIATE.
             connection.exec_driver_sql("BEGIN EXCLUSIVE")
+            if connection.info.get(RENAME_TO_OWN_CASE):  # a command that changes the database: first in its transaction
+                renamed = rename_to_own_case(connection)
+                if renamed:
+                    log.info("Renamed %s to %s (SQLite treats the two names as one table)", renamed, TABLE)
 
         return engine
     if backend == "postgresql":
@@ -162,7 +171,7 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
         # seconds (MariaDB takes no fractions)
         seconds = whole_seconds(lock_timeout)
         with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')")
+            cursor.execute(MARIADB_STRICT)
             cursor.execute(f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}")
 
     return engine
@@ -428,7 +437,53 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
         if connection.dialect.name == "postgresql":
             require_url_options_applied(connection, url)
             require_the_table_in_reach(connection, url)
+        require_one_spelling(connection, url)
         yield connection
+
+
+def require_one_spelling(connection: Connection, url: URL) -> None:
+    """Where the engine treats names case-sensitively, a table named ``llm_usage_events`` in other letter case
+    (``LLM_Usage_Events``, from a Windows or macOS server's dump, or a quoted name) is refused in one sentence: the
+    migration would create a new, empty ``llm_usage_events`` beside it and the application write there. SQLite,
+    which treats the two as one table, has it renamed by the commands that change the database."""
+    if connection.dialect.name == "sqlite" or not case_sensitive_names(connection):
+        connection.rollback()
+        return
+    others = names_in_other_case(connection)
+    if not others:
+        connection.rollback()
+        return
+    setting = " with lower_case_table_names = 0" if connection.dialect.name != "postgresql" else ""
+    engine = f"{'PostgreSQL' if connection.dialect.name == 'postgresql' else 'MariaDB/MySQL'}{setting}"
+    quote = connection.dialect.identifier_preparer.quote_identifier
+    rename = (
+        f"ALTER TABLE {quote(others[0])} RENAME TO {TABLE}"
+        if connection.dialect.name == "postgresql"
+        else f"RENAME TABLE {quote(others[0])} TO {TABLE}"
+    )
+    named = ", ".join(f"{o} ({rows_in(connection, o)} rows)" for o in others)
+    ours = connection.dialect.has_table(connection, TABLE)
+    view = ours and TABLE in sa.inspect(connection).get_view_names()
+    ours_rows = rows_in(connection, TABLE) if ours and not view else 0
+    connection.rollback()
+    if view:  # its rows are the table's: naming both as tables of rows would invite dropping the real one
+        raise CommandError(
+            f"On {shown(url)}, {TABLE} is a view and the usage table is {named}, named in other letter case, which "
+            f"{engine} treats as a separate table: drop the view {TABLE}, rename the table ({rename}), recreate "
+            "the view under another name if something reads it, and re-run; nothing was changed."
+        )
+    if ours:
+        raise CommandError(
+            f"{shown(url)} holds both {TABLE} ({ours_rows} rows) and {named}, which {engine} treats as separate "
+            f"tables (an earlier run or the application may have created {TABLE} beside an imported one): Autopack "
+            f"uses only {TABLE}; move the rows to keep into one table, drop the other, name the one left {TABLE} "
+            f"({rename}) and re-run; nothing was changed."
+        )
+    raise CommandError(
+        f"The usage table on {shown(url)} is named {named}, not {TABLE}, and {engine} treats the two names as "
+        f"separate tables, so the migration would create a new, empty {TABLE} beside it: rename it ({rename}) and "
+        "re-run; nothing was changed."
+    )
 
 
 # settings the tree sets in each transaction itself (transaction_settings): not the URL's to prove
@@ -522,6 +577,7 @@ def migration_connection(config: Config, raw_url: str, options: Options) -> Iter
         with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
             if command is None or command.__name__ in ("upgrade", "downgrade", "stamp"):
                 require_a_writing_session(connection, url)
+                connection.info[RENAME_TO_OWN_CASE] = True
             if not options.online:
                 yield connection
                 return
