@@ -82,7 +82,7 @@ def run_migrations_online() -> None:
                 context.run_migrations()
                 sqlite_foreign_key_check(connection)
         if changes:
-            say_if_nothing_was_done(applied, context.get_context().get_current_heads())
+            say_if_nothing_was_done(connection, applied, context.get_context().get_current_heads())
 
 
 def command_name() -> str | None:

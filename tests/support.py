@@ -324,6 +324,14 @@ def verify(url, cwd=ROOT):
     )
 
 
+def autopack_command(url, command: str, timeout: float = 300):
+    """Run ``python -m autopack COMMAND`` against ``url`` as an operator would."""
+    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
+    return subprocess.run(
+        [sys.executable, "-m", "autopack", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def finish_online(url, cwd=ROOT, check=True):
     """Run ``python -m autopack finish-online`` against ``url`` as an operator would (by default it must succeed)."""
     env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}

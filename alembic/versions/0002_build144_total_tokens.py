@@ -91,8 +91,16 @@ def downgrade() -> None:
             online_downgrade(plan)
             return
         fill_trigger.drop(bind)  # an online upgrade's, if finish-online never ran: its column goes
+        if plan.dialect == "postgresql":  # writers wait from here (reads go on): none writes between 2. and 3.
+            bind.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
         held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
         holdover.prove_set_aside(bind)
+        if plan.dialect in ("mysql", "mariadb"):  # 2. again and 3. under LOCK TABLES: DDL commits at once there
+            mariadb_schema_change.downgrade_schema(bind, plan)
+            if not holdover.held_rows(bind):
+                op.drop_table(holdover.HOLDOVER)
+                log.info("No rows needed setting aside: every row's total is the sum of its splits")
+            return
         if not held:
             op.drop_table(holdover.HOLDOVER)
             log.info("No rows needed setting aside: every row's total is the sum of its splits")

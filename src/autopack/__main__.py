@@ -1,5 +1,5 @@
-"""``python -m autopack``: ``verify`` the BUILD-144 criteria, ``finish-online`` an online upgrade, or ``backup`` a
-SQLite database, on DATABASE_URL."""
+"""``python -m autopack``: ``verify`` the BUILD-144 criteria, ``finish-online`` an online upgrade, ``repair-totals``
+that old code left stale, or ``backup`` a SQLite database, on DATABASE_URL."""
 
 import argparse
 import logging
@@ -32,6 +32,37 @@ def run_verify() -> int:
 
 def run_finish_online() -> int:
     from autopack.finish_online import finish_online
+
+    stopped = (
+        "the batches done so far are committed and the fill trigger may be gone already: re-run "
+        "'python -m autopack finish-online' to finish"
+    )
+    finished = in_committed_batches("finish-online", finish_online, stopped)
+    print(finished.sentence())
+    return 1 if finished.stale else 0
+
+
+def run_repair_totals() -> int:
+    from autopack.repair_totals import COMMAND, repair_totals
+
+    stopped = f"the batches done so far are committed: re-run '{COMMAND}' to finish"
+    repaired = in_committed_batches("repair-totals", repair_totals, stopped)
+    print(repaired.sentence())
+    return 0 if repaired.left == 0 else 1
+
+
+def run_restore_set_aside() -> int:
+    from autopack.restore_set_aside import COMMAND, restore_set_aside
+
+    stopped = f"the restore is one statement: re-run '{COMMAND}'"
+    restored = in_committed_batches("restore-set-aside", restore_set_aside, stopped)
+    print(restored.sentence())
+    return 0
+
+
+def in_committed_batches(command: str, work, stopped: str):
+    """``work(connection)`` on DATABASE_URL with the migration's timeouts, committing as it goes: on a server in
+    autocommit, with the lock timeout for the session; a transaction pooler refused (many transactions)."""
     from autopack.migrations.connection import (
         connected,
         migration_engine,
@@ -47,27 +78,19 @@ def run_finish_online() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # lock retries and backfill progress, as it goes
     timeouts = {"busy_timeout_s": DEFAULT_BUSY_TIMEOUT_S, "lock_timeout": DEFAULT_LOCK_TIMEOUT}
     engine = migration_engine(url, **timeouts)
-    stopped = (
-        "the batches done so far are committed and the fill trigger may be gone already: re-run "
-        "'python -m autopack finish-online' to finish"
-    )
     try:
         with (
             interrupts_in_one_sentence(stopped),
             one_sentence_errors(url, **timeouts, wait_hint=None),
             connected(engine, url) as connection,
         ):
-            if url.get_backend_name() != "sqlite":  # SQLite: no trigger, and its engine opens each transaction
-                refuse_transaction_pooler(connection, url, "finish-online")  # many transactions, one session
-                settings = transaction_settings(DEFAULT_LOCK_TIMEOUT, None)
-                with settings_for_the_session(connection, settings):
-                    finished = finish_online(connection.execution_options(isolation_level="AUTOCOMMIT"))
-            else:
-                finished = finish_online(connection)
+            if url.get_backend_name() == "sqlite":  # SQLite: no trigger, and its engine opens each transaction
+                return work(connection)
+            refuse_transaction_pooler(connection, url, command)  # many transactions, one session
+            with settings_for_the_session(connection, transaction_settings(DEFAULT_LOCK_TIMEOUT, None)):
+                return work(connection.execution_options(isolation_level="AUTOCOMMIT"))
     finally:
         engine.dispose()
-    print(finished.sentence())
-    return 0
 
 
 def run_backup(destination: Path | None) -> int:
@@ -90,12 +113,24 @@ def main(argv: list[str] | None = None) -> int:
         "finish-online",
         help="after an online upgrade, once no pre-BUILD-144 code writes: drop the fill trigger, fill what is left",
     )
+    commands.add_parser(
+        "repair-totals",
+        help="set each total_tokens that is not the sum of its splits (stale: old code updated the splits) to it",
+    )
+    commands.add_parser(
+        "restore-set-aside",
+        help="at 0002: put back rows a downgrade that did not finish left in the set-aside table",
+    )
     backup = commands.add_parser("backup", help="copy the SQLite database on DATABASE_URL with SQLite's backup API")
     backup.add_argument("--to", type=Path, help="destination file (default: the database's path + .backup)")
     args = parser.parse_args(argv)
     try:
         if args.command == "finish-online":
             return run_finish_online()
+        if args.command == "repair-totals":
+            return run_repair_totals()
+        if args.command == "restore-set-aside":
+            return run_restore_set_aside()
         return run_verify() if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)

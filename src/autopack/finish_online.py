@@ -22,6 +22,8 @@ from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits, with_lock_retries
 from autopack.migrations.options import Options, version_table
 from autopack.migrations.usage_table import TABLE, events
+from autopack.repair_totals import COMMAND as REPAIR
+from autopack.repair_totals import stale_rows
 
 AGAIN = "the fill trigger is gone already, and re-running 'python -m autopack finish-online' finishes"
 
@@ -30,6 +32,7 @@ AGAIN = "the fill trigger is gone already, and re-running 'python -m autopack fi
 class Finished:
     dropped_trigger: bool
     filled: int
+    stale: int = 0  # counted afterwards: a split set and the total not their sum (repair-totals fixes them)
 
     def sentence(self) -> str:
         trigger = (
@@ -38,7 +41,12 @@ class Finished:
             else "No online fill trigger was left on the table (finished before, or a default-mode upgrade)"
         )
         filled = f"filled {self.filled} rows whose total was 0 beside a split"
-        return f"{trigger}; {filled}; every row of {TABLE} has its total."
+        if self.stale:
+            return (
+                f"{trigger}; {filled}; {self.stale} rows of {TABLE} still have a total that is not the sum of their "
+                f"splits (old code updated their splits): run '{REPAIR}'."
+            )
+        return f"{trigger}; {filled}; every row of {TABLE} has its total, the sum of its splits where they are set."
 
 
 def finish_online(connection: sa.Connection, options: Options | None = None) -> Finished:
@@ -88,4 +96,4 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
         connection,
         after="the fill trigger is gone: stop the pre-BUILD-144 writers still running, then re-run finish-online",
     )
-    return Finished(dropped, filled)
+    return Finished(dropped, filled, stale_rows(connection))

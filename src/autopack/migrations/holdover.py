@@ -66,16 +66,17 @@ def create_statements(dialect: str) -> list[str]:
 # --- downgrade: set aside ------------------------------------------------------------------------------
 
 
-def hold_over_statement(after_id: int | None = None) -> sa.Insert:
+def hold_over_statement(after_id: int | None = None, ignore_held: bool = False) -> sa.Insert:
     """Copy the rows the old schema cannot hold (with ids above ``after_id``, if given), skipping any a resumed
-    downgrade already holds."""
+    downgrade already holds; ``ignore_held`` (MariaDB, under LOCK TABLES, where a query may name a locked table
+    only once) skips them with INSERT IGNORE on the set-aside table's primary key instead."""
     source = [events.c.id, events.c.provider, events.c.model, events.c.role, events.c.created_at]
     newer = events.c.id > after_id if after_id is not None else sa.true()
-    return holdover.insert().from_select(
+    unheld = sa.true() if ignore_held else ~sa.exists().where(h.event_id == events.c.id)
+    insert = holdover.insert().prefix_with("IGNORE") if ignore_held else holdover.insert()
+    return insert.from_select(
         [h.event_id, h.provider, h.model, h.role, h.created_at, h.prompt_tokens, h.completion_tokens, h.total_tokens],
-        sa.select(*source, prompt, completion, total).where(
-            newer, NOT_HOLDABLE, ~sa.exists().where(h.event_id == events.c.id)
-        ),
+        sa.select(*source, prompt, completion, total).where(newer, NOT_HOLDABLE, unheld),
     )
 
 
@@ -136,10 +137,17 @@ def hold_over(bind: sa.Connection, dialect: str) -> int:
 def prove_set_aside(bind: sa.Connection) -> None:
     """Before the splits turn NOT NULL and total_tokens goes: every row the old schema cannot hold is held."""
     left = first_ids(bind, not_set_aside())
+    if None in left:  # a SQLite key that is not the rowid's alias lets rows without an id in
+        raise CommandError(
+            f"Rows of {TABLE} with a NULL id cannot be set aside (the set-aside table finds each event by its id), "
+            "and the pre-BUILD-144 schema cannot hold them: give them ids (python -m autopack verify names the "
+            "id's fix), then re-run; nothing was changed."
+        )
     if left:
         raise CommandError(
-            f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): a trigger "
-            f"or rule on the table or another writer interfered; nothing was changed."
+            f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): another "
+            "writer (the application still running: stop it, then re-run) or a trigger or rule on the table "
+            "interfered; nothing was changed."
         )
 
 
@@ -172,6 +180,16 @@ def same_event() -> sa.ColumnElement[bool]:
 def restored_total() -> sa.ColumnElement[int]:
     """The held total, with the backfill rule applied: a held 0 beside a split becomes the splits' sum."""
     return new_total(h.total_tokens, h.prompt_tokens, h.completion_tokens)
+
+
+def waiting() -> sa.ColumnElement[bool]:
+    """A held row whose event is still there carrying the placeholders: what ``restore_statement`` puts back."""
+    return sa.exists().where(
+        same_event(),
+        prompt == sa.func.coalesce(h.prompt_tokens, 0),
+        completion == sa.func.coalesce(h.completion_tokens, 0),
+        ~is_restored(),
+    )
 
 
 def restore_statement() -> sa.Update:

@@ -12,19 +12,29 @@ take the batched UPDATE after the one ALTER instead.
 
 Online (``-x online=true``): the same ALTER with ``ALGORITHM=INPLACE, LOCK=NONE``, so writers go on during the
 rebuild; a server that cannot do it that way refuses it, and the refusal is one sentence, nothing changed.
+
+Downgrade (``downgrade_schema``): MariaDB commits each DDL statement, so the set-aside step and the ALTER cannot
+share a transaction; an application still recording total-only rows between them made the ALTER fail ("Data
+truncated for column 'prompt_tokens'") after the set-aside had committed. So the last set-aside pass, the
+placeholders and the one ALTER (both splits NOT NULL, total_tokens dropped: one table copy) run under
+``LOCK TABLES … WRITE``: writers wait for it (as they wait for the ALTER's copy anyway) and nothing is written in
+between. Should the ALTER still fail, the rows set aside are put back before the one-sentence error.
 """
 
 import logging
 
 import sqlalchemy as sa
-from alembic.ddl.base import AddColumn
+from alembic.ddl.base import AddColumn, DropColumn
 from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
+from alembic.util import CommandError
 
+from autopack.migrations import holdover
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, sum_of
 from autopack.migrations.batched_backfill import backfill
+from autopack.migrations.errors import first_line
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
-from autopack.migrations.usage_table import TABLE, as_it_is, events, total_tokens_column
+from autopack.migrations.usage_table import SPLITS, TABLE, as_it_is, events, total_tokens_column
 
 log = logging.getLogger("alembic.build144")
 
@@ -91,3 +101,62 @@ def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
     since = sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
     first, last, rows = bind.execute(since).one()
     return filled + (backfill(bind.execute, first, last, rows, plan.options) if rows else 0)
+
+
+# --- downgrade ---------------------------------------------------------------------------------------------
+
+# MariaDB's errors for a NULL (or out-of-range) value met by MODIFY … NOT NULL: a row written after the set-aside
+NOT_HOLDABLE_ERRORS = (1048, 1138, 1265)
+WRITER_STILL_RUNNING = (
+    "a writer still running (the BUILD-144 application: uvicorn autopack.main:app, any autonomous executor) wrote "
+    "rows the old schema cannot hold after they were set aside: stop the application, then re-run"
+)
+
+
+def downgrade_statement(bind: sa.Connection, plan: Plan) -> str:
+    """Splits NOT NULL again and total_tokens dropped, as one ALTER TABLE (one table copy), each split as it is."""
+    clauses = []
+    for split in SPLITS:
+        existing = as_it_is(split, plan.columns)
+        clauses.append(
+            MySQLModifyColumn(
+                TABLE,
+                split,
+                type_=existing["existing_type"],
+                nullable=False,
+                default=existing["existing_server_default"],
+                comment=existing["existing_comment"],
+            )
+        )
+    clauses.append(DropColumn(TABLE, sa.Column("total_tokens", sa.Integer())))
+    prefix = f"ALTER TABLE {TABLE} "
+    return prefix + ", ".join(compiled(bind, clause).removeprefix(prefix) for clause in clauses)
+
+
+def downgrade_schema(bind: sa.Connection, plan: Plan) -> None:
+    """Under ``LOCK TABLES``: set aside what was written since ``holdover.hold_over`` ran, write its placeholders,
+    prove nothing is left, and run the one ALTER; no writer gets in between. On a failure of the ALTER, the rows
+    set aside are put back (the table stays as BUILD-144 code reads it) and the error is one sentence."""
+    bind.exec_driver_sql(f"LOCK TABLES {TABLE} WRITE, {holdover.HOLDOVER} WRITE")
+    try:
+        bind.execute(holdover.hold_over_statement(ignore_held=True))
+        bind.execute(holdover.placeholders_statement())
+        holdover.prove_set_aside(bind)
+        with while_running(log, "ALTER TABLE", plan.options.progress_every):
+            bind.exec_driver_sql(downgrade_statement(bind, plan))
+        failure = None
+    except sa.exc.DBAPIError as error:
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        if code not in NOT_HOLDABLE_ERRORS:
+            raise
+        failure = error
+    finally:
+        bind.exec_driver_sql("UNLOCK TABLES")
+    if failure is not None:  # the set-aside step has committed (the ALTER committed it): put its rows back
+        restored = holdover.restore(bind)
+        bind.exec_driver_sql("COMMIT")
+        raise CommandError(
+            f"The BUILD-144 downgrade failed while changing {TABLE} ({first_line(failure)}): {WRITER_STILL_RUNNING}; "
+            f"the revision stays 0002 and the {restored} rows set aside were put back, so the table holds what it "
+            "held before."
+        )

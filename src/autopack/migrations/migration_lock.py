@@ -166,7 +166,18 @@ def holder(connection: sa.Connection) -> str:
     return f"held by connection {found} (SHOW PROCESSLIST)" if found else "held by another session"
 
 
-def say_if_nothing_was_done(applied: list[dict], heads: tuple[str, ...]) -> None:
-    """A run that applied no revision says so, with the revision found (another migrator may have done it)."""
-    if not applied:
-        log.info("Nothing to do: the database is already at %s", ", ".join(heads) or "no revision")
+def say_if_nothing_was_done(connection: sa.Connection, applied: list[dict], heads: tuple[str, ...]) -> None:
+    """A run that applied no revision says so, with the revision found (another migrator may have done it), and
+    names the command for rows a stopped downgrade left set aside (their events read 0/0 until restored)."""
+    if applied:
+        return
+    log.info("Nothing to do: the database is already at %s", ", ".join(heads) or "no revision")
+    from autopack.restore_set_aside import COMMAND, waiting_rows  # the command's module: imported when needed
+
+    waiting = waiting_rows(connection)
+    if waiting:
+        log.warning(
+            "%d rows a downgrade that stopped set aside still read 0/0 splits: run '%s' to put them back",
+            waiting,
+            COMMAND,
+        )
