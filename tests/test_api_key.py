@@ -121,3 +121,25 @@ def test_an_empty_key_answers_errors_not_data_even_without_the_startup_check(dat
             response = client.get("/dashboard/usage?period=month", headers=headers)
             assert response.status_code == 500
             assert response.json() == {"detail": "the server's AUTOPACK_API_KEY is unusable: see the server log"}
+
+
+def test_in_process_test_clients_are_served_without_a_key_as_upstreams_tests_expect(engine, monkeypatch):
+    """Upstream Autopack's own dashboard tests call the app through Starlette's TestClient at its default
+    ``http://testserver``: no browser or network is involved, so the local-host rule does not apply to them."""
+    from fastapi.testclient import TestClient
+
+    from autopack.main import app, get_db
+
+    monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
+
+    def session():
+        with Session(engine) as db:
+            yield db
+
+    app.dependency_overrides[get_db] = session
+    try:
+        response = TestClient(app).get("/dashboard/usage?period=week")
+    finally:
+        app.dependency_overrides.clear()
+    assert response.status_code == 200, response.text
+    assert response.json()["providers"] == []

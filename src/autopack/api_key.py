@@ -85,7 +85,15 @@ class LocalHostsWithoutKey:
             keyless = configured_api_key() is None
         except ApiKeyError:  # an unusable key serves no data anyway (RefuseUnusableApiKey, require_api_key)
             keyless = False
-        await (self.local_only if keyless else self.app)(scope, receive, send)
+        await (self.local_only if keyless and not in_process(scope) else self.app)(scope, receive, send)
+
+
+def in_process(scope: Scope) -> bool:
+    """A request from Starlette's in-process ``TestClient`` (``Host: testserver``, client ``testclient``, as
+    upstream Autopack's own dashboard tests send): no browser and no network is involved, so no page can rebind it.
+    A server (uvicorn) gives every request the peer's address, never the name ``testclient``."""
+    client = scope.get("client")
+    return scope.get("type") == "http" and client is not None and client[0] == "testclient"
 
 
 def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
