@@ -1,4 +1,4 @@
-"""Several migrators at once (issue 14): Autopack instances starting together each call ``init_db()``, and two
+"""Several migrators at once: Autopack instances starting together each call ``init_db()``, and two
 operators may type ``alembic upgrade head`` together. One migrates; the others wait for the migration lock, then
 find head and do nothing, exiting 0. The overlap is forced: the test holds the lock (PostgreSQL's advisory lock,
 MariaDB's GET_LOCK, SQLite's lock file and an exclusive transaction, as a migrator does) while the four start, and

@@ -1,5 +1,5 @@
 """A SQLite file a crashed writer left with a hot journal (rollback-journal mode): verify and backup see the
-committed state, as any SQLite client that can write does (issue 27, §6)."""
+committed state, as any SQLite client that can write does ."""
 
 import os
 import signal

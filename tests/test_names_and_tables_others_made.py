@@ -1,5 +1,5 @@
 """Tables another server or tool made: the usage table named in other letter case, and ids the database does not
-generate (issue 27, §3 and §4)."""
+generate."""
 
 import sqlite3
 

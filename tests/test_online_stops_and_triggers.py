@@ -1,4 +1,4 @@
-"""What the second adversarial try of issue 13 found, each shown failing on the tree before its fix.
+"""Online runs stopped midway and the fill trigger among the operator's own triggers.
 
 - PostgreSQL fires a table's BEFORE ROW triggers in name order: the fill trigger runs last, so an operator's
   trigger that changes a split on INSERT is summed as stored.

@@ -1,4 +1,4 @@
-"""Through a real PgBouncer (issue 26 §1): the connection is not the migration's own.
+"""Through a real PgBouncer: the connection is not the migration's own.
 
 In transaction pooling each transaction may run on another server connection, so nothing may rely on session state:
 settings are set inside each transaction, the default mode's migration lock is a transaction lock, no statement is

@@ -1,5 +1,5 @@
 """Defaults an operator sets on a role or database, a version table shared with another Alembic tree, keys and
-encodings (issue 26 §2, §4, §5): each works as on a plain database or ends in one true sentence before any change."""
+encodings: each works as on a plain database or ends in one true sentence before any change."""
 
 import os
 import subprocess

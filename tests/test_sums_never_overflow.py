@@ -1,6 +1,6 @@
 """Sums of splits an operator widened to BIGINT never stop the upgrade or verify where the rule does not need them.
 
-Found by an adversarial try of the redesign: an 'old BUILD-144 script' table whose splits were widened to BIGINT
+An 'old BUILD-144 script' table whose splits were widened to BIGINT
 holds a corrupt row whose splits sum past BIGINT but whose total is set; the upgrade must leave that total alone
 and fill the others, as it always did, and verify must report, never trace back.
 """

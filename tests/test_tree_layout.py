@@ -59,7 +59,8 @@ def functions(path: Path) -> dict[str, ast.FunctionDef]:
 
 @pytest.mark.parametrize("path", sorted(VERSIONS.glob("*.py")), ids=lambda p: p.name)
 def test_upgrade_and_downgrade_are_on_the_first_screen(path):
-    """upgrade() starts before line 100 and downgrade() before 160, each at most 40 lines (DECISIONS, issue 11)."""
+    """upgrade() starts before line 100 and downgrade() before 160, each at most 40 lines: the
+    revision's outline stays on its first screens."""
     found = functions(path)
     upgrade, downgrade = found["upgrade"], found["downgrade"]
     assert upgrade.lineno < 100 and downgrade.lineno < 160, (upgrade.lineno, downgrade.lineno)

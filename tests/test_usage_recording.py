@@ -172,7 +172,7 @@ ORDER = (
     "(UsageEventData's positional order is upstream Autopack's: provider, model, run_id, phase_id, role, "
     "total_tokens, prompt_tokens, completion_tokens)"
 )
-OLD_ORDER_CALLS = [  # written for the order before issue 14: provider, model, role, prompt, completion, total, ...
+OLD_ORDER_CALLS = [  # written for this project's earlier order: provider, model, role, prompt, completion, total, ...
     (("openai", "gpt-4o", "builder", 8_400, 2_100, 10_500), {}, f"role must be a non-empty string, got 2100 {ORDER}"),
     (("openai", "gpt-4o", "builder", 8_400, 2_100), {"run_id": "run-1"}, "got multiple values for argument 'run_id'"),
     (("openai", "gpt-4o", "builder", None, None, 18_500), {}, f"role must be a non-empty string, got None {ORDER}"),

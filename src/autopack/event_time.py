@@ -1,8 +1,8 @@
 """When an event happened, read from ``created_at`` in whatever form other code left it, on each engine.
 
 Autopack stores naive UTC (``'2026-12-05 10:00:00.123456'`` on SQLite), but a table that lived for months holds
-rows written by other versions and tools, and they are never rewritten (DECISIONS: the round trip keeps every
-value). So every period and day is decided on the row's *instant*:
+rows written by other versions and tools, and they are never rewritten (a round trip keeps every value as it
+was). So every period and day is decided on the row's *instant*:
 
 - SQLite (no date type: each row is text, a number or NULL): text in any form SQLite's date functions read
   (``T`` or space, ``Z`` or an offset such as ``+02:00``, fractions of a second, a date alone), and the same with

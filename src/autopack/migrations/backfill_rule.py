@@ -3,7 +3,7 @@
 The rule: a total already there stays (on a total-only row it is the only record of that usage); a total of 0
 beside a split becomes ``COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)``. The batched UPDATE,
 the offline scripts, the restore of set-aside rows, ``verify`` and the tests' expectations all use these
-expressions; the online trigger is its PL/pgSQL twin (``online_backfill.FILL_TOTAL_FUNCTION``).
+expressions; the online fill trigger is its PL/pgSQL and MariaDB twin (``fill_trigger``).
 """
 
 import sqlalchemy as sa

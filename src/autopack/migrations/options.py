@@ -31,7 +31,7 @@ class Options:
     busy_timeout: float = 10.0  # SQLite: seconds to wait for another process's lock
     lock_timeout: str = "10s"  # PostgreSQL lock_timeout / MariaDB lock_wait_timeout of every statement
     statement_timeout: str | None = None  # PostgreSQL: each statement's limit (scripts: SCRIPT_STATEMENT_TIMEOUT)
-    online: bool = False  # PostgreSQL only: committed batches instead of one transaction
+    online: bool = False  # PostgreSQL and MariaDB: committed batches instead of one transaction
     batch_rows: int | None = None  # rows per backfill batch (default 100,000; online 20,000)
     online_lock_timeout: str = "500ms"
     online_retries: int = 20
