@@ -233,9 +233,9 @@ def test_the_openapi_schema_names_the_usage_response_and_its_fields(client):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_the_readme_response_sample_is_what_the_api_answers(engine, client):
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## The application") :]
+def test_the_documented_response_sample_is_what_the_api_answers(engine, client):
+    page = (ROOT / "docs" / "application.md").read_text()
+    section = page[page.index("## Run the API") :]
     sample = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     record(engine, ("google", "gemini-2.5-pro", None, None, 18_500, timedelta(hours=1)))
     assert client.get("/dashboard/usage?period=week").json() == sample

@@ -1,4 +1,4 @@
-"""The README documents every check made before a change, and quotes each refusal as the tree words it."""
+"""docs/troubleshooting.md documents every check made before a change, and quotes each refusal as the tree words it."""
 
 import re
 import string
@@ -6,12 +6,12 @@ import string
 from autopack.migrations.preflight_checks import CHECKS
 from support import ROOT
 
-README = (ROOT / "README.md").read_text()
+TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 
 
 def table_after(heading_cell: str) -> list[list[str]]:
-    """The rows (cells) of the README table whose header row starts with ``heading_cell``."""
-    lines = README.splitlines()
+    """The rows (cells) of the troubleshooting page's table whose header row starts with ``heading_cell``."""
+    lines = TROUBLESHOOTING.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {heading_cell}"))
     rows = []
     for line in lines[start + 2 :]:

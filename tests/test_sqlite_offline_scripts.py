@@ -94,7 +94,7 @@ def test_the_upgrade_script_keeps_views_and_triggers_and_the_downgrade_script_re
 def test_the_upgrade_script_on_a_legacy_state_adopted_at_0001_never_changes_a_total(db_url, state, how):
     build(db_url, state)
     legacy = token_rows(db_url)
-    alembic(db_url, "upgrade", "0001")  # adopt, as the README says, then apply the DBA's script
+    alembic(db_url, "upgrade", "0001")  # adopt, as docs/offline-scripts.md says, then apply the DBA's script
     upgrade = script(db_url, "upgrade", "0001:0002")
     apply(db_url.database, upgrade, how)
     after = token_rows(db_url)

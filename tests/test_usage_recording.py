@@ -194,9 +194,9 @@ def test_a_call_in_the_old_positional_order_is_refused_not_stored_misread(db, db
     assert stored_in_full(db_url) == []
 
 
-def test_the_readme_recording_example_runs_as_written(db_url):
-    readme = (ROOT / "README.md").read_text()
-    example = re.search(r"\*\*Record usage\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+def test_the_documented_recording_example_runs_as_written(db_url):
+    page = (ROOT / "docs" / "application.md").read_text()
+    example = re.search(r"## Record usage\n.*?```python\n(.*?)```", page, re.S).group(1)
     alembic(db_url, "upgrade", "head")
     env = {**os.environ, "DATABASE_URL": db_url.render_as_string(hide_password=False)}
     result = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=60)
