@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from app_client import app_client  # noqa: E402
 
 from autopack.dashboard import PERIOD_DAYS, period_start, undated_usage, usage_by_model, usage_by_provider  # noqa: E402
-from autopack.database import make_engine  # noqa: E402
+from autopack.database import make_engine, with_driver  # noqa: E402
 from autopack.usage_recorder import utcnow  # noqa: E402
 from support import alembic  # noqa: E402
 
@@ -55,7 +55,7 @@ def database(engine_name: str) -> str:
         return f"sqlite:///{tempfile.mkdtemp()}/dashboard.db"
     server = os.environ["BENCH_POSTGRES" if engine_name == "postgresql" else "BENCH_MYSQL"]
     name = f"bench_dashboard_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    admin = create_engine(with_driver(make_url(server)), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()

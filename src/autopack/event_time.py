@@ -12,10 +12,11 @@ was). So every period and day is decided on the row's *instant*:
 - PostgreSQL: ``timestamp`` is naive UTC; ``timestamptz`` is an instant, read in UTC because the application's
   transactions set ``TimeZone`` to UTC (``database.py``).
 - MariaDB: ``DATETIME`` is naive UTC; ``TIMESTAMP`` is read in UTC (the application's sessions set
-  ``time_zone = '+00:00'``).
+  ``time_zone = '+00:00'``). A date whose month or day is ``00`` (``2026-12-00``, which MariaDB accepts unless
+  ``NO_ZERO_IN_DATE`` is set) is ordered by MariaDB just before the first day it names, and counted on that day.
 
 A row whose instant cannot be known is *undated*: NULL, text SQLite cannot read (``'2026-12-05 10:00:00 UTC'``),
-PostgreSQL's ``±infinity``, MariaDB's zero dates (``0000-00-00``, ``2026-12-00``). It belongs to no period; the
+PostgreSQL's ``±infinity``, MariaDB's zero dates (``0000-00-00``). It belongs to no period; the
 dashboard, ``verify`` and the upgrade's report count it as such, so it is never silently dropped.
 
 Each function takes the ``created_at`` column (an ORM attribute or a light table's column) and the dialect name.
@@ -99,9 +100,7 @@ def dated_since(created_at: ColumnElement, dialect: str, start: datetime) -> Col
         return sa.and_(ranges, _sqlite_instant(created_at) >= sa.func.julianday(_sqlite_text(start)))
     if dialect == "postgresql":
         return sa.and_(created_at >= start, sa.func.isfinite(created_at))
-    if dialect in ("mysql", "mariadb"):
-        return sa.and_(created_at >= start, sa.func.month(created_at) > 0, sa.func.dayofmonth(created_at) > 0)
-    return created_at >= start
+    return created_at >= start  # MariaDB: a zero date sorts first, a date with day 00 just before the month's 1st
 
 
 def undated(created_at: ColumnElement, dialect: str) -> ColumnElement[bool]:
@@ -111,8 +110,8 @@ def undated(created_at: ColumnElement, dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":  # three index lookups
         infinite = [sa.literal_column("'infinity'"), sa.literal_column("'-infinity'")]
         return sa.or_(created_at.is_(None), created_at.in_(infinite))
-    if dialect in ("mysql", "mariadb"):
-        return sa.or_(created_at.is_(None), sa.func.month(created_at) == 0, sa.func.dayofmonth(created_at) == 0)
+    if dialect in ("mysql", "mariadb"):  # two index lookups: NULL, and the zero dates of year 0
+        return sa.or_(created_at.is_(None), created_at < sa.literal_column("'1000-01-01'"))
     return created_at.is_(None)
 
 
@@ -129,4 +128,10 @@ def utc_day(created_at: ColumnElement, dialect: str) -> ColumnElement:
     """The UTC calendar day of a dated row (``'YYYY-MM-DD'`` text on SQLite, a date elsewhere)."""
     if dialect == "sqlite":
         return sa.func.date(_sqlite_instant(created_at))
+    if dialect in ("mysql", "mariadb"):  # a date with month or day 00 counts on the first day it names
+        first_of_year = sa.func.makedate(sa.func.year(created_at), 1)
+        months = sa.func.greatest(sa.func.month(created_at), 1) - 1
+        days = sa.func.greatest(sa.func.dayofmonth(created_at), 1) - 1
+        first_of_month = sa.func.timestampadd(sa.text("MONTH"), months, first_of_year)
+        return sa.func.date(sa.func.timestampadd(sa.text("DAY"), days, first_of_month))
     return sa.func.date(created_at)
