@@ -29,6 +29,7 @@ from alembic import context, op
 from alembic.util import CommandError
 
 from autopack.migrations.holdover import drop_with_the_baseline
+from autopack.migrations.messages import refusal
 from autopack.migrations.usage_table import INDEXED, TABLE, baseline_columns
 
 revision: str = "0001"
@@ -51,7 +52,7 @@ KNOWN_STATES = {
 
 
 def refuse(reason: str) -> CommandError:
-    return CommandError(f"Existing {TABLE} matches no known Autopack schema: {reason}; nothing was changed.")
+    return refusal("unknown_schema", table=TABLE, reason=reason)
 
 
 def legacy_state(columns: dict[str, dict]) -> str:
@@ -99,9 +100,4 @@ def downgrade() -> None:
 
 def refuse_to_drop_rows(table: str, rows: int) -> None:
     if rows:
-        raise CommandError(
-            f"{table} holds {rows} rows and the baseline's downgrade would delete them all, so it refuses: "
-            "if an upgrade to 0002 failed, fix its cause and re-run 'alembic upgrade head' (see the README's "
-            "troubleshooting); to remove the table on purpose, back it up and drop it yourself; "
-            f"{table} was not dropped."
-        )
+        raise refusal("baseline_would_drop_rows", table=table, rows=rows)

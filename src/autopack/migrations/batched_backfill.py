@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
+from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options
 from autopack.migrations.progress import Progress
 from autopack.migrations.throttle import Throttle
@@ -80,8 +80,4 @@ def prove_backfilled(bind: sa.Connection, after: str = "nothing was changed") ->
     """Counted in the same transaction, before the stamp: no row may still need its total, whatever the cause."""
     left = first_ids(bind, sa.select(events.c.id).where(NEEDS_TOTAL))
     if left:
-        raise CommandError(
-            f"After the backfill, rows of {TABLE} still have total_tokens 0 while a split is set (ids {some(left)}): "
-            "a trigger or rule on the table, or another writer, undid the fill; see 'alembic upgrade head' "
-            f"troubleshooting in the README; {after}."
-        )
+        raise refusal("still_to_fill", table=TABLE, ids=some(left), after=after)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from alembic import context
-from alembic.util import CommandError
 
 from autopack.database import version_table as configured_version_table
+from autopack.migrations.messages import refusal
 from autopack.migrations.progress import PROGRESS_EVERY_S
 
 SCRIPT_STATEMENT_TIMEOUT = "1h"  # what a --sql script sets when -x statement_timeout is not given
@@ -152,15 +152,12 @@ def parse_options(x_arguments: dict[str, str]) -> Options:
     values: dict[str, object] = {}
     for key, raw in x_arguments.items():
         if key not in PARSERS:
-            raise CommandError(
-                f"Unknown option -x {key}: this tree accepts -x {', -x '.join(PARSERS)} (see the README); "
-                "nothing was changed."
-            )
+            raise refusal("unknown_option", key=key, accepted=", -x ".join(PARSERS))
         parser, expected = PARSERS[key]
         try:
             values[key] = parser(raw)
         except ValueError:
-            raise CommandError(f"-x {key}={raw} is not valid: expected {expected}; nothing was changed.") from None
+            raise refusal("option_not_valid", key=key, raw=raw, expected=expected) from None
     return Options(**values)  # type: ignore[arg-type]
 
 
@@ -182,27 +179,14 @@ def require_mode_fits(options: Options, dialect: str, offline: bool = False, com
     """``-x online=true`` is the PostgreSQL and MariaDB online mode (its downgrade PostgreSQL's): on SQLite, or for
     a ``--sql`` script (which cannot commit as it goes), it is refused before any revision runs, never ignored."""
     if options.online and offline:
-        raise CommandError(
-            "-x online=true has no --sql script: the online mode commits as it goes and checks the table between "
-            "steps, which a script cannot; apply the one-transaction script (without -x online=true), or run the "
-            "online command against the database; no script was written."
-        )
+        raise refusal("online_has_no_sql_script")
     throttling = [f"-x {name}" for name in ONLINE_ONLY if getattr(options, name) != getattr(DEFAULTS, name)]
     if throttling and not options.online and not offline:
-        raise CommandError(
-            f"{', '.join(throttling)} paces the online backfill and has no effect without -x online=true (the "
-            "default mode is one transaction): add -x online=true, or leave it out; nothing was changed."
-        )
+        raise refusal("pacing_without_online", throttling=", ".join(throttling))
     if options.online and command == "downgrade" and dialect in ("mysql", "mariadb"):
-        raise CommandError(
-            f"-x online=true downgrade is PostgreSQL's; on {dialect} run the downgrade without it (one table "
-            "rebuild, writes wait for it); nothing was changed."
-        )
+        raise refusal("online_downgrade_not_here", dialect=dialect)
     if options.online and dialect not in ("postgresql", "mysql", "mariadb"):
-        raise CommandError(
-            f"-x online=true is the PostgreSQL and MariaDB online mode and does not apply to {dialect}: run without "
-            "it (see the README's Large tables section); nothing was changed."
-        )
+        raise refusal("online_mode_not_here", dialect=dialect)
 
 
 def version_table() -> str:
@@ -210,4 +194,4 @@ def version_table() -> str:
     try:
         return configured_version_table()
     except ValueError as error:
-        raise CommandError(f"{error}; nothing was changed.") from None
+        raise refusal("version_table_not_a_name", error=error) from None

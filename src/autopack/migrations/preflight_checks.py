@@ -1,9 +1,9 @@
 """Everything checked before a BUILD-144 run changes a byte, as one list of named checks.
 
-Like strong_migrations' checks: each has a name (the row of the README's "checked before any change" table),
-the directions it guards, what it looks for on the table as it really is, and its refusal: one sentence
-saying what was found and what to do, ending "nothing was changed". ``refuse_what_would_go_wrong`` runs the
-checks of a direction in this order and raises the first refusal. The README's troubleshooting table quotes
+Like strong_migrations' checks: each has a name (the row of docs/troubleshooting.md's "checked before any
+change" table), the directions it guards, what it looks for on the table as it really is, and its refusal (named in
+``messages.MESSAGES``): one sentence saying what was found and what to do, ending "nothing was changed". ``refuse_what_would_go_wrong`` runs the
+checks of a direction in this order and raises the first refusal. docs/troubleshooting.md quotes
 each refusal's start; a test holds the two together.
 """
 
@@ -19,6 +19,7 @@ from autopack.migrations import doctor_index, logical_replication
 from autopack.migrations.backfill_rule import wide_split_sum
 from autopack.migrations.fill_trigger import PG_NAMES
 from autopack.migrations.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
+from autopack.migrations.messages import sentence, template
 from autopack.migrations.plan import Plan
 from autopack.migrations.table_inspection import (
     checks_forbidding_total_only,
@@ -37,10 +38,15 @@ class PreflightCheck:
     name: str
     directions: tuple[str, ...]
     find: Callable[[sa.Connection, Plan], dict[str, Any] | None]  # the refusal's fields, or None: all is well
-    refusal: str  # one sentence, formatted with what ``find`` returned
+    message: str  # the refusal's name in ``messages.MESSAGES``, formatted with what ``find`` returned
+
+    @property
+    def refusal(self) -> str:
+        """The refusal's sentence with its fields unfilled."""
+        return template(self.message)
 
     def sentence(self, found: dict[str, Any]) -> str:
-        return self.refusal.format(table=TABLE, holdover=HOLDOVER, **found)
+        return sentence(self.message, table=TABLE, holdover=HOLDOVER, **found)
 
 
 def _ids(ids: list[int]) -> dict[str, Any] | None:
@@ -177,135 +183,103 @@ CHECKS = [
         "an `id` that is not an integer (UUID, TEXT)",
         ("upgrade", "downgrade"),
         id_not_an_integer,
-        "{table}.id is {type}, not an integer: BUILD-144's backfill and set-aside walk the table in ranges of "
-        "integer ids (Autopack's id is INTEGER), so this tree cannot migrate it; migrate it by hand from the "
-        "runbook's SQL, or give the table an integer id first; nothing was changed.",
+        "id_not_an_integer",
     ),
     PreflightCheck(
         "totals the backfill would write past what `total_tokens` holds",
         UPGRADE,
         overflowing_totals,
-        "Rows of {table} whose prompt_tokens + completion_tokens exceed what total_tokens INTEGER can hold "
-        "({limit}), ids {ids}: correct their splits (they are likely corrupt) and re-run; nothing was changed.",
+        "overflowing_totals",
     ),
     PreflightCheck(
         "CHECK constraints that would still forbid total-only rows (NULL splits)",
         UPGRADE,
         forbidding_checks,
-        "{table} has CHECK constraint {checks}, which still forbids total-only rows (NULL splits) after the "
-        "splits become nullable: drop or relax it (PostgreSQL/MariaDB: ALTER TABLE {table} DROP CONSTRAINT "
-        "<name>) and re-run; nothing was changed.",
+        "forbidding_checks",
     ),
     PreflightCheck(
         "publications that publish UPDATEs without a usable replica identity (PostgreSQL)",
         UPGRADE,
         refusing_publication,
-        "{table} is in publication {publication}, which publishes UPDATEs, and has {why}: PostgreSQL would "
-        "refuse the backfill's UPDATE; run ALTER TABLE {table} REPLICA IDENTITY FULL (or DEFAULT), or take the "
-        "table out of the publication, and re-run; nothing was changed.",
+        "refusing_publication",
     ),
     PreflightCheck(
         "publications that send `llm_usage_events` to subscribers (PostgreSQL logical replication)",
         UPGRADE,
         publisher_before_subscribers,
-        "{table} is published by {publications} and this upgrade adds total_tokens, which each subscriber's table "
-        "must have before this publisher sends it (else the subscription stops applying: 'missing replicated "
-        "column'): upgrade every subscriber's database first, then re-run here with -x subscribers_upgraded=true; "
-        "nothing was changed.",
+        "publisher_before_subscribers",
     ),
     PreflightCheck(
         "BEFORE triggers that PostgreSQL would fire after the online fill trigger",
         UPGRADE,
         before_triggers_after_the_fill,
-        "{table} has BEFORE trigger {triggers}, which PostgreSQL fires after the online mode's fill trigger {fill} "
-        "(row triggers fire in name order), so a split it changes would not be in the total: rename it to sort "
-        "before {fill}, or run without -x online=true; nothing was changed.",
+        "before_triggers_after_the_fill",
     ),
     PreflightCheck(
         "an index named `ix_llm_usage_events_is_doctor_call` that is not the plain one on `is_doctor_call`",
         UPGRADE,
         index_not_ours,
-        doctor_index.NOT_OURS,
+        "index_not_ours",
     ),
     PreflightCheck(
         "a table stamped `0002` without being migrated",
         DOWNGRADE,
         no_total_tokens,
-        "{table} has no total_tokens although the database is stamped 0002 (stamped without being migrated?): "
-        "there is nothing to downgrade; run 'python -m autopack verify' for the commands that fix it; "
-        "nothing was changed.",
+        "no_total_tokens",
     ),
     PreflightCheck(
         "views, triggers, rules, generated columns, CHECKs, expression/partial indexes reading `total_tokens`",
         DOWNGRADE,
         readers_of_total_tokens,
-        "The downgrade drops total_tokens, which {readers} still read{s}: the pre-BUILD-144 code's writes would "
-        "then fail on {them}; drop or rewrite {them} first and re-run; nothing was changed.",
+        "readers_of_total_tokens",
     ),
     PreflightCheck(
         "splits still NOT NULL at `0002` (stamped without being migrated)",
         DOWNGRADE,
         splits_not_null,
-        "{table}'s {splits} is still NOT NULL although the database is stamped 0002 (stamped without being "
-        "migrated?): run 'python -m autopack verify' for the commands that fix it; nothing was changed.",
+        "splits_not_null",
     ),
     PreflightCheck(
         "subscriptions that receive `llm_usage_events` (PostgreSQL logical replication)",
         DOWNGRADE,
         subscriber_before_publisher,
-        "{table} receives rows from subscription {subscriptions} and this downgrade drops total_tokens, which its "
-        "publisher sends until it is downgraded itself (else the subscription stops applying: 'missing replicated "
-        "column'): downgrade the publisher's database first, then re-run here with -x publisher_downgraded=true; "
-        "nothing was changed.",
+        "subscriber_before_publisher",
     ),
     PreflightCheck(
         "publications that would send the set-aside table (`FOR ALL TABLES`, `FOR TABLES IN SCHEMA`)",
         DOWNGRADE,
         set_aside_rows_published,
-        "Publication {publications} sends every new table, so the rows this downgrade sets aside in {holdover} would "
-        "reach its subscribers, which stop applying on a table they lack: on each subscriber's database first run "
-        "CREATE TABLE {holdover} AS SELECT id AS event_id, provider, model, role, created_at, prompt_tokens, "
-        "completion_tokens, total_tokens FROM {table} WITH NO DATA, then re-run here with "
-        "-x holdover_on_subscribers=true; nothing was changed.",
+        "set_aside_rows_published",
     ),
     PreflightCheck(
         "split sums past INTEGER",
         DOWNGRADE,
         split_sums_past_integer,
-        "Rows of {table} whose prompt_tokens + completion_tokens exceed what an INTEGER total can hold (ids "
-        "{ids}) would stop the next upgrade: the round trip would not be lossless, so the downgrade refuses; "
-        "correct those splits first; nothing was changed.",
+        "split_sums_past_integer",
     ),
     PreflightCheck(
         "totals a widened column holds",
         DOWNGRADE,
         totals_a_widened_column_holds,
-        "total_tokens is {type} here and rows hold totals the INTEGER column the next upgrade re-creates cannot "
-        "(ids {ids}): the round trip would not be lossless, so the downgrade refuses; nothing was changed.",
+        "totals_a_widened_column_holds",
     ),
     PreflightCheck(
         "NULL splits in MariaDB history",
         DOWNGRADE,
         null_splits_in_history,
-        "{table} is system-versioned and {versions} row versions (history included) hold NULL splits, which the "
-        "pre-BUILD-144 NOT NULL columns cannot take: the downgrade refuses; keep this revision, or remove system "
-        "versioning first; nothing was changed.",
+        "null_splits_in_history",
     ),
     PreflightCheck(
         "held rows whose event changed again",
         DOWNGRADE,
         changed_again,
-        "{holdover} still holds rows an earlier upgrade kept (ids {ids}) whose events have changed again: "
-        "setting them aside now would mix old and new values; compare each with llm_usage_events, delete the "
-        "held row once resolved, and re-run; nothing was changed.",
+        "changed_again",
     ),
     PreflightCheck(
         "columns MariaDB rewrites on every UPDATE (`ON UPDATE CURRENT_TIMESTAMP`)",
         BOTH,
         rewritten_columns,
-        "{table}.{columns} has ON UPDATE CURRENT_TIMESTAMP, so every UPDATE of the migration would rewrite it "
-        "(events would move to today): ALTER TABLE {table} MODIFY it without ON UPDATE (keep its type and NOT "
-        "NULL), then re-run; nothing was changed.",
+        "rewritten_columns",
     ),
 ]
 
