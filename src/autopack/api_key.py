@@ -89,11 +89,17 @@ class LocalHostsWithoutKey:
 
 
 def in_process(scope: Scope) -> bool:
-    """A request from Starlette's in-process ``TestClient`` (``Host: testserver``, client ``testclient``, as
-    upstream Autopack's own dashboard tests send): no browser and no network is involved, so no page can rebind it.
-    A server (uvicorn) gives every request the peer's address, never the name ``testclient``."""
-    client = scope.get("client")
-    return scope.get("type") == "http" and client is not None and client[0] == "testclient"
+    """A request from Starlette's in-process ``TestClient`` at its default ``http://testserver``, as upstream
+    Autopack's own dashboard tests send: no browser and no network is involved, so no page can rebind it. Told by
+    what only the TestClient sets: ``server`` named ``testserver`` (a server such as uvicorn gives its socket's own
+    address, which no request header changes) and its ``http.response.debug`` extension. The ``client`` is not
+    enough: uvicorn takes it from ``X-Forwarded-For`` on requests from 127.0.0.1, which a page can send."""
+    server = scope.get("server") or ("",)
+    return (
+        scope.get("type") == "http"
+        and server[0] == "testserver"
+        and "http.response.debug" in (scope.get("extensions") or {})
+    )
 
 
 def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
