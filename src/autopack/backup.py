@@ -11,11 +11,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic.util import CommandError
 from sqlalchemy.engine import URL
 
 from autopack.migrations.connection import DEFAULT_LOCK_TIMEOUT
 from autopack.migrations.errors import one_sentence_errors, shown
+from autopack.migrations.messages import refusal
 from autopack.read_only import existing_sqlite_file, open_sqlite_read_only, sqlite_uri
 
 TABLE = "llm_usage_events"
@@ -41,7 +41,7 @@ def backup_sqlite(url: URL, destination: Path | None, *, busy_timeout_s: float) 
             reader.execute("BEGIN")  # one snapshot for the count and the copy, under a read lock only
             rows = _row_count(reader)
         if rows is None:
-            raise CommandError(f"There is no {TABLE} table in {source}: check DATABASE_URL; nothing was written.")
+            raise refusal("backup_no_table", table=TABLE, source=source)
         _create(destination)
         try:
             pages = _copy(reader, source, destination)
@@ -58,41 +58,28 @@ def backup_sqlite(url: URL, destination: Path | None, *, busy_timeout_s: float) 
 def _source_file(url: URL) -> Path:
     backend = url.get_backend_name()
     if backend == "postgresql":
-        raise CommandError(
-            "python -m autopack backup copies SQLite databases; back up PostgreSQL with "
-            'pg_dump --format=custom --file=autopack.dump "$DATABASE_URL" (pg_dump takes a postgresql:// URL, '
-            "without +psycopg)."
-        )
+        raise refusal("backup_postgresql")
     if backend in ("mysql", "mariadb"):
-        raise CommandError(
-            "python -m autopack backup copies SQLite databases; back up MariaDB/MySQL with "
-            f"mariadb-dump --single-transaction -h {url.host or 'localhost'} -P {url.port or 3306} "
-            f"-u {url.username or 'root'} -p {url.database or 'DATABASE'} > autopack.sql (mysqldump on MySQL)."
+        raise refusal(
+            "backup_mariadb",
+            host=url.host or "localhost",
+            port=url.port or 3306,
+            user=url.username or "root",
+            database=url.database or "DATABASE",
         )
     source = existing_sqlite_file(url)
     if source is None:
-        raise CommandError(
-            f"{shown(url)} is not a SQLite file (in memory or another engine): there is nothing to copy; "
-            "check DATABASE_URL."
-        )
+        raise refusal("backup_not_a_sqlite_file", where=shown(url))
     return source
 
 
 def _require_free(destination: Path) -> None:
     if destination.is_dir():
-        raise CommandError(
-            f"{destination} is a directory: name the backup file itself, e.g. --to "
-            f"{destination / 'autopack.db.backup'}; nothing was written."
-        )
+        raise refusal("backup_to_a_directory", destination=destination, suggested=destination / "autopack.db.backup")
     if destination.exists() or destination.is_symlink():
-        raise CommandError(
-            f"{destination} already exists: move it away or name another with --to; nothing was written."
-        )
+        raise refusal("backup_exists", destination=destination)
     if not destination.resolve().parent.is_dir():
-        raise CommandError(
-            f"Cannot write {destination}: directory {destination.resolve().parent} does not exist; create it "
-            "or name another place with --to; nothing was written."
-        )
+        raise refusal("backup_no_directory", destination=destination, directory=destination.resolve().parent)
 
 
 def _create(destination: Path) -> None:
@@ -100,9 +87,7 @@ def _create(destination: Path) -> None:
     try:
         destination.open("xb").close()
     except OSError as error:
-        raise CommandError(
-            f"Cannot write {destination} ({error.strerror}): name a writable place with --to; nothing was written."
-        ) from None
+        raise refusal("backup_cannot_create", destination=destination, reason=error.strerror) from None
 
 
 def _copy(reader: sqlite3.Connection, source: Path, destination: Path) -> int:
@@ -115,10 +100,7 @@ def _copy(reader: sqlite3.Connection, source: Path, destination: Path) -> int:
         finally:
             writer.close()
     except sqlite3.Error as error:
-        raise CommandError(
-            f"Copying {source} to {destination} failed ({error}): free space there or name another place "
-            "with --to; nothing was written."
-        ) from None
+        raise refusal("backup_copy_failed", source=source, destination=destination, error=error) from None
 
 
 def _row_count(connection: sqlite3.Connection) -> int | None:
@@ -137,10 +119,7 @@ def require_complete_backup(backup: Path, rows: int, source: Path) -> None:
     if copied != rows:
         remove_backup(backup)
         held = f"{copied} rows of {TABLE}" if copied is not None else f"no {TABLE} table"
-        raise CommandError(
-            f"The backup {backup} holds {held} where {source} held {rows}, so it was removed: "
-            "re-run python -m autopack backup."
-        )
+        raise refusal("backup_incomplete", backup=backup, held=held, source=source, rows=rows)
 
 
 def remove_backup(backup: Path) -> None:

@@ -147,10 +147,11 @@ def init_db() -> None:
     """
     from alembic import command
     from alembic.config import Config
-    from alembic.util import CommandError
+
+    from autopack.migrations.messages import refusal
 
     if not ALEMBIC_INI.is_file():
-        raise CommandError(f"init_db() needs the migrations tree beside the package: {ALEMBIC_INI} is missing.")
+        raise refusal("init_db_without_the_tree", ini=ALEMBIC_INI)
     config = Config(str(ALEMBIC_INI))
     config.attributes["configure_logger"] = False
     config.attributes["command"] = "upgrade"

@@ -14,11 +14,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
 from autopack.migrations import fill_trigger
 from autopack.migrations.backfill_rule import NEEDS_TOTAL
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.messages import refusal
 from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits, with_lock_retries
 from autopack.migrations.options import Options, version_table
 from autopack.migrations.usage_table import TABLE, events
@@ -56,10 +56,7 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
     inspector = sa.inspect(connection)
     columns = {c["name"] for c in inspector.get_columns(TABLE)} if inspector.has_table(TABLE) else set()
     if "total_tokens" not in columns:
-        raise CommandError(
-            f"{TABLE} has no total_tokens column: run 'alembic upgrade head' first (finish-online is the step after "
-            "an online upgrade); nothing was changed."
-        )
+        raise refusal("finish_online_before_upgrade", table=TABLE)
     versions = version_table()
     stamped = (
         connection.exec_driver_sql(f"SELECT version_num FROM {versions}").scalars().all()
@@ -67,10 +64,7 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
         else []
     )
     if not any(r >= "0002" for r in stamped):  # an online upgrade that stopped: its re-run finishes it
-        raise CommandError(
-            f"The database is at revision {', '.join(stamped) or 'none'}, not 0002: an upgrade did not finish; "
-            "re-run 'alembic -x online=true upgrade head' (or without -x online=true) first; nothing was changed."
-        )
+        raise refusal("finish_online_not_at_head", stamped=", ".join(stamped) or "none")
     dropped = fill_trigger.installed(connection)
     if dropped:
         with_lock_retries(

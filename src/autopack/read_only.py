@@ -16,7 +16,6 @@ from math import ceil
 from pathlib import Path
 from typing import Any
 
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
@@ -24,6 +23,7 @@ from sqlalchemy.pool import NullPool
 from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
 from autopack.migrations.connection import sqlite_path as sqlite_file  # the file a SQLite URL opens
 from autopack.migrations.errors import shown
+from autopack.migrations.messages import refusal
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
 BEGIN_READ_ONLY = {
@@ -48,7 +48,7 @@ def existing_sqlite_file(url: URL) -> Path | None:
         return None
     require_sqlite_file(URL.create("sqlite", database=str(path)), may_create=False)
     if path.is_dir():
-        raise CommandError(f"{path.resolve()} is a directory, not a SQLite database: check DATABASE_URL.")
+        raise refusal("sqlite_path_is_a_directory", path=path.resolve())
     return path
 
 
@@ -94,13 +94,7 @@ def roll_back_hot_journal(path: Path, *, timeout: float) -> None:
     except sqlite3.Error as error:
         if getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
             raise  # another connection is rolling it back or writing: the callers' "locked" sentence
-        raise CommandError(
-            f"{path.resolve()} has a hot journal, {journal.resolve()}, left by a writer that stopped in the middle "
-            "of a transaction, so the file may hold half of that transaction until a connection that can write rolls "
-            f"the journal back, and this one could not ({error}): run this command, or any sqlite3 client reading "
-            f"the file, as a user who may write {path.resolve()} and its directory (keep the -journal file: it holds "
-            "the committed pages); nothing was changed."
-        ) from None
+        raise refusal("hot_journal_read_only", path=path.resolve(), journal=journal.resolve(), error=error) from None
 
 
 def _sqlite_engine(path: Path, *, lock_wait_s: float) -> Engine:
@@ -148,10 +142,7 @@ def read_only_connection(url: URL, *, lock_wait_s: float) -> Iterator[Connection
         if not _waited_for_a_lock(error):
             raise
         where = "pg_stat_activity" if url.get_backend_name() == "postgresql" else "SHOW PROCESSLIST"
-        raise CommandError(
-            f"Could not read llm_usage_events on {shown(url)} within {lock_wait_s:g}s: another session holds a "
-            f"lock on it, such as a migration in progress (see {where}); re-run when it ends."
-        ) from None
+        raise refusal("read_lock_wait", where=shown(url), waited=f"{lock_wait_s:g}", look=where) from None
     finally:
         engine.dispose()
 

@@ -18,10 +18,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import EXACT, wide_split_sum
 from autopack.migrations.batched_backfill import batch_end
+from autopack.migrations.messages import refusal
 from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits
 from autopack.migrations.options import Options
 from autopack.migrations.usage_table import TABLE, completion, events, prompt, total
@@ -83,15 +83,10 @@ def repair_totals(connection: sa.Connection, options: Options | None = None) -> 
     inspector = sa.inspect(connection)
     columns = {c["name"] for c in inspector.get_columns(TABLE)} if inspector.has_table(TABLE) else set()
     if "total_tokens" not in columns:
-        raise CommandError(
-            f"{TABLE} has no total_tokens column: run 'alembic upgrade head' first; nothing was changed."
-        )
+        raise refusal("no_total_tokens_yet", table=TABLE)
     waiting = waiting_rows(connection)
     if waiting:  # their 0/0 placeholders are not stale splits: repairing would zero their totals
-        raise CommandError(
-            f"{waiting} rows a downgrade set aside still read 0/0 splits: run '{RESTORE}' first (their totals are "
-            "right and would be lost here), then repair-totals; nothing was changed."
-        )
+        raise refusal("set_aside_rows_waiting", waiting=waiting, restore=RESTORE)
     fixable = repairable(total_capacity(connection))
     first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id)).where(fixable)).one()
     update = (

@@ -10,9 +10,9 @@ the placeholders) and reports, from the table, what it restored and what stays. 
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
 from autopack.migrations import holdover
+from autopack.migrations.messages import refusal
 from autopack.migrations.usage_table import TABLE
 
 COMMAND = "python -m autopack restore-set-aside"
@@ -46,10 +46,7 @@ def waiting_rows(connection: sa.Connection) -> int:
 def restore_set_aside(connection: sa.Connection) -> RestoredSetAside:
     inspector = sa.inspect(connection)
     if "total_tokens" not in {c["name"] for c in inspector.get_columns(TABLE)}:
-        raise CommandError(
-            f"{TABLE} has no total_tokens column (the database is at 0001): 'alembic upgrade head' restores the "
-            "set-aside rows; nothing was changed."
-        )
+        raise refusal("restore_at_0001", table=TABLE)
     if not inspector.has_table(holdover.HOLDOVER):
         return RestoredSetAside(0, 0)
     restored = holdover.restore(connection)

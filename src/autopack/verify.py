@@ -10,7 +10,6 @@ upgrade report's words (``plan.Plan.describe``).
 
 from dataclasses import dataclass
 
-from alembic.util import CommandError
 from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from autopack.migrations import doctor_index, fill_trigger, logical_replication
 from autopack.migrations.backfill_rule import lost_usage_warning, survey, undated_warning
 from autopack.migrations.errors import shown
+from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options, version_table
 from autopack.migrations.plan import Plan, to_do
 from autopack.migrations.retired_revisions import holding
@@ -54,19 +54,13 @@ def verify(connection: Connection) -> Verification:
     inspector = inspect(connection)
     renamed = names_in_other_case(connection) if connection.dialect.name == "sqlite" else []  # servers: connected()
     if renamed:
-        raise CommandError(
-            f"The usage table is named {renamed[0]} in this file: SQLite treats it as llm_usage_events, but verify "
-            "reads the catalog by name; run 'alembic upgrade head', which renames it to llm_usage_events (the "
-            "application sees no difference), then verify again."
-        )
+        raise refusal("verify_table_in_other_case", named=renamed[0])
     if not inspector.has_table("llm_usage_events"):
-        raise CommandError("There is no llm_usage_events table in this database: check DATABASE_URL.")
+        raise refusal("verify_no_table")
     columns = {c["name"]: c for c in inspector.get_columns("llm_usage_events")}
     missing = [name for name in ("prompt_tokens", "completion_tokens") if name not in columns]
     if missing:
-        raise CommandError(
-            f"llm_usage_events has no {' or '.join(missing)}: it is not a table Autopack made; check DATABASE_URL."
-        )
+        raise refusal("verify_not_autopacks_table", missing=" or ".join(missing))
     plan = to_do(columns)  # what 'alembic upgrade head' would still change, in the report's words
     upgrade = Plan(dialect=connection.dialect.name, mode="one transaction", options=Options(), **plan)
     forbidding = checks_forbidding_total_only(connection) if not plan["relax"] else []

@@ -38,6 +38,7 @@ from sqlalchemy.util import asbool
 
 from autopack.database import MARIADB_STRICT, with_driver
 from autopack.migrations.errors import first_line, one_sentence_errors, shown
+from autopack.migrations.messages import refusal, sentence
 from autopack.migrations.options import Options, whole_seconds
 from autopack.migrations.table_inspection import case_sensitive_names, names_in_other_case, rename_to_own_case, rows_in
 from autopack.migrations.usage_table import TABLE
@@ -56,23 +57,13 @@ def parse_url(raw: str) -> URL:
         url = with_driver(make_url(raw))
         dialect = url.get_dialect()
     except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as e:
-        raise CommandError(
-            f"DATABASE_URL is not a usable SQLAlchemy URL ({type(e).__name__}); "
-            "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db."
-        ) from None
+        raise refusal("url_not_usable", kind=type(e).__name__) from None
     if url.host and "@" in url.host:
-        raise CommandError(
-            "DATABASE_URL's host contains '@': a password or user name holding '@' must be percent-encoded "
-            "('@' as %40, ':' as %3A, '/' as %2F), e.g. postgresql://app:p%40ss@db:5432/autopack; nothing was changed."
-        )
+        raise refusal("url_host_has_at")
     try:
         dialect.import_dbapi()
     except ImportError as e:
-        raise CommandError(
-            f"DATABASE_URL asks for the driver {url.drivername!r}, whose module {e.name or 'it needs'} is not "
-            "installed: write postgresql:// (psycopg 3) or mysql:// (PyMySQL), which this project installs, or "
-            "pip install that driver; nothing was changed."
-        ) from None
+        raise refusal("driver_not_installed", driver=repr(url.drivername), module=e.name or "it needs") from None
     return url
 
 
@@ -93,10 +84,7 @@ def _path_in_file_uri(uri: str, *, memory: bool) -> Path | None:
     if rest.startswith("//"):
         authority, slash, rest = rest[2:].partition("/")
         if authority not in ("", "localhost"):
-            raise CommandError(
-                f"DATABASE_URL names a file on host {authority!r}; SQLite opens only local files: "
-                "use file:/path/to/autopack.db."
-            )
+            raise refusal("sqlite_file_on_a_host", authority=repr(authority))
         rest = slash + rest
     path, query = re.fullmatch(r"([^?#]*)\??([^#]*).*", rest, re.S).groups()  # type: ignore[union-attr]
     if memory or "mode=memory" in query.split("&") or path in ("", ":memory:"):
@@ -114,14 +102,9 @@ def require_sqlite_file(url: URL, *, may_create: bool) -> None:
     if path is None or path.exists():
         return
     if not may_create:
-        raise CommandError(
-            f"No SQLite database at {path.resolve()}: check DATABASE_URL "
-            "(only 'alembic upgrade' creates a new database)."
-        )
+        raise refusal("no_sqlite_database", path=path.resolve())
     if not path.resolve().parent.is_dir():
-        raise CommandError(
-            f"Cannot create {path.resolve()}: directory {path.resolve().parent} does not exist; check DATABASE_URL."
-        )
+        raise refusal("no_directory_for_sqlite", path=path.resolve(), directory=path.resolve().parent)
 
 
 def migration_engine(
@@ -132,9 +115,7 @@ def migration_engine(
     try:
         return _migration_engine(url, busy_timeout_s, lock_timeout, statement_timeout)
     except (ValueError, TypeError) as error:
-        raise CommandError(
-            f"DATABASE_URL has an option the {url.drivername} driver cannot use ({error}): fix it; nothing was changed."
-        ) from None
+        raise refusal("driver_option_unusable", driver=url.drivername, error=error) from None
 
 
 def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None) -> Engine:
@@ -304,17 +285,9 @@ def require_a_writing_session(connection: Connection, url: URL) -> None:
     read_only, replication_role = connection.exec_driver_sql(PG_SESSION).one()
     connection.rollback()
     if read_only == "on":
-        raise CommandError(
-            f"{shown(url)} accepts no writes (default_transaction_read_only is on for this role, database or URL, or "
-            "the server is a standby): run the migration against the primary as a role that may write (ALTER ROLE "
-            "... RESET default_transaction_read_only); nothing was changed."
-        )
+        raise refusal("session_read_only", where=shown(url))
     if replication_role != "origin":
-        raise CommandError(
-            f"session_replication_role is '{replication_role}' on {shown(url)} (a default of this role or "
-            "database), under which triggers and foreign-key checks do not fire: reset it for the migration's role "
-            "(ALTER ROLE ... RESET session_replication_role); nothing was changed."
-        )
+        raise refusal("session_replication_role", role=replication_role, where=shown(url))
 
 
 def refuse_transaction_pooler(connection: Connection, url: URL, what: str) -> None:
@@ -324,21 +297,9 @@ def refuse_transaction_pooler(connection: Connection, url: URL, what: str) -> No
         return
     pooled = transaction_pooled(connection)
     if pooled is None:
-        raise CommandError(
-            f"Could not tell whether {shown(url)} is reached through a transaction-pooling connection pooler: a "
-            f"second connection waited {POOLER_PROBE_S:g}s for a server connection (a pooler whose server "
-            f"connections are all busy); {what} commits many transactions under one session lock and needs a "
-            "connection of its own: point DATABASE_URL at PostgreSQL itself for this command, or re-run when the "
-            "pooler is less busy; nothing was changed."
-        )
+        raise refusal("pooler_unknown", where=shown(url), waited=f"{POOLER_PROBE_S:g}", what=what)
     if pooled:
-        raise CommandError(
-            f"{shown(url)} is reached through a transaction-pooling connection pooler (PgBouncer pool_mode = "
-            f"transaction: each transaction may run on another server connection), which {what} cannot use: it "
-            "commits many transactions under one session lock; point DATABASE_URL at PostgreSQL itself or at a "
-            "session-pooled port for this command (the default mode, init_db() and verify work through it); "
-            "nothing was changed."
-        )
+        raise refusal("transaction_pooler", where=shown(url), what=what)
 
 
 def sqlite_foreign_key_check(connection: Connection) -> None:
@@ -348,10 +309,7 @@ def sqlite_foreign_key_check(connection: Connection) -> None:
     problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if problems:
         tables = sorted({row[0] for row in problems})
-        raise CommandError(
-            f"Foreign key check failed after the migration ({len(problems)} row(s) in {', '.join(tables)}); "
-            "nothing was changed."
-        )
+        raise refusal("foreign_key_check_failed", rows=len(problems), tables=", ".join(tables))
 
 
 def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
@@ -360,12 +318,7 @@ def require_known_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> 
         try:
             script.get_revision(head)
         except Exception:
-            raise CommandError(
-                f"The database is at revision {head!r}, which this migrations tree does not know (a newer Autopack "
-                "migrated it, or another Alembic tree shares the version table): run that release's migrations, or "
-                "give this tree a version table of its own (export AUTOPACK_VERSION_TABLE=build144_alembic_version, "
-                "then 'alembic upgrade head'); nothing was changed."
-            ) from None
+            raise refusal("unknown_revision", head=repr(head)) from None
 
 
 def why_no_connection(url: URL, error: BaseException) -> str:
@@ -374,32 +327,14 @@ def why_no_connection(url: URL, error: BaseException) -> str:
     reason = first_line(error)
     refused = re.search(r"unsupported startup parameter: (\w+)", reason)
     if refused:
-        return (
-            f"The server at {shown(url)} refused the startup parameter '{refused[1]}': a connection pooler (PgBouncer) "
-            f"takes no session settings at connection time; take ?{refused[1]}=... out of DATABASE_URL and set them on "
-            "the role instead (ALTER ROLE ... SET search_path = ...), which reaches every server connection "
-            "(ignore_startup_parameters would only drop them unread); nothing was changed."
-        )
+        return sentence("startup_parameter_refused", where=shown(url), parameter=refused[1])
     if "canceling statement due to statement timeout" in reason:
-        return (
-            f"A statement_timeout cancelled the command on {shown(url)} as it connected ({reason}): raise the role's "
-            "or the database's setting; nothing was changed."
-        )
+        return sentence("statement_timeout_on_connect", where=shown(url), reason=reason)
     if "statement pooling mode" in reason:
-        return (
-            f"{shown(url)} is a statement-pooling connection pooler (PgBouncer pool_mode = statement), which allows "
-            "no transaction of more than one statement: point DATABASE_URL at PostgreSQL itself or at a session- or "
-            "transaction-pooled port; nothing was changed."
-        )
+        return sentence("statement_pooler", where=shown(url))
     if url.get_backend_name() == "postgresql" and server_encoding(url) == "SQL_ASCII":
-        return (
-            f"The database at {shown(url)} has the SQL_ASCII encoding, whose text psycopg cannot decode: add "
-            "?client_encoding=utf8 to DATABASE_URL if its text is UTF-8 (or the encoding it really holds); "
-            "nothing was changed."
-        )
-    return (
-        f"Cannot connect to {shown(url)}: {reason}; check DATABASE_URL and that the server is up; nothing was changed."
-    )
+        return sentence("sql_ascii", where=shown(url))
+    return sentence("cannot_connect", where=shown(url), reason=reason)
 
 
 def server_encoding(url: URL) -> str | None:
@@ -430,10 +365,7 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
             database = connection.exec_driver_sql("SELECT DATABASE()").scalar()
             connection.rollback()
             if database is None:
-                raise CommandError(
-                    f"{shown(url)} names no database on the server: add it to DATABASE_URL "
-                    "(mysql://user@host:3306/autopack); nothing was changed."
-                )
+                raise refusal("no_database_named", where=shown(url))
         if connection.dialect.name == "postgresql":
             require_url_options_applied(connection, url)
             require_the_table_in_reach(connection, url)
@@ -467,23 +399,20 @@ def require_one_spelling(connection: Connection, url: URL) -> None:
     ours_rows = rows_in(connection, TABLE) if ours and not view else 0
     connection.rollback()
     if view:  # its rows are the table's: naming both as tables of rows would invite dropping the real one
-        raise CommandError(
-            f"On {shown(url)}, {TABLE} is a view and the usage table is {named}, named in other letter case, which "
-            f"{engine} treats as a separate table: drop the view {TABLE}, rename the table ({rename}), recreate "
-            "the view under another name if something reads it, and re-run; nothing was changed."
+        raise refusal(
+            "view_in_the_tables_name", where=shown(url), table=TABLE, named=named, engine=engine, rename=rename
         )
     if ours:
-        raise CommandError(
-            f"{shown(url)} holds both {TABLE} ({ours_rows} rows) and {named}, which {engine} treats as separate "
-            f"tables (an earlier run or the application may have created {TABLE} beside an imported one): Autopack "
-            f"uses only {TABLE}; move the rows to keep into one table, drop the other, name the one left {TABLE} "
-            f"({rename}) and re-run; nothing was changed."
+        raise refusal(
+            "both_spellings",
+            where=shown(url),
+            table=TABLE,
+            ours_rows=ours_rows,
+            named=named,
+            engine=engine,
+            rename=rename,
         )
-    raise CommandError(
-        f"The usage table on {shown(url)} is named {named}, not {TABLE}, and {engine} treats the two names as "
-        f"separate tables, so the migration would create a new, empty {TABLE} beside it: rename it ({rename}) and "
-        "re-run; nothing was changed."
-    )
+    raise refusal("table_in_other_case", where=shown(url), named=named, table=TABLE, engine=engine, rename=rename)
 
 
 # settings the tree sets in each transaction itself (transaction_settings): not the URL's to prove
@@ -515,12 +444,7 @@ def require_url_options_applied(connection: Connection, url: URL) -> None:
         got = connection.exec_driver_sql("SELECT current_setting(%(name)s, true)", {"name": name}).scalar()
         if got is not None and got.replace(" ", "").replace('"', "").lower() != value.replace(" ", "").lower():
             connection.rollback()
-            raise CommandError(
-                f"DATABASE_URL's options set {name}={value}, but the session has {name}={got}: something between "
-                "(a connection pooler such as PgBouncer with ignore_startup_parameters) dropped them; set it on the "
-                f"role instead (ALTER ROLE ... SET {name} = ...), which reaches every connection, or connect to "
-                "PostgreSQL itself; nothing was changed."
-            )
+            raise refusal("url_options_dropped", name=name, value=value, got=got)
     connection.rollback()
 
 
@@ -537,21 +461,14 @@ def require_the_table_in_reach(connection: Connection, url: URL) -> None:
     connection.rollback()
     where = "ALTER ROLE ... SET search_path = ..., which a pooler passes on, unlike the URL's options"
     if first is None:
-        raise CommandError(
-            f"No schema of this connection's search_path ({search_path}) exists on {shown(url)}, so there is nowhere "
-            f"to look for or create {TABLE}: fix the search_path ({where}); nothing was changed."
-        )
+        raise refusal("no_schema_in_search_path", search_path=search_path, where=shown(url), table=TABLE, fix=where)
     if found is not None and found != first:
-        raise CommandError(
-            f"{TABLE} is in schema {found}, but this connection's first schema (its search_path, {search_path}) is "
-            f"{first}, where the migration would look for it and create a new, empty one: put {found} first "
-            f"({where}); nothing was changed."
+        raise refusal(
+            "table_not_in_first_schema", table=TABLE, found=found, search_path=search_path, first=first, fix=where
         )
     if found is None and anywhere:
-        raise CommandError(
-            f"{TABLE} is in schema {anywhere}, outside this connection's search_path ({search_path}), and the "
-            f"migration would create a new, empty one in {first}: put that schema in the search_path ({where}); "
-            "nothing was changed."
+        raise refusal(
+            "table_outside_search_path", table=TABLE, found=anywhere, search_path=search_path, first=first, fix=where
         )
 
 

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from alembic import op
 from alembic.util import CommandError
 
+from autopack.migrations.messages import LEAVES, refusal
 from autopack.migrations.online_backfill import with_lock_retries
 from autopack.migrations.options import Options
 from autopack.migrations.usage_table import TABLE
@@ -118,15 +119,8 @@ def what_carries_the_name(bind: sa.Connection) -> tuple[str | None, str | None]:
     return "valid", None
 
 
-NOT_OURS = (
-    "An index named like {index} already exists ({what}), which is not the plain index on {table} ({column}) "
-    "that the pre-BUILD-144 schema declares and BUILD-144's upgrade adopts: rename or drop it, then re-run the same "
-    "command; nothing was changed."
-)
-
-
 def not_ours(what: str) -> CommandError:
-    return CommandError(NOT_OURS.format(index=INDEX, what=what, table=TABLE, column=COLUMN))
+    return refusal("index_not_ours", index=INDEX, what=what, table=TABLE, column=COLUMN)
 
 
 def partitioned(bind: sa.Connection) -> bool:
@@ -146,7 +140,7 @@ def ensure(bind: sa.Connection, options: Options) -> None:
         with op.get_context().autocommit_block(), concurrent_failures_in_one_sentence():
             build_concurrently(bind, state, options)
         if found(bind) != "valid":
-            raise CommandError(f"{INDEX} was built but PostgreSQL still reports it INVALID: {STAYS}.")
+            raise refusal("doctor_index_still_invalid", index=INDEX)
     elif dialect == "postgresql":
         if state == "invalid":
             log.info("      dropping the INVALID %s an interrupted concurrent build left, to build it again", INDEX)
@@ -187,11 +181,7 @@ def attach_partitions(bind: sa.Connection, options: Options) -> None:
         if attached:
             continue
         if sub_partitioned:
-            raise CommandError(
-                f"partition {qualified} of {TABLE} is itself partitioned, which -x online=true does not index "
-                "concurrently: run 'alembic upgrade head' without it (CREATE INDEX in one transaction); the partitions "
-                "indexed so far keep their index, which that run adopts."
-            )
+            raise refusal("sub_partitioned_partition", partition=qualified, table=TABLE)
         child = f"{schema}.{partition_index(name)}"
         valid = bind.execute(
             sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"), {"ix": child}
@@ -204,7 +194,7 @@ def attach_partitions(bind: sa.Connection, options: Options) -> None:
         log.info("      partition %s: index built concurrently and attached", qualified)
 
 
-STAYS = f"the revision stays 0001, {TABLE} keeps its rows and totals, and re-running the same command finishes"
+STAYS = LEAVES["doctor index stays"]
 
 
 @contextmanager
@@ -214,8 +204,4 @@ def concurrent_failures_in_one_sentence() -> Iterator[None]:
         yield
     except sa.exc.DBAPIError as error:
         reason = str(error.orig).strip().splitlines()[0]
-        raise CommandError(
-            f"Building {INDEX} concurrently failed ({reason}; it waits for every older transaction, see "
-            f"pg_stat_activity, at most -x lock_timeout): the backfill is committed, {STAYS} (dropping the INVALID "
-            "index it may have left)."
-        ) from None
+        raise refusal("doctor_index_concurrently_failed", index=INDEX, reason=reason) from None

@@ -14,11 +14,9 @@ from alembic.util import CommandError
 from sqlalchemy import exc
 from sqlalchemy.engine import URL
 
+from autopack.migrations.messages import MARIADB_DDL_STAYS, NOTHING_CHANGED, sentence
+
 WAIT_HINT = "-x busy_timeout=SECONDS to wait longer"
-LOCK_HOLDERS = (
-    "stop the API server (uvicorn autopack.main:app), any autonomous executor and any database viewer "
-    "(DB Browser, sqlite3 CLI), then re-run"
-)
 
 # query parameters that carry a secret, in libpq, psycopg and PyMySQL spelling
 SECRET_PARAMETERS = {"password", "passwd", "sslpassword", "ssl_password", "sslkey_password", "passfile"}
@@ -39,80 +37,48 @@ def explain(
     lock_timeout: str,
     wait_hint: str | None = WAIT_HINT,
     waited_s: float | None = None,
+    leaves: str | None = NOTHING_CHANGED,
 ) -> str | None:
     """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
-    ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option."""
+    ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option; ``leaves``:
+    what the failure leaves (``messages.Message.template``)."""
     orig = getattr(error, "orig", error)
     text = first_line(error)
-    where = shown(url)
+    said = {"where": shown(url), "text": text, "leaves": leaves}
     if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
-        return (
-            f"The database {where} is locked by another process (waited {waited_s or busy_timeout_s:.1f}s"
-            f"{', ' + wait_hint if wait_hint else ''}): {LOCK_HOLDERS}; nothing was changed."
-        )
+        waited = f"{waited_s or busy_timeout_s:.1f}"
+        return sentence("sqlite_locked", waited=waited, wait_hint=", " + wait_hint if wait_hint else "", **said)
     if isinstance(orig, sqlite3.DatabaseError) and (
         "not a database" in text or "malformed" in text or "corrupt" in text
     ):
-        return f"{where} is not a SQLite database or is corrupt ({text}); nothing was changed."
+        return sentence("sqlite_not_a_database", **said)
     if isinstance(orig, sqlite3.OperationalError) and "disk is full" in text:
-        return (
-            f"The disk holding {where} is full: the rebuild needs free space about the size of llm_usage_events; "
-            "free some and re-run; nothing was changed."
-        )
+        return sentence("disk_full", **said)
     if isinstance(orig, sqlite3.OperationalError) and "readonly" in text:
-        return (
-            f"{where} cannot be written ({text}): the file, its directory (SQLite writes a journal beside it) or "
-            "the mount is read-only for this user; run as the user that owns it; nothing was changed."
-        )
+        return sentence("sqlite_read_only", **said)
     if getattr(orig, "sqlstate", None) == "25006" or "--read-only" in text:
-        return (
-            f"{where} accepts no writes ({text}): it is a hot standby or the connection is read-only "
-            "(default_transaction_read_only); run the migration against the primary; nothing was changed."
-        )
+        return sentence("server_read_only", **said)
     if getattr(orig, "sqlstate", None) == "42501" and "row-level security" in text:
-        return (
-            f"llm_usage_events on {where} has row-level security that would hide rows from this role ({text}): "
-            "every row must be seen, so run as a role with BYPASSRLS (ALTER ROLE … BYPASSRLS) or a superuser; "
-            "nothing was changed."
-        )
+        return sentence("row_level_security", **said)
     if getattr(orig, "sqlstate", None) == "42501" or (orig.args[:1] and orig.args[0] in (1142, 1143, 1227)):
-        return (
-            f"The role connected to {where} lacks a privilege the migration needs ({text}): connect as the owner "
-            "of llm_usage_events (ALTER, CREATE, UPDATE); nothing was changed."
-        )
+        return sentence("privilege_missing", **said)
     if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
-        return (
-            f"Cannot open {where} ({text}): check DATABASE_URL and the permissions of the file and of its directory "
-            "(SQLite writes a journal beside the file); nothing was changed."
-        )
+        return sentence("sqlite_cannot_open", **said)
     if orig.args[:1] in ((1845,), (1846,)):  # MariaDB: ALGORITHM= / LOCK= not supported for this ALTER
-        return (
-            f"{where} cannot change llm_usage_events with ALGORITHM=INPLACE, LOCK=NONE ({text}): run without "
-            "-x online=true, in a maintenance window; nothing was changed."
-        )
+        return sentence("mariadb_online_alter_refused", **said)
     if orig.args[:1] == (1205,):  # MariaDB/MySQL lock_wait_timeout
-        return (
-            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another session "
-            "holds it (SHOW PROCESSLIST); retry when it ends, or pass -x lock_timeout=30s; nothing was changed."
-        )
+        return sentence("mariadb_lock_wait", lock_timeout=lock_timeout, **said)
     if getattr(orig, "sqlstate", None) == "57014":  # midway, report.failed_midway says it with what is left
         more = "-x statement_timeout=2h, or raise" if wait_hint else "raise"  # verify and finish-online take no -x
-        return (
-            f"A statement_timeout cancelled the command on {where} ({text}): give it more time with {more} the "
-            "role's or the database's setting; nothing was changed."
-        )
+        return sentence("statement_timeout", more=more, **said)
     if getattr(orig, "sqlstate", None) == "55P03":
-        return (
-            f"Could not lock llm_usage_events on {where} within lock_timeout={lock_timeout}: another "
-            "session holds it (see pg_stat_activity); retry when it ends, or pass -x lock_timeout=30s; "
-            "nothing was changed."
-        )
+        return sentence("postgres_lock_timeout", lock_timeout=lock_timeout, **said)
     if (
         isinstance(error, exc.OperationalError)
         and getattr(orig, "sqlstate", None) is None
         and (url.get_backend_name() != "sqlite")
     ):
-        return f"Cannot connect to {where}: {text}."
+        return sentence("server_unreachable", **said)
     return None
 
 
@@ -144,6 +110,12 @@ def one_sentence_errors(
     except CommandError:
         raise
     except Exception as error:
+        if not writes:
+            leaves = None
+        elif url.get_backend_name() in ("mysql", "mariadb"):  # DDL already run has committed itself
+            leaves = MARIADB_DDL_STAYS
+        else:
+            leaves = NOTHING_CHANGED
         message = explain(
             error,
             url,
@@ -151,14 +123,8 @@ def one_sentence_errors(
             lock_timeout=lock_timeout,
             wait_hint=wait_hint,
             waited_s=time.monotonic() - started,
+            leaves=leaves,
         )
         if message is None:
             raise
-        if not writes:
-            message = message.replace("; nothing was changed.", ".")
-        elif url.get_backend_name() in ("mysql", "mariadb"):  # DDL already run has committed itself
-            message = message.replace(
-                "; nothing was changed.",
-                "; a schema change already made stays (MariaDB commits DDL at once) and re-running finishes the job.",
-            )
         raise CommandError(message) from None

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
-from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import new_total, wide_split_sum
+from autopack.migrations.messages import refusal
 from autopack.migrations.usage_table import TABLE, completion, events, first_ids, prompt, some, total
 
 log = logging.getLogger("alembic.build144")
@@ -138,17 +138,9 @@ def prove_set_aside(bind: sa.Connection) -> None:
     """Before the splits turn NOT NULL and total_tokens goes: every row the old schema cannot hold is held."""
     left = first_ids(bind, not_set_aside())
     if None in left:  # a SQLite key that is not the rowid's alias lets rows without an id in
-        raise CommandError(
-            f"Rows of {TABLE} with a NULL id cannot be set aside (the set-aside table finds each event by its id), "
-            "and the pre-BUILD-144 schema cannot hold them: give them ids (python -m autopack verify names the "
-            "id's fix), then re-run; nothing was changed."
-        )
+        raise refusal("null_ids_cannot_be_set_aside", table=TABLE)
     if left:
-        raise CommandError(
-            f"Rows of {TABLE} the pre-BUILD-144 schema cannot hold were not set aside (ids {some(left)}): another "
-            "writer (the application still running: stop it, then re-run) or a trigger or rule on the table "
-            "interfered; nothing was changed."
-        )
+        raise refusal("rows_not_set_aside", table=TABLE, ids=some(left))
 
 
 def usable_by_replication(bind: sa.Connection) -> None:

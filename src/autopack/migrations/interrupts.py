@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 from alembic.util import CommandError
 
+from autopack.migrations.messages import LEAVES, sentence
+
 
 class Interrupted(CommandError):
     """A stop whose sentence was written where the run knew what it leaves (``report.failures_in_one_sentence``)."""
@@ -58,23 +60,17 @@ def interrupts_in_one_sentence(leaves: str, owns_the_process: bool = True) -> It
         interrupt = next((e for e in chain if isinstance(e, KeyboardInterrupt)), None)
         if interrupt is None:
             raise
-        raise stopped(f"Stopped on {signal_name(interrupt)}: {leaves}.") from None
+        raise stopped(sentence("stopped", signal=signal_name(interrupt), what_is_left=leaves)) from None
     finally:
         if handles_sigterm:
             signal.signal(signal.SIGTERM, previous)
-
-
-MARIADB_RUNS_ON = "a statement MariaDB was running goes on until it ends (SHOW PROCESSLIST)"
 
 
 def what_a_stop_leaves(dialect: str, online: bool) -> str:
     """Before the revision says better: the default mode's one transaction rolls back; otherwise what committed
     stays and a re-run finishes."""
     if dialect in ("mysql", "mariadb"):
-        return (
-            "what MariaDB already committed (its DDL commits at once) stays and the revision is unchanged; "
-            f"{MARIADB_RUNS_ON}: re-running the same command finishes"
-        )
+        return LEAVES["MariaDB stop"]
     if online:
-        return "the steps already committed stay and the revision is unchanged: re-running the same command finishes"
-    return "the migration's transaction was rolled back, nothing was changed; re-run the same command"
+        return LEAVES["online stop"]
+    return LEAVES["upgrade rolled back"]

@@ -26,12 +26,12 @@ import logging
 import sqlalchemy as sa
 from alembic.ddl.base import AddColumn, DropColumn
 from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
-from alembic.util import CommandError
 
 from autopack.migrations import holdover
 from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, sum_of
 from autopack.migrations.batched_backfill import backfill
 from autopack.migrations.errors import first_line
+from autopack.migrations.messages import refusal
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
 from autopack.migrations.usage_table import SPLITS, TABLE, as_it_is, events, total_tokens_column
@@ -107,10 +107,6 @@ def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
 
 # MariaDB's errors for a NULL (or out-of-range) value met by MODIFY … NOT NULL: a row written after the set-aside
 NOT_HOLDABLE_ERRORS = (1048, 1138, 1265)
-WRITER_STILL_RUNNING = (
-    "a writer still running (the BUILD-144 application: uvicorn autopack.main:app, any autonomous executor) wrote "
-    "rows the old schema cannot hold after they were set aside: stop the application, then re-run"
-)
 
 
 def downgrade_statement(bind: sa.Connection, plan: Plan) -> str:
@@ -155,8 +151,6 @@ def downgrade_schema(bind: sa.Connection, plan: Plan) -> None:
     if failure is not None:  # the set-aside step has committed (the ALTER committed it): put its rows back
         restored = holdover.restore(bind)
         bind.exec_driver_sql("COMMIT")
-        raise CommandError(
-            f"The BUILD-144 downgrade failed while changing {TABLE} ({first_line(failure)}): {WRITER_STILL_RUNNING}; "
-            f"the revision stays 0002 and the {restored} rows set aside were put back, so the table holds what it "
-            "held before."
+        raise refusal(
+            "mariadb_downgrade_writer_still_running", table=TABLE, error=first_line(failure), restored=restored
         )

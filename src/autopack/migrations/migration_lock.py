@@ -22,9 +22,9 @@ except ImportError:  # Windows
     fcntl = None
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
 from autopack.migrations.connection import sqlite_path
+from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options, interval_seconds
 
 log = logging.getLogger("alembic.build144")
@@ -147,10 +147,7 @@ def wait_until(taken: Callable[[], bool], who: Callable[[], str], options: Optio
             log.info("waiting for the migration lock: %s (%.0fs so far)", who(), now - started)
             last_said = now
         if now - started > limit:
-            raise CommandError(
-                f"Another migration of this database held the migration lock for {options.migration_lock_wait} "
-                f"({who()}): let it finish, or raise -x migration_lock_wait; nothing was changed."
-            )
+            raise refusal("another_migration_holds_the_lock", wait=options.migration_lock_wait, who=who())
         time.sleep(POLL_S)
     if last_said is not None:
         log.info("took the migration lock after %.1fs: reading the revision afresh", time.monotonic() - started)

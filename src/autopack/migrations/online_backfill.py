@@ -22,10 +22,10 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import op
-from alembic.util import CommandError
 
 from autopack.migrations import fill_trigger, holdover, mariadb_schema_change
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options, whole_seconds
 from autopack.migrations.plan import Plan
 from autopack.migrations.progress import while_running
@@ -116,9 +116,13 @@ def with_lock_retries(connection, statements: list, options: Options, changed: s
         finally:
             if not postgresql:
                 connection.exec_driver_sql(f"SET SESSION lock_wait_timeout = {usual}")
-    raise CommandError(
-        f"Could not lock {TABLE} within online_lock_timeout={waited(connection, options)} in "
-        f"{options.online_retries} attempts: a long transaction holds it ({where_to_look(connection)}); {changed}."
+    raise refusal(
+        "online_lock_retries_spent",
+        table=TABLE,
+        waited=waited(connection, options),
+        attempts=options.online_retries,
+        look=where_to_look(connection),
+        changed=changed,
     )
 
 
@@ -176,11 +180,14 @@ def retrying_batches(
                 if attempt < options.online_retries:
                     log.info("      batch met %s (attempt %d), retrying", met, attempt)
                     time.sleep(min(0.2 * attempt, 2.0))
-        raise CommandError(
-            f"A backfill batch met {met} in each of {options.online_retries} attempts (waiting at most "
-            f"{waited(connection, options)} each time): an application transaction holds rows of {TABLE} "
-            f"({where_to_look(connection)}); "
-            f"the batches done so far are committed, {resumes}."
+        raise refusal(
+            "online_batch_retries_spent",
+            met=met,
+            attempts=options.online_retries,
+            waited=waited(connection, options),
+            table=TABLE,
+            look=where_to_look(connection),
+            resumes=resumes,
         )
 
     return execute

@@ -23,10 +23,10 @@ import logging
 
 import sqlalchemy as sa
 from alembic import op
-from alembic.util import CommandError
 
 from autopack.migrations import fill_trigger, holdover
 from autopack.migrations.errors import first_line
+from autopack.migrations.messages import LEAVES, refusal
 from autopack.migrations.online_backfill import with_lock_retries
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECKS, SPLITS, TABLE, events
@@ -40,18 +40,12 @@ SET_NOT_NULL = f"ALTER TABLE {TABLE} " + ", ".join(f"ALTER COLUMN {split} SET NO
 FINISH = f"ALTER TABLE {TABLE} " + ", ".join(
     [*(f"DROP CONSTRAINT {name}" for name in NOT_NULL_CHECKS.values()), "DROP COLUMN total_tokens"]
 )
-AFTER_FAILURE = (
-    "the revision stays 0002, rows set aside so far stay in the set-aside table, and re-running the same command "
-    "finishes"
-)
+AFTER_FAILURE = LEAVES["online downgrade stopped"]
 
 
 def online_downgrade(plan: Plan) -> None:
     if plan.dialect != "postgresql":
-        raise CommandError(
-            f"-x online=true downgrade is PostgreSQL's; on {plan.dialect} run the downgrade without it (one table "
-            "rebuild, writes wait for it); nothing was changed."
-        )
+        raise refusal("online_downgrade_not_here", dialect=plan.dialect)
     context = op.get_context()
     with context.autocommit_block():
         connection = context.connection
@@ -83,9 +77,7 @@ def online_downgrade(plan: Plan) -> None:
             )
         except sa.exc.DBAPIError as error:  # a lock or statement timeout included: what is left is not "nothing"
             drop_checks_quietly(connection, plan)
-            raise CommandError(
-                f"The BUILD-144 online downgrade stopped ({first_line(error)}): {AFTER_FAILURE}."
-            ) from None
+            raise refusal("online_downgrade_stopped", error=first_line(error)) from None
         except BaseException:  # Ctrl-C too: never leave CHECKs that refuse the BUILD-144 code's total-only rows
             connection.invalidate()  # interrupted mid-statement: end that session (its locks go), clean up from anew
             with connection.engine.connect() as fresh:

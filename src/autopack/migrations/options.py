@@ -194,4 +194,4 @@ def version_table() -> str:
     try:
         return configured_version_table()
     except ValueError as error:
-        raise refusal("version_table_not_a_name", error=error) from None
+        raise refusal("version_table_not_a_name", value_error=error) from None

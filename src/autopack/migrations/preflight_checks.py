@@ -1,10 +1,10 @@
 """Everything checked before a BUILD-144 run changes a byte, as one list of named checks.
 
 Like strong_migrations' checks: each has a name (the row of docs/troubleshooting.md's "checked before any
-change" table), the directions it guards, what it looks for on the table as it really is, and its refusal (named in
-``messages.MESSAGES``): one sentence saying what was found and what to do, ending "nothing was changed". ``refuse_what_would_go_wrong`` runs the
-checks of a direction in this order and raises the first refusal. docs/troubleshooting.md quotes
-each refusal's start; a test holds the two together.
+change" table), the directions it guards, what it looks for on the table as it really is, and its refusal
+(named in ``messages.MESSAGES``): one sentence saying what was found and what to do, ending "nothing was
+changed". ``refuse_what_would_go_wrong`` runs the checks of a direction in this order and raises the first
+refusal. docs/troubleshooting.md quotes each refusal's start; a test holds the two together.
 """
 
 import logging

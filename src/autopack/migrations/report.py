@@ -14,7 +14,8 @@ from alembic.util import CommandError
 
 from autopack.migrations.backfill_rule import lost_usage_warning, survey, undated_warning
 from autopack.migrations.errors import explained_by_the_environment, first_line
-from autopack.migrations.interrupts import MARIADB_RUNS_ON, Interrupted, signal_name
+from autopack.migrations.interrupts import Interrupted, signal_name
+from autopack.migrations.messages import LEAVES, MARIADB_RUNS_ON, NOTHING_CHANGED, sentence
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import TABLE
 
@@ -48,33 +49,23 @@ def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]]) -> N
 def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan: Plan, step: str) -> str:
     """One sentence for a database error after the change started, naming what on the table likely caused it,
     and what the failure left: nothing (one transaction), the schema change (MariaDB), or a resumable run."""
+    said = {"step": step, "table": TABLE, "error": first_line(error), "after": what_a_failure_leaves(plan, step)}
     if getattr(error.orig, "sqlstate", None) == "57014":
-        cause = (
-            "a statement_timeout (the database's, the role's or -x statement_timeout) cancelled the backfill: give "
-            "the migration more time with -x statement_timeout=2h (the default mode rewrites the table in one "
-            "statement), or pass a smaller -x batch_rows where it runs batches"
-        )
-    elif hooks:
-        names = ", ".join(name for name, _ in hooks)
-        cause = f"{names} on {TABLE} run on each UPDATE and likely caused it: fix or disable them for the migration"
-    else:
-        cause = "fix the cause the database names"
-    after = what_a_failure_leaves(plan, step)
-    return f"The BUILD-144 {step} failed while changing {TABLE} ({first_line(error)}): {cause}, then re-run; {after}."
+        return sentence("failed_midway_statement_timeout", **said)
+    if hooks:
+        return sentence("failed_midway_in_hooks", hooks=", ".join(name for name, _ in hooks), **said)
+    return sentence("failed_midway", **said)
 
 
 def what_a_failure_leaves(plan: Plan, step: str) -> str:
     """Nothing (one transaction), the schema change (MariaDB), or a resumable run (online)."""
     if plan.online and step == "upgrade":
-        return (
-            "the revision stays 0001 and re-running the same command resumes (once the schema change committed, "
-            "the fill trigger stays meanwhile, so rows old code writes get their totals)"
-        )
+        return LEAVES["online upgrade resumes"]
     if plan.online:
-        return "the revision stays 0002, rows set aside so far stay set aside, and re-running the same command finishes"
+        return LEAVES["online downgrade finishes"]
     if plan.dialect in ("mysql", "mariadb"):
-        return "the schema change stays (MariaDB commits DDL at once) and re-running the same command finishes"
-    return "nothing was changed"
+        return LEAVES["MariaDB schema change stays"]
+    return NOTHING_CHANGED
 
 
 @contextmanager
@@ -91,4 +82,7 @@ def failures_in_one_sentence(plan: Plan, hooks: list[tuple[str, bool]], step: st
     except KeyboardInterrupt as interrupt:
         running = f" ({MARIADB_RUNS_ON})" if plan.dialect in ("mysql", "mariadb") else ""
         after = what_a_failure_leaves(plan, step)
-        raise Interrupted(f"Stopped on {signal_name(interrupt)} while changing {TABLE}{running}: {after}.") from None
+        said = sentence(
+            "stopped_while_changing", signal=signal_name(interrupt), table=TABLE, running=running, after=after
+        )
+        raise Interrupted(said) from None

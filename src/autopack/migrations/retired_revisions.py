@@ -15,9 +15,9 @@ import logging
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
-from alembic.util import CommandError
 
 from autopack.migrations import doctor_index
+from autopack.migrations.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 
@@ -39,10 +39,7 @@ def refuse_retired_arguments(revisions: str | list[str] | None) -> None:
         for part in str(argument).replace(":", " ").replace("@", " ").split():
             bare = part.split("+")[0].split("-")[0]
             if bare in RETIRED:
-                raise CommandError(
-                    f"Revision {bare} was retired ({WHY}): name {RETIRED[bare]} instead (head is 0002, BUILD-144: "
-                    f"e.g. 'alembic upgrade 0001:0002 --sql', 'alembic downgrade -1'); nothing was changed."
-                )
+                raise refusal("retired_revision", bare=bare, why=WHY, instead=RETIRED[bare])
 
 
 def restamp_retired(context: MigrationContext, upgrading: bool) -> None:
@@ -84,8 +81,4 @@ def write(connection: sa.Connection, statement: sa.Executable, stamped: str) -> 
         with connection.begin_nested():
             connection.execute(statement)
     except sa.exc.DBAPIError:
-        raise CommandError(
-            f"The database is stamped {stamped}, which this tree restamps before reading it ({WHY}), and this "
-            "connection cannot write alembic_version (a read-only role or a standby): run 'alembic upgrade head' "
-            "once as the table's owner on the primary; nothing was changed."
-        ) from None
+        raise refusal("cannot_restamp_retired", stamped=stamped, why=WHY) from None

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from alembic import op
-from alembic.util import CommandError
 from sqlalchemy import Connection, exc
 
+from autopack.migrations.messages import refusal
 from autopack.migrations.plan import Plan
 from autopack.migrations.usage_table import SPLITS, TABLE, total_tokens_column
 
@@ -193,11 +193,7 @@ def sqlite_rebuild(bind: Connection, reason: str, change: Callable[[], None], dr
     when the table's definition holds what a rebuild cannot carry over."""
     losses = sqlite_rebuild_losses(bind, TABLE)
     if losses:
-        raise CommandError(
-            f"{TABLE} cannot be changed in place ({reason}) and rebuilding it would lose {' and '.join(losses)} "
-            "from its definition: write prompt_tokens and completion_tokens as plain 'INTEGER NOT NULL' columns in "
-            "its CREATE TABLE (or make the change by hand), then re-run; nothing was changed."
-        )
+        raise refusal("sqlite_rebuild_would_lose", table=TABLE, reason=reason, losses=" and ".join(losses))
     log.info("      %s is rebuilt (%s)", TABLE, reason)
     with sqlite_objects_kept(bind, TABLE, log, dropped_columns=dropped_columns):
         change()

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 
+from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options, interval_seconds
 
 log = logging.getLogger("alembic.build144")
@@ -105,11 +105,7 @@ class Throttle:
         while reason := self.too_far_behind():
             now = time.monotonic()
             if self.waited_s + (now - started) > interval_seconds(self.options.replica_wait_max):
-                raise CommandError(
-                    f"The backfill waited {self.options.replica_wait_max} in all for streaming replicas ({reason}): "
-                    "it stopped; the revision stays 0001 and re-running the same command resumes once they catch "
-                    "up (or raise -x replica_wait_max, or -x max_replica_lag=off for a replica delayed on purpose)."
-                )
+                raise refusal("replicas_waited_too_long", waited=self.options.replica_wait_max, reason=reason)
             if last_said is None or now - last_said >= SAY_EVERY_S:
                 log.info("      throttled: %s; waiting (%.0fs so far)", reason, self.waited_s + now - started)
                 last_said = now
@@ -133,10 +129,7 @@ class Throttle:
     def stop_if_asked(self) -> None:
         self.say_stopping()
         if self.stop_asked:
-            raise CommandError(
-                f"Stopped on {self.stop_asked} between batches, every batch done so far committed: the revision "
-                "stays 0001 and re-running the same command resumes where it stopped."
-            )
+            raise refusal("stopped_between_batches", signal=self.stop_asked)
 
     def too_far_behind(self) -> str | None:
         max_lag_s = interval_seconds(self.options.max_replica_lag)
