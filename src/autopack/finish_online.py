@@ -10,7 +10,6 @@ there. It is also the repair for rows written with total 0 after a default-mode 
 Safe to run again; the database must be at BUILD-144 already.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,7 +18,7 @@ from autopack.migrations import fill_trigger
 from autopack.migrations.backfill_rule import NEEDS_TOTAL
 from autopack.migrations.batched_backfill import backfill, prove_backfilled
 from autopack.migrations.messages import refusal
-from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits, with_lock_retries
+from autopack.migrations.online_backfill import committed_batches, with_lock_retries
 from autopack.migrations.options import Options, version_table
 from autopack.migrations.usage_table import TABLE, events
 from autopack.repair_totals import COMMAND as REPAIR
@@ -73,17 +72,7 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
     first, last, rows = connection.execute(
         sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
     ).one()
-
-    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:  # SQLite: each batch, as it goes
-        result = connection.execute(statement, parameters)
-        connection.commit()
-        return result
-
-    if connection.dialect.name == "sqlite":
-        execute, waits = committed, nullcontext()
-    else:  # as the online backfill: a row the application holds is waited for briefly, then the batch retried
-        execute = retrying_batches(connection, options, resumes=AGAIN)
-        waits = short_row_lock_waits(connection, options)
+    execute, waits = committed_batches(connection, options, resumes=AGAIN)
     with waits:
         filled = backfill(execute, first, last, rows, options) if rows else 0
     prove_backfilled(

@@ -14,7 +14,6 @@ whole; a row the application holds is waited for ``online_lock_timeout`` at most
 the online backfill does). Safe to run again; the count printed is read from the table afterwards.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 from autopack.migrations.backfill_rule import EXACT, wide_split_sum
 from autopack.migrations.batched_backfill import batch_end
 from autopack.migrations.messages import refusal
-from autopack.migrations.online_backfill import retrying_batches, short_row_lock_waits
+from autopack.migrations.online_backfill import committed_batches
 from autopack.migrations.options import Options
 from autopack.migrations.usage_table import TABLE, completion, events, prompt, total
 from autopack.restore_set_aside import COMMAND as RESTORE
@@ -94,17 +93,7 @@ def repair_totals(connection: sa.Connection, options: Options | None = None) -> 
         .where(events.c.id >= sa.bindparam("low"), events.c.id <= sa.bindparam("high"), fixable)
         .values(total_tokens=wide_split_sum)
     )
-
-    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:  # SQLite: each batch, as it goes
-        result = connection.execute(statement, parameters)
-        connection.commit()
-        return result
-
-    if connection.dialect.name == "sqlite":
-        execute, waits = committed, nullcontext()
-    else:
-        execute = retrying_batches(connection, options, resumes=AGAIN)
-        waits = short_row_lock_waits(connection, options)
+    execute, waits = committed_batches(connection, options, resumes=AGAIN)
     repaired = 0
     low = first
     with waits:

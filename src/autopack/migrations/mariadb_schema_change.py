@@ -57,18 +57,7 @@ def alter_statement(bind: sa.Connection, plan: Plan, fill: bool = False) -> str 
     clauses = [AddColumn(TABLE, column)] if plan.add_total else []
     if plan.add_default:
         clauses.append(MySQLAlterDefault(TABLE, "total_tokens", default=sa.text("0")))
-    for split in plan.relax:
-        existing = as_it_is(split, plan.columns)
-        clauses.append(
-            MySQLModifyColumn(
-                TABLE,
-                split,
-                type_=existing["existing_type"],
-                nullable=True,
-                default=existing["existing_server_default"],
-                comment=existing["existing_comment"],
-            )
-        )
+    clauses += [split_as_it_is(split, plan, nullable=True) for split in plan.relax]
     if not clauses:
         return None
     prefix = f"ALTER TABLE {TABLE} "
@@ -109,21 +98,22 @@ def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
 NOT_HOLDABLE_ERRORS = (1048, 1138, 1265)
 
 
+def split_as_it_is(split: str, plan: Plan, nullable: bool) -> MySQLModifyColumn:
+    """``MODIFY`` a split to ``nullable``, keeping its type, default and comment as the table has them."""
+    existing = as_it_is(split, plan.columns)
+    return MySQLModifyColumn(
+        TABLE,
+        split,
+        type_=existing["existing_type"],
+        nullable=nullable,
+        default=existing["existing_server_default"],
+        comment=existing["existing_comment"],
+    )
+
+
 def downgrade_statement(bind: sa.Connection, plan: Plan) -> str:
     """Splits NOT NULL again and total_tokens dropped, as one ALTER TABLE (one table copy), each split as it is."""
-    clauses = []
-    for split in SPLITS:
-        existing = as_it_is(split, plan.columns)
-        clauses.append(
-            MySQLModifyColumn(
-                TABLE,
-                split,
-                type_=existing["existing_type"],
-                nullable=False,
-                default=existing["existing_server_default"],
-                comment=existing["existing_comment"],
-            )
-        )
+    clauses = [split_as_it_is(split, plan, nullable=False) for split in SPLITS]
     clauses.append(DropColumn(TABLE, sa.Column("total_tokens", sa.Integer())))
     prefix = f"ALTER TABLE {TABLE} "
     return prefix + ", ".join(compiled(bind, clause).removeprefix(prefix) for clause in clauses)

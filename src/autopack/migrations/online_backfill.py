@@ -18,7 +18,7 @@ old writers, until ``python -m autopack finish-online`` (``finish_online``).
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import sqlalchemy as sa
 from alembic import op
@@ -200,3 +200,20 @@ def deadlocked(error: sa.exc.OperationalError) -> bool:
 
 def first_words(error: sa.exc.OperationalError) -> str:
     return "a deadlock" if deadlocked(error) else "a row lock held past online_lock_timeout"
+
+
+def committed_batches(
+    connection, options: Options, resumes: str
+) -> tuple[Callable[[sa.Executable, dict], sa.CursorResult], AbstractContextManager[None]]:
+    """How a command that commits batch by batch (finish-online, repair-totals) runs each batch, and what it holds
+    while they run: on SQLite each batch committed as it goes; on a server (autocommit) each batch retried past a
+    row the application holds, waiting for it at most ``online_lock_timeout``."""
+    if connection.dialect.name != "sqlite":
+        return retrying_batches(connection, options, resumes=resumes), short_row_lock_waits(connection, options)
+
+    def committed(statement: sa.Executable, parameters: dict) -> sa.CursorResult:
+        result = connection.execute(statement, parameters)
+        connection.commit()
+        return result
+
+    return committed, nullcontext()
