@@ -18,21 +18,18 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from autopack.migrations.backfill_rule import EXACT, wide_split_sum
+from autopack.migrations.backfill_rule import exact_split_sum, not_their_sum, wide_split_sum
 from autopack.migrations.batched_backfill import batch_end
+from autopack.migrations.holdover import RESTORE_COMMAND as RESTORE
+from autopack.migrations.holdover import waiting_rows
 from autopack.migrations.messages import refusal
 from autopack.migrations.online_backfill import committed_batches
 from autopack.migrations.options import Options
 from autopack.migrations.usage_table import TABLE, completion, events, prompt, total
-from autopack.restore_set_aside import COMMAND as RESTORE
-from autopack.restore_set_aside import waiting_rows
 
 COMMAND = "python -m autopack repair-totals"
 AGAIN = f"the batches done so far are committed, and re-running '{COMMAND}' finishes"
-# the splits' sum, exact at any size on every engine (NUMERIC): never an overflow, never rounded
-EXACT_SUM = sa.cast(sa.func.coalesce(prompt, 0), EXACT) + sa.cast(sa.func.coalesce(completion, 0), EXACT)
-# a split set and the total not their sum: the rows verify's "totals match their splits" counts
-STALE = sa.and_(sa.or_(prompt.is_not(None), completion.is_not(None)), sa.cast(total, EXACT) != EXACT_SUM)
+STALE = not_their_sum(total)  # the rows verify's "totals match their splits" counts
 BOTH_SPLITS = sa.and_(prompt.is_not(None), completion.is_not(None))
 INTEGER_MAX, BIGINT_MAX = 2**31 - 1, 2**63 - 1
 
@@ -65,7 +62,7 @@ def stale_rows(connection: sa.Connection) -> int:
 
 def repairable(capacity: int) -> sa.ColumnElement[bool]:
     """Stale rows with both splits set whose sum the column holds: the ones old code left (it always wrote both)."""
-    return sa.and_(STALE, BOTH_SPLITS, capacity >= EXACT_SUM)
+    return sa.and_(STALE, BOTH_SPLITS, capacity >= exact_split_sum)
 
 
 def total_capacity(connection: sa.Connection) -> int:

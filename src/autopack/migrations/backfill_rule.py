@@ -34,6 +34,15 @@ wide_split_sum = sa.cast(sa.func.coalesce(prompt, 0), sa.BigInteger) + sa.cast(
 )
 # The rows the rule changes: a split is set, the total is 0, and the splits do not sum to 0 either.
 NEEDS_TOTAL = sa.and_(total == 0, split_sum != 0)
+EXACT = sa.Numeric(40, 0)  # holds any sum of two 64-bit splits on every engine
+# the same sum in NUMERIC, for checking: exact whatever width an operator gave the splits, never an overflow
+exact_split_sum = sa.cast(sa.func.coalesce(prompt, 0), EXACT) + sa.cast(sa.func.coalesce(completion, 0), EXACT)
+
+
+def not_their_sum(stored: sa.ColumnElement) -> sa.ColumnElement[bool]:
+    """A split is set and ``stored`` is not the splits' sum: what verify's "totals match their splits" counts and
+    ``repair-totals`` repairs."""
+    return sa.and_(sa.or_(prompt.is_not(None), completion.is_not(None)), stored != exact_split_sum)
 
 
 def lost_usage_warning(rows: int) -> str:
@@ -66,7 +75,6 @@ def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None 
     rows whose created_at gives no instant (``autopack.event_time``)."""
     stored = total if has_total else sa.literal(0)
     totals = sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
-    exact_sum = sa.cast(sa.func.coalesce(prompt, 0), EXACT) + sa.cast(sa.func.coalesce(completion, 0), EXACT)
     both_null = sa.and_(prompt.is_(None), completion.is_(None))
 
     def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -81,8 +89,8 @@ def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None 
         "token_sum": sa.func.coalesce(sa.func.sum(totals), 0),
         "lost": count(sa.and_(both_null, totals == 0)),
         "positive": count(stored > 0),
-        "unfilled": count(sa.and_(stored == 0, exact_sum != 0)),
-        "mismatched": count(sa.and_(sa.not_(both_null), stored != exact_sum)),
+        "unfilled": count(sa.and_(stored == 0, exact_split_sum != 0)),
+        "mismatched": count(not_their_sum(stored)),
         "malformed": count(sa.and_(both_null, stored < 0)),
     }
     if dialect is not None:
@@ -93,4 +101,3 @@ def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None 
 
 REPORT_COUNTS = ("rows", "first", "last", "exact", "total_only", "token_sum", "lost")
 VERIFY_COUNTS = ("rows", "total_only", "lost", "positive", "unfilled", "mismatched", "malformed")
-EXACT = sa.Numeric(40, 0)  # holds any sum of two 64-bit splits on every engine
