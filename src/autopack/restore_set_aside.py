@@ -15,7 +15,7 @@ from autopack.migrations import holdover
 from autopack.migrations.messages import refusal
 from autopack.migrations.usage_table import TABLE
 
-COMMAND = "python -m autopack restore-set-aside"
+COMMAND = holdover.RESTORE_COMMAND
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,6 @@ class RestoredSetAside:
             else f"{holdover.HOLDOVER} is gone"
         )
         return f"Restored {self.restored} set-aside rows to {TABLE}; {stays}."
-
-
-def waiting_rows(connection: sa.Connection) -> int:
-    """Set-aside rows whose event still carries the downgrade's placeholders: what a restore would put back."""
-    if not sa.inspect(connection).has_table(holdover.HOLDOVER):
-        return 0
-    columns = {c["name"] for c in sa.inspect(connection).get_columns(TABLE)}
-    if "total_tokens" not in columns:  # at 0001 the set-aside table is the downgrade's, as it should be
-        return 0
-    waiting = sa.select(sa.func.count()).select_from(holdover.holdover).where(holdover.waiting())
-    return connection.execute(waiting).scalar_one()
 
 
 def restore_set_aside(connection: sa.Connection) -> RestoredSetAside:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from autopack.migrations import doctor_index, fill_trigger, logical_replication
+from autopack.migrations import doctor_index, fill_trigger, holdover, logical_replication
 from autopack.migrations.backfill_rule import lost_usage_warning, survey, undated_warning
 from autopack.migrations.errors import shown
 from autopack.migrations.messages import refusal
@@ -29,7 +29,6 @@ from autopack.migrations.table_inspection import (
 )
 from autopack.repair_totals import COMMAND as REPAIR
 from autopack.restore_set_aside import COMMAND as RESTORE
-from autopack.restore_set_aside import waiting_rows
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def verify(connection: Connection) -> Verification:
                 else ", ".join(shown_revision(r) for r in stamped),
             )
         )
-    waiting = waiting_rows(connection) if not unfinished else 0  # a stopped downgrade's 0/0 placeholders
+    waiting = holdover.waiting_rows(connection) if not unfinished else 0  # a stopped downgrade's 0/0 placeholders
     repair = (
         f"{waiting} of them may be rows a stopped downgrade set aside: run '{RESTORE}' first, then '{REPAIR}' for "
         "any left"

@@ -24,6 +24,8 @@ from autopack.migrations.usage_table import TABLE, completion, events, first_ids
 log = logging.getLogger("alembic.build144")
 
 HOLDOVER = "llm_usage_events_build144_holdover"
+# what puts back rows a downgrade that stopped left set aside, once the revision is 0002 again
+RESTORE_COMMAND = "python -m autopack restore-set-aside"
 HELD = ("event_id", "provider", "model", "role", "created_at", "prompt_tokens", "completion_tokens", "total_tokens")
 holdover = sa.table(HOLDOVER, *(sa.column(name) for name in HELD))
 h = holdover.c
@@ -263,3 +265,13 @@ def restore(bind: sa.Connection) -> int:
     else:
         bind.exec_driver_sql(f"DROP TABLE {HOLDOVER}")
     return len(restored)
+
+
+def waiting_rows(connection: sa.Connection) -> int:
+    """Set-aside rows whose event still carries the downgrade's placeholders: what a restore would put back."""
+    if not sa.inspect(connection).has_table(HOLDOVER):
+        return 0
+    columns = {c["name"] for c in sa.inspect(connection).get_columns(TABLE)}
+    if "total_tokens" not in columns:  # at 0001 the set-aside table is the downgrade's, as it should be
+        return 0
+    return connection.execute(sa.select(sa.func.count()).select_from(holdover).where(waiting())).scalar_one()

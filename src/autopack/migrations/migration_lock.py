@@ -23,6 +23,7 @@ except ImportError:  # Windows
 
 import sqlalchemy as sa
 
+from autopack.migrations import holdover
 from autopack.migrations.connection import sqlite_path
 from autopack.migrations.messages import refusal
 from autopack.migrations.options import Options, interval_seconds
@@ -169,12 +170,10 @@ def say_if_nothing_was_done(connection: sa.Connection, applied: list[dict], head
     if applied:
         return
     log.info("Nothing to do: the database is already at %s", ", ".join(heads) or "no revision")
-    from autopack.restore_set_aside import COMMAND, waiting_rows  # the command's module: imported when needed
-
-    waiting = waiting_rows(connection)
+    waiting = holdover.waiting_rows(connection)
     if waiting:
         log.warning(
             "%d rows a downgrade that stopped set aside still read 0/0 splits: run '%s' to put them back",
             waiting,
-            COMMAND,
+            holdover.RESTORE_COMMAND,
         )
