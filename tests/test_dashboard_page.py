@@ -142,18 +142,24 @@ def test_a_row_from_a_clock_ahead_of_the_servers_counts_today_in_every_figure(en
     assert body["days"][-1]["total_tokens"] >= 5000
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_rows_with_a_null_provider_or_model_in_an_adopted_table_are_shown_as_null(db_url, monkeypatch):
-    """A legacy table adopted as it is may allow NULL in provider and model: their usage is counted, never a 500."""
+def adopted_table_allowing_null_names(db_url, created_at: str = "DATETIME NOT NULL"):
+    """A legacy SQLite table whose provider and model allow NULL, adopted and upgraded by the real CLI; its engine."""
     engine = create_engine(db_url)
     with engine.begin() as connection:
         connection.exec_driver_sql(
             "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR, model VARCHAR, run_id VARCHAR, "
             "phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT "
-            "NULL, created_at DATETIME NOT NULL, is_doctor_call BOOLEAN NOT NULL, doctor_model VARCHAR, doctor_action "
+            f"NULL, created_at {created_at}, is_doctor_call BOOLEAN NOT NULL, doctor_model VARCHAR, doctor_action "
             "VARCHAR)"
         )
     alembic(db_url, "upgrade", "head")
+    return engine
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_rows_with_a_null_provider_or_model_in_an_adopted_table_are_shown_as_null(db_url, monkeypatch):
+    """A legacy table adopted as it is may allow NULL in provider and model: their usage is counted, never a 500."""
+    engine = adopted_table_allowing_null_names(db_url)
     recent = utcnow() - timedelta(hours=1)
     seed(engine, [(None, "m1", 10, 20, 30, recent), ("p", None, None, None, 700, recent), ("p", "m2", 1, 2, 3, recent)])
     monkeypatch.delenv("AUTOPACK_API_KEY", raising=False)
@@ -393,15 +399,7 @@ def test_the_page_in_chromium_says_when_there_is_no_usage(chromium, engine, db_u
 def test_the_page_keeps_a_null_provider_apart_from_one_named_null(chromium, db_url, monkeypatch):
     """An adopted table's NULL provider and a provider literally named "null" are two cards with their own shares,
     and rows whose created_at gives no time are said on the page, not silently left out."""
-    engine = create_engine(db_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR, model VARCHAR, run_id VARCHAR, "
-            "phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT "
-            "NULL, created_at DATETIME, is_doctor_call BOOLEAN NOT NULL, doctor_model VARCHAR, doctor_action "
-            "VARCHAR)"
-        )
-    alembic(db_url, "upgrade", "head")
+    engine = adopted_table_allowing_null_names(db_url, created_at="DATETIME")
     recent = utcnow() - timedelta(hours=1)
     seed(engine, [(None, "m1", 10, 20, 30, recent), ("null", "m2", None, None, 700, recent)])
     with engine.begin() as connection:
