@@ -1,8 +1,8 @@
 """Alembic environment: Alembic's template, bound to autopack's metadata and its migration connection.
 
 URL: ``DATABASE_URL`` (default ``sqlite:///autopack.db``). The ``-x key=value`` options are parsed and checked
-once, here (``autopack.migrations.options``); the connection set-up (SQLite's BEGIN EXCLUSIVE and foreign
-keys off, lock and busy timeouts, one-sentence errors) is ``autopack.migrations.connection``.
+once, here (``autopack.migrations.runtime.options``); the connection set-up (SQLite's BEGIN EXCLUSIVE and foreign
+keys off, lock and busy timeouts, one-sentence errors) is ``autopack.migrations.runtime.connection``.
 """
 
 from logging.config import fileConfig
@@ -10,17 +10,17 @@ from logging.config import fileConfig
 from alembic import context
 
 from autopack.database import Base, database_url
-from autopack.migrations.connection import (
+from autopack.migrations.build144 import engines, holdover, where_the_table_is
+from autopack.migrations.build144.retired_revisions import refuse_retired_arguments, restamp_retired
+from autopack.migrations.runtime.connection import (
     migration_connection,
     parse_url,
     require_known_revisions,
     sqlite_foreign_key_check,
 )
-from autopack.migrations.interrupts import interrupts_in_one_sentence, what_a_stop_leaves
-from autopack.migrations.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
-from autopack.migrations.offline_scripts import script_timeouts
-from autopack.migrations.options import OPTIONS_KEY, parse_options, require_mode_fits, version_table
-from autopack.migrations.retired_revisions import refuse_retired_arguments, restamp_retired
+from autopack.migrations.runtime.interrupts import interrupts_in_one_sentence
+from autopack.migrations.runtime.migration_lock import one_migrator_at_a_time, say_if_nothing_was_done
+from autopack.migrations.runtime.options import OPTIONS_KEY, parse_options, require_mode_fits, version_table
 from autopack.models import LlmUsageEvent  # noqa: F401  (registers the table on Base.metadata)
 
 config = context.config
@@ -38,7 +38,15 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:
 
 
 def configure(dialect: str, **kwargs) -> None:
-    require_mode_fits(options, dialect, offline=context.is_offline_mode(), command=command_name())
+    strategy = engines.named(dialect)  # BUILD-144's strategy for this engine: what it can do, and how
+    require_mode_fits(
+        options,
+        dialect,
+        offline=context.is_offline_mode(),
+        command=command_name(),
+        online_here=strategy.ONLINE,
+        online_downgrade_here=strategy.ONLINE_DOWNGRADE,
+    )
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=True,
@@ -46,10 +54,10 @@ def configure(dialect: str, **kwargs) -> None:
         compare_server_default=True,
         include_object=include_object,
         version_table=version_table(),  # AUTOPACK_VERSION_TABLE: beside another Alembic tree in the same database
-        transactional_ddl=True if dialect == "sqlite" else None,  # SQLite: made real by migration_connection
+        transactional_ddl=strategy.TRANSACTIONAL_DDL_MADE_REAL or None,  # SQLite: made real by migration_connection
         # MariaDB commits DDL at once: a downgrade to base stamps 0001 as BUILD-144's downgrade ends, so that the
         # baseline's refusal after it leaves the revision saying what the table holds
-        transaction_per_migration=dialect in ("mysql", "mariadb") and command_name() == "downgrade",
+        transaction_per_migration=not strategy.TRANSACTIONAL_DDL and command_name() == "downgrade",
         **kwargs,
     )
 
@@ -57,19 +65,25 @@ def configure(dialect: str, **kwargs) -> None:
 def run_migrations_offline() -> None:
     url = parse_url(database_url())
     configure(url.get_dialect().name, url=url, literal_binds=True)
-    if url.get_backend_name() == "sqlite":  # a rebuild's DROP TABLE must not cascade; a no-op inside BEGIN
-        context.execute("PRAGMA foreign_keys = OFF")
+    strategy = engines.named(url.get_dialect().name)
+    strategy.script_preamble()  # SQLite: foreign keys off, so a rebuild's DROP TABLE cannot cascade
     with context.begin_transaction():
-        script_timeouts(url.get_dialect().name, options)  # PostgreSQL: SET LOCAL lock_timeout, statement_timeout
+        strategy.script_timeouts(options)  # PostgreSQL: SET LOCAL lock_timeout, statement_timeout
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    leaves = what_a_stop_leaves(parse_url(database_url()).get_backend_name(), options.online)
+    leaves = engines.named(parse_url(database_url()).get_dialect().name).stop_leaves(options.online)
     changes = command_name() in ("upgrade", "downgrade", "stamp")  # `alembic current` never waits for the lock
     with (
         interrupts_in_one_sentence(leaves, owns_the_process=config.attributes.get("owns_the_process", True)),
-        migration_connection(config, database_url(), options) as connection,
+        migration_connection(
+            config,
+            database_url(),
+            options,
+            checks=where_the_table_is.CHECKS,
+            on_begin=where_the_table_is.rename_to_own_case,
+        ) as connection,
     ):
         applied: list[dict] = []
         configure(connection.dialect.name, connection=connection, on_version_apply=lambda **kw: applied.append(kw))
@@ -81,8 +95,8 @@ def run_migrations_online() -> None:
             with context.begin_transaction():
                 context.run_migrations()
                 sqlite_foreign_key_check(connection)
-        if changes:
-            say_if_nothing_was_done(connection, applied, context.get_context().get_current_heads())
+        if changes and say_if_nothing_was_done(applied, context.get_context().get_current_heads()):
+            holdover.say_if_rows_wait(connection)
 
 
 def command_name() -> str | None:

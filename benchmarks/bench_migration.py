@@ -44,14 +44,15 @@ COLUMNS = (
 INDEXED = ("id", "provider", "model", "run_id", "created_at", "is_doctor_call")  # the baseline's six
 
 
-def alembic(url: str, *args: str) -> tuple[float, int]:
-    """Run alembic as a separate process; (wall seconds, peak RSS in MiB)."""
-    env = {**os.environ, "DATABASE_URL": url}
+def alembic(url: str, *args: str, tree: Path = ROOT) -> tuple[float, int]:
+    """Run alembic as a separate process, from the migrations ``tree`` (this checkout, or another one's
+    ``alembic.ini`` and ``src`` for bench_tree_against_tree.py); (wall seconds, peak RSS in MiB)."""
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(tree / "src")}
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        [sys.executable, "-m", "alembic", "-c", str(tree / "alembic.ini"), *args],
         env=env,
-        cwd=ROOT,
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 from autopack.database import make_engine
-from autopack.migrations.connection import migration_engine
+from autopack.migrations.runtime.connection import migration_engine
 from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS, alembic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 
-from autopack.migrations.connection import migration_engine
+from autopack.migrations.runtime.connection import migration_engine
 from support import MYSQL_BACKENDS, ROOT, ROWS, TRANSACTIONAL_BACKENDS, alembic, kill_midway, seed_large, table_names
 
 # where to SIGKILL: so long after the migration logs this line (the first two land mid-migration for sure)

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopack.migrations.backfill_rule import NEEDS_TOTAL, new_total, split_sum
-from autopack.migrations.usage_table import completion, events, prompt, total
+from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, new_total, split_sum
+from autopack.migrations.build144.usage_table import completion, events, prompt, total
 from legacy import expected_total
 
 split = st.none() | st.integers(min_value=0, max_value=2**30)

@@ -161,7 +161,7 @@ def test_a_new_table_says_which_schema_it_is_created_in(db_url):
 
 @pytest.mark.parametrize("backend", MYSQL_BACKENDS)
 def test_mariadb_keeps_a_bigint_split_its_default_and_comment_and_runs_strict(db_url):
-    from autopack.migrations.connection import migration_engine
+    from autopack.migrations.runtime.connection import migration_engine
 
     build(db_url, "pre_build144")
     engine = create_engine(db_url)

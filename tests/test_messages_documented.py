@@ -3,7 +3,7 @@ it quotes is one the catalogue holds: one entry per message, as squawk gives eac
 
 import re
 
-from autopack.migrations.messages import MESSAGES
+from autopack.migrations.runtime.messages import MESSAGES
 from support import ROOT
 
 TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()

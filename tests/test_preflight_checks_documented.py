@@ -3,7 +3,7 @@
 import re
 import string
 
-from autopack.migrations.preflight_checks import CHECKS
+from autopack.migrations.build144.preflight_checks import CHECKS
 from support import ROOT
 
 TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()

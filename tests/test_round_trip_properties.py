@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from autopack.migrations.connection import migration_engine
+from autopack.migrations.runtime.connection import migration_engine
 from legacy import STATES, build, expected_total
 from support import ROOT
 

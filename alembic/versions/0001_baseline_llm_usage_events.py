@@ -28,9 +28,10 @@ import sqlalchemy as sa
 from alembic import context, op
 from alembic.util import CommandError
 
-from autopack.migrations.holdover import drop_with_the_baseline
-from autopack.migrations.messages import refusal
-from autopack.migrations.usage_table import INDEXED, TABLE, baseline_columns
+from autopack.migrations.build144.holdover import drop_with_the_baseline
+from autopack.migrations.build144.usage_table import INDEXED, TABLE, baseline_columns
+from autopack.migrations.runtime.engine_traits import where_new_tables_go
+from autopack.migrations.runtime.messages import refusal
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -79,12 +80,9 @@ def upgrade() -> None:
             columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
             log.info("Adopting existing %s, detected state: %s", TABLE, legacy_state(columns))
             return
-        if bind.dialect.name != "sqlite":  # a search_path or database the operator did not expect shows here
-            where = bind.exec_driver_sql(
-                "SELECT current_schema()" if bind.dialect.name == "postgresql" else "SELECT DATABASE()"
-            ).scalar()
-            kind = "schema" if bind.dialect.name == "postgresql" else "database"
-            log.info("No %s found: creating it in %s %s", TABLE, kind, where)
+        where = where_new_tables_go(bind)  # a search_path or database the operator did not expect shows here
+        if where is not None:
+            log.info("No %s found: creating it in %s", TABLE, where)
     op.create_table(TABLE, *baseline_columns())
     for column in INDEXED:
         op.create_index(f"ix_{TABLE}_{column}", TABLE, [column])

@@ -8,8 +8,8 @@ the table lacks it (``doctor_index``: the pre-BUILD-144 schema declares it, revi
 database, but databases upstream's own script upgraded never got it), and report what the table now holds.
 Downgrade, losing nothing: set aside the rows the old schema cannot hold, splits NOT NULL again, drop
 ``total_tokens``; the is_doctor_call index stays (it is the old schema's). Everything that would go wrong is
-refused in one sentence before any change (``preflight_checks``). The engine strategies live in
-``autopack.migrations``, one module each.
+refused in one sentence before any change (``preflight_checks``). Each engine's way of doing it is its strategy,
+one module each in ``autopack.migrations.build144.engines``, chosen once below.
 
 Revision ID: 0002
 Revises: 0001
@@ -22,24 +22,22 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
-from autopack.migrations import (
-    doctor_index,
-    fill_trigger,
-    holdover,
-    mariadb_schema_change,
-    postgres_rewrite,
-    sqlite_schema_edit,
+from autopack.migrations.build144 import doctor_index, engines, holdover
+from autopack.migrations.build144.batched_backfill import prove_backfilled
+from autopack.migrations.build144.offline_scripts import offline_script
+from autopack.migrations.build144.plan import Plan, offline_plan, plan_from_table, with_rows_counted
+from autopack.migrations.build144.preflight_checks import refuse_what_would_go_wrong
+from autopack.migrations.build144.report import failures_in_one_sentence, report
+from autopack.migrations.build144.table_inspection import update_hooks
+from autopack.migrations.build144.usage_table import (
+    SPLITS,
+    TABLE,
+    as_it_is,
+    baseline_table,
+    build144_table,
+    total_tokens_column,
 )
-from autopack.migrations.batched_backfill import backfill, prove_backfilled
-from autopack.migrations.offline_scripts import offline_downgrade, offline_upgrade
-from autopack.migrations.online_backfill import drop_leftovers, online_upgrade
-from autopack.migrations.online_downgrade import online_downgrade
-from autopack.migrations.options import options_of_this_run
-from autopack.migrations.plan import Plan, offline_plan, plan_from_table, with_rows_counted
-from autopack.migrations.preflight_checks import refuse_what_would_go_wrong
-from autopack.migrations.report import failures_in_one_sentence, report, what_a_failure_leaves
-from autopack.migrations.table_inspection import update_hooks
-from autopack.migrations.usage_table import SPLITS, TABLE, as_it_is, baseline_table, build144_table, total_tokens_column
+from autopack.migrations.runtime.options import options_of_this_run
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -52,9 +50,10 @@ log = logging.getLogger("alembic.build144")
 def upgrade() -> None:
     if context.is_offline_mode():  # a script for a DBA, written for a database at 0001
         plan = offline_plan(context.get_context().dialect.name, options_of_this_run())
-        offline_upgrade(plan, change_schema=lambda: new_schema(plan, copy_from=baseline_table()))
+        offline_script(plan, "upgrade", change_schema=lambda: new_schema(plan, copy_from=baseline_table()))
         return
     bind = op.get_bind()
+    engine = engines.of(bind)  # the engine's strategy, chosen once: engines/sqlite.py, postgresql.py, mariadb.py
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "upgrade")  # ... and refuse, before any change, what would fail
     plan = with_rows_counted(bind, plan)
@@ -62,24 +61,23 @@ def upgrade() -> None:
     keep_history(bind, plan)
     with failures_in_one_sentence(plan, hooks, "upgrade"):
         if plan.online:  # steps 2-4 with the schema change and each batch committed at once
-            filled = online_upgrade(plan)
+            filled = engine.online_upgrade(plan)
             doctor_index.ensure(bind, plan.options)  # concurrently (PostgreSQL) or in place (MariaDB), if missing
         else:  # steps 2-4 in the migration's one transaction, proven before it commits
-            if plan.dialect == "postgresql":
-                drop_leftovers(bind)  # of an interrupted online run: its fill trigger, an online downgrade's CHECKs
-            change_schema(bind, plan, hooks)  # 2. change the schema
-            filled = fill_totals(bind, plan, hooks)  # 3. backfill
+            engine.change_schema(bind, plan, hooks, new_schema)  # 2. change the schema
+            log.info("[1/3] Schema: %s", plan.describe())
+            filled = engine.backfill(bind, plan, hooks)  # 3. backfill
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
             doctor_index.ensure(bind, plan.options)  # the baseline's index, if the table lacks it
-            prove_backfilled(bind, after=what_a_failure_leaves(plan, "upgrade"))
+            prove_backfilled(bind, after=engine.failure_leaves(plan, "upgrade"))
     report(bind, filled, hooks)  # 5. report what the table now holds
 
 
 def downgrade() -> None:
     if context.is_offline_mode():  # a script for a DBA, written for a database at 0002
         plan = offline_plan(context.get_context().dialect.name, options_of_this_run())
-        offline_downgrade(plan, change_schema=lambda: old_schema(plan, copy_from=build144_table()))
+        offline_script(plan, "downgrade", change_schema=lambda: old_schema(plan, copy_from=build144_table()))
         return
     bind = op.get_bind()
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
@@ -87,48 +85,11 @@ def downgrade() -> None:
     keep_history(bind, plan, say=False)
     hooks = update_hooks(bind)  # read before: after a failure the transaction takes no more queries
     with failures_in_one_sentence(plan, hooks, "downgrade"):
-        if plan.online:  # PostgreSQL: CHECKs validated while the application runs; no scan under ACCESS EXCLUSIVE
-            online_downgrade(plan)
-            return
-        fill_trigger.drop(bind)  # an online upgrade's, if finish-online never ran: its column goes
-        if plan.dialect == "postgresql":  # writers wait from here (reads go on): none writes between 2. and 3.
-            bind.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
-        held = holdover.hold_over(bind, plan.dialect)  # 2. set aside what the old schema cannot hold
-        holdover.prove_set_aside(bind)
-        if plan.dialect in ("mysql", "mariadb"):  # 2. again and 3. under LOCK TABLES: DDL commits at once there
-            mariadb_schema_change.downgrade_schema(bind, plan)
-            if not holdover.held_rows(bind):
-                op.drop_table(holdover.HOLDOVER)
-                log.info("No rows needed setting aside: every row's total is the sum of its splits")
-            return
-        if not held:
-            op.drop_table(holdover.HOLDOVER)
-            log.info("No rows needed setting aside: every row's total is the sum of its splits")
-        if plan.dialect == "sqlite":  # 3. splits NOT NULL again, total_tokens dropped
-            sqlite_schema_edit.downgrade_in_place(bind, rebuild=lambda: old_schema(plan))
-        else:
-            old_schema(plan)
+        # 2. set aside what the old schema cannot hold, 3. splits NOT NULL again, total_tokens dropped
+        engines.of(bind).downgrade(bind, plan, old_schema)
 
 
-# --- the schema change and the backfill: the portable path, and the engine-specific ones called by name -----
-
-
-def change_schema(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> None:
-    if plan.dialect == "sqlite":  # in place by SQLite's documented procedure; a rebuild when it does not apply
-        sqlite_schema_edit.upgrade_in_place(bind, plan, rebuild=lambda: new_schema(plan))
-    elif plan.dialect == "postgresql":  # catalog-only ALTERs
-        new_schema(plan)
-    else:  # MariaDB: one ALTER that restates each split as it is, one table copy
-        mariadb_schema_change.change_schema(bind, plan, hooks)
-    log.info("[1/3] Schema: %s", plan.describe())
-
-
-def fill_totals(bind: sa.Connection, plan: Plan, hooks: list[tuple[str, bool]]) -> int:
-    if plan.dialect == "postgresql":  # one table rewrite (the table keeps its size), unless UPDATEs are needed
-        return postgres_rewrite.backfill(bind, plan, hooks)
-    if mariadb_schema_change.fills_in_copy(plan, hooks):  # the ALTER's table copy computed them
-        return mariadb_schema_change.filled_in_copy(bind, plan)
-    return backfill(bind.execute, plan.first_id, plan.last_id, plan.rows, plan.options)
+# --- the schema change as Alembic operations: the portable path the engines' strategies call ---------------
 
 
 def new_schema(plan: Plan, copy_from: sa.Table | None = None) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from alembic.util import CommandError
 
 from autopack.database import database_url
-from autopack.migrations.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, parse_url
-from autopack.migrations.errors import one_sentence_errors
+from autopack.migrations.build144 import where_the_table_is
+from autopack.migrations.runtime.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, parse_url
+from autopack.migrations.runtime.errors import one_sentence_errors
 
 
 def run_verify() -> int:
@@ -63,7 +64,7 @@ def run_restore_set_aside() -> int:
 def in_committed_batches(command: str, work, stopped: str):
     """``work(connection)`` on DATABASE_URL with the migration's timeouts, committing as it goes: on a server in
     autocommit, with the lock timeout for the session; a transaction pooler refused (many transactions)."""
-    from autopack.migrations.connection import (
+    from autopack.migrations.runtime.connection import (
         connected,
         migration_engine,
         refuse_transaction_pooler,
@@ -71,7 +72,7 @@ def in_committed_batches(command: str, work, stopped: str):
         settings_for_the_session,
         transaction_settings,
     )
-    from autopack.migrations.interrupts import interrupts_in_one_sentence
+    from autopack.migrations.runtime.interrupts import interrupts_in_one_sentence
 
     url = parse_url(database_url())
     require_sqlite_file(url, may_create=False)  # a mistyped path is one sentence, never a new empty file
@@ -82,7 +83,7 @@ def in_committed_batches(command: str, work, stopped: str):
         with (
             interrupts_in_one_sentence(stopped),
             one_sentence_errors(url, **timeouts, wait_hint=None),
-            connected(engine, url) as connection,
+            connected(engine, url, where_the_table_is.CHECKS) as connection,
         ):
             if url.get_backend_name() == "sqlite":  # SQLite: no trigger, and its engine opens each transaction
                 return work(connection)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from autopack.migrations.connection import DEFAULT_LOCK_TIMEOUT
-from autopack.migrations.errors import one_sentence_errors, shown
-from autopack.migrations.messages import refusal
+from autopack.migrations.runtime.connection import DEFAULT_LOCK_TIMEOUT
+from autopack.migrations.runtime.errors import one_sentence_errors, shown
+from autopack.migrations.runtime.messages import refusal
 from autopack.read_only import existing_sqlite_file, open_sqlite_read_only, sqlite_uri
 
 TABLE = "llm_usage_events"

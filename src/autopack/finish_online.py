@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from autopack.migrations import fill_trigger
-from autopack.migrations.backfill_rule import NEEDS_TOTAL
-from autopack.migrations.batched_backfill import backfill, prove_backfilled
-from autopack.migrations.messages import refusal
-from autopack.migrations.online_backfill import committed_batches, with_lock_retries
-from autopack.migrations.options import Options, version_table
-from autopack.migrations.usage_table import TABLE, events
+from autopack.migrations.build144 import engines, fill_trigger
+from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL
+from autopack.migrations.build144.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.build144.online_backfill import committed_batches, with_lock_retries
+from autopack.migrations.build144.usage_table import TABLE, events
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.options import Options, version_table
 from autopack.repair_totals import COMMAND as REPAIR
 from autopack.repair_totals import stale_rows
 
@@ -67,7 +67,7 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
     dropped = fill_trigger.installed(connection)
     if dropped:
         with_lock_retries(
-            connection, fill_trigger.drop_statements(connection.dialect.name), options, changed="the trigger stays"
+            connection, engines.of(connection).fill_trigger_drop_statements(), options, changed="the trigger stays"
         )
     first, last, rows = connection.execute(
         sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)

@@ -20,10 +20,11 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from autopack.migrations.connection import connected, migration_engine, require_sqlite_file
-from autopack.migrations.connection import sqlite_path as sqlite_file  # the file a SQLite URL opens
-from autopack.migrations.errors import shown
-from autopack.migrations.messages import refusal
+from autopack.migrations.build144 import where_the_table_is
+from autopack.migrations.runtime.connection import connected, migration_engine, require_sqlite_file
+from autopack.migrations.runtime.connection import sqlite_path as sqlite_file  # the file a SQLite URL opens
+from autopack.migrations.runtime.errors import shown
+from autopack.migrations.runtime.messages import refusal
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
 BEGIN_READ_ONLY = {
@@ -132,7 +133,9 @@ def read_only_connection(url: URL, *, lock_wait_s: float) -> Iterator[Connection
     ``one_sentence_errors(..., wait_hint=None)``.)"""
     engine = read_only_engine(url, lock_wait_s=lock_wait_s)
     try:
-        with connected(engine, url) as connection:  # server down, wrong password: one sentence
+        with connected(
+            engine, url, where_the_table_is.CHECKS
+        ) as connection:  # server down, wrong password: one sentence
             connection.exec_driver_sql(BEGIN_READ_ONLY.get(connection.dialect.name, "BEGIN"))
             try:
                 yield connection

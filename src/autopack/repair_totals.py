@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from autopack.migrations.backfill_rule import exact_split_sum, not_their_sum, wide_split_sum
-from autopack.migrations.batched_backfill import batch_end
-from autopack.migrations.holdover import RESTORE_COMMAND as RESTORE
-from autopack.migrations.holdover import waiting_rows
-from autopack.migrations.messages import refusal
-from autopack.migrations.online_backfill import committed_batches
-from autopack.migrations.options import Options
-from autopack.migrations.usage_table import TABLE, completion, events, prompt, total
+from autopack.migrations.build144.backfill_rule import exact_split_sum, not_their_sum, wide_split_sum
+from autopack.migrations.build144.batched_backfill import batch_end
+from autopack.migrations.build144.holdover import RESTORE_COMMAND as RESTORE
+from autopack.migrations.build144.holdover import waiting_rows
+from autopack.migrations.build144.online_backfill import committed_batches
+from autopack.migrations.build144.usage_table import TABLE, completion, events, prompt, total
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.options import Options
 
 COMMAND = "python -m autopack repair-totals"
 AGAIN = f"the batches done so far are committed, and re-running '{COMMAND}' finishes"

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from autopack.migrations import holdover
-from autopack.migrations.messages import refusal
-from autopack.migrations.usage_table import TABLE
+from autopack.migrations.build144 import holdover
+from autopack.migrations.build144.usage_table import TABLE
+from autopack.migrations.runtime.messages import refusal
 
 COMMAND = holdover.RESTORE_COMMAND
 

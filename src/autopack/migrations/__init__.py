@@ -1,14 +1,10 @@
-"""What the revisions in ``alembic/versions`` are built from, one module per job (see docs/architecture.md).
+"""What the revisions in ``alembic/versions`` are built from, in two layers (see docs/architecture.md).
+
+- ``runtime``: how any migration of this tree runs, knowing no table and no revision: the connection set-up and
+  session checks, what it knows of each engine (``engine_traits``), the ``-x`` options, the migration lock,
+  interrupts, throttling, progress, lock retries, error explanation and the catalogue of messages.
+- ``build144``: the BUILD-144 change revision 0002 owns: its plan, the backfill rule, the preflight checks, the
+  set-aside table, the fill trigger, the report, and one strategy per engine in ``build144.engines``.
 
 Revisions import from here, never from the application's models.
-
-- The table and the rule: ``usage_table`` (the columns, declared once), ``backfill_rule`` (which rows need a
-  total, what it becomes, how the table is counted), ``doctor_index``, ``holdover`` (the set-aside table),
-  ``fill_trigger``, ``table_inspection`` (what is on and around the table as it really is).
-- A run: ``options`` (``-x``), ``connection`` (engines and session checks), ``migration_lock``, ``plan``,
-  ``preflight_checks`` (every refusal before a change), ``progress``, ``report``, ``errors``, ``messages`` (every
-  sentence, by name) and ``interrupts`` (what the operator reads), ``retired_revisions``.
-- The change per engine and mode: ``sqlite_schema_edit``, ``postgres_rewrite``, ``mariadb_schema_change``,
-  ``batched_backfill``, ``online_backfill`` with ``throttle``, ``online_downgrade``, ``logical_replication``,
-  ``offline_scripts``.
 """

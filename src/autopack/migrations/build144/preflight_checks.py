@@ -15,13 +15,12 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.util import CommandError
 
-from autopack.migrations import doctor_index, logical_replication
-from autopack.migrations.backfill_rule import wide_split_sum
-from autopack.migrations.fill_trigger import PG_NAMES
-from autopack.migrations.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
-from autopack.migrations.messages import sentence, template
-from autopack.migrations.plan import Plan
-from autopack.migrations.table_inspection import (
+from autopack.migrations.build144 import doctor_index, engines, logical_replication
+from autopack.migrations.build144.backfill_rule import wide_split_sum
+from autopack.migrations.build144.fill_trigger import PG_NAMES
+from autopack.migrations.build144.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
+from autopack.migrations.build144.plan import Plan
+from autopack.migrations.build144.table_inspection import (
     checks_forbidding_total_only,
     columns_rewritten_on_update,
     id_generator_fix,
@@ -30,7 +29,8 @@ from autopack.migrations.table_inspection import (
     objects_reading_total_tokens,
     publications_refusing_updates,
 )
-from autopack.migrations.usage_table import FILL_TRIGGER, SPLITS, TABLE, events, first_ids, some, total
+from autopack.migrations.build144.usage_table import FILL_TRIGGER, SPLITS, TABLE, events, first_ids, some, total
+from autopack.migrations.runtime.messages import sentence, template
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ ORDER BY tgname
 
 
 def before_triggers_after_the_fill(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
-    if not (plan.online and plan.dialect == "postgresql"):
+    if not (plan.online and engines.named(plan.dialect).TRIGGERS_FIRE_IN_NAME_ORDER):
         return None
     statement = sa.text(PG_LATER_BEFORE_TRIGGERS).bindparams(sa.bindparam("ours", expanding=True))
     later = bind.execute(statement, {"table": TABLE, "fill": FILL_TRIGGER, "ours": list(PG_NAMES)}).scalars().all()

@@ -18,7 +18,8 @@ any session a loading tool sets to ``replica``; the rule it applies is the same.
 
 import sqlalchemy as sa
 
-from autopack.migrations.usage_table import EARLIER_FILL_TRIGGER, FILL_TRIGGER, TABLE
+from autopack.migrations.build144 import engines
+from autopack.migrations.build144.usage_table import EARLIER_FILL_TRIGGER, FILL_TRIGGER, TABLE
 
 MARIADB_TRIGGERS = (f"{FILL_TRIGGER}_on_insert", f"{FILL_TRIGGER}_on_update")
 # every name the trigger has had, per engine: each is recognised as ours, dropped, and never an operator's object
@@ -53,55 +54,12 @@ MARIADB_CONDITIONS = {
 }
 
 
-def drop_statements(dialect: str) -> list[str]:
-    if dialect == "postgresql":
-        return [*PG_DROP_TRIGGERS, *(f"DROP FUNCTION IF EXISTS {name}()" for name in PG_NAMES)]
-    if dialect in ("mysql", "mariadb"):
-        return [f"DROP TRIGGER IF EXISTS {name}" for name in MARIADB_NAMES]
-    return []
-
-
-def create_statements(dialect: str) -> list[str]:
-    """PostgreSQL: in the caller's one transaction. MariaDB, which commits each statement: ``CREATE OR REPLACE``,
-    so that a re-run never leaves a moment without the trigger (a drop and a create would: a split an old writer
-    updated then would keep its stale total); a trigger under the earlier name goes only once its successor is on.
-    """
-    if dialect == "postgresql":
-        return [
-            PG_FUNCTION,
-            *PG_DROP_TRIGGERS,
-            f"CREATE TRIGGER {FILL_TRIGGER} BEFORE INSERT OR UPDATE ON {TABLE} "
-            f"FOR EACH ROW EXECUTE FUNCTION {FILL_TRIGGER}()",
-            f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {FILL_TRIGGER}",  # replicated rows too (apply workers)
-            f"DROP FUNCTION IF EXISTS {EARLIER_FILL_TRIGGER}()",
-        ]
-    return [
-        *(
-            f"CREATE OR REPLACE TRIGGER {name} BEFORE {event} ON {TABLE} FOR EACH ROW SET NEW.total_tokens = "
-            f"IF({MARIADB_CONDITIONS[event]}, {MARIADB_SUM}, NEW.total_tokens)"
-            for name, event in zip(MARIADB_TRIGGERS, MARIADB_CONDITIONS, strict=True)
-        ),
-        *(f"DROP TRIGGER IF EXISTS {name}" for name in EARLIER_MARIADB_TRIGGERS),
-    ]
-
-
 def drop(bind: sa.Connection) -> None:
     """Drop it (if there) in the caller's transaction: a downgrade, or a default-mode run after an online one."""
-    for statement in drop_statements(bind.dialect.name):
+    for statement in engines.of(bind).fill_trigger_drop_statements():
         bind.exec_driver_sql(statement)
 
 
 def installed(bind: sa.Connection) -> bool:
     """Whether an online upgrade's fill trigger is on the table (``finish-online`` not run yet)."""
-    if bind.dialect.name == "postgresql":
-        query = "SELECT COUNT(*) FROM pg_trigger WHERE tgname IN :names AND tgrelid = CAST(:table AS regclass)"
-        statement = sa.text(query).bindparams(sa.bindparam("names", expanding=True))
-        return bool(bind.execute(statement, {"names": list(PG_NAMES), "table": TABLE}).scalar())
-    if bind.dialect.name in ("mysql", "mariadb"):
-        query = (
-            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
-            "AND EVENT_OBJECT_TABLE = :table AND TRIGGER_NAME IN :names"
-        )
-        statement = sa.text(query).bindparams(sa.bindparam("names", expanding=True))
-        return bool(bind.execute(statement, {"table": TABLE, "names": list(MARIADB_NAMES)}).scalar())
-    return False
+    return engines.of(bind).fill_trigger_installed(bind)

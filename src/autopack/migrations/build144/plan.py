@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from autopack.migrations.backfill_rule import survey
-from autopack.migrations.holdover import HOLDOVER
-from autopack.migrations.options import Options
-from autopack.migrations.table_inspection import system_versioned
-from autopack.migrations.usage_table import SPLITS, TABLE
+from autopack.migrations.build144.backfill_rule import survey
+from autopack.migrations.build144.holdover import HOLDOVER
+from autopack.migrations.build144.table_inspection import system_versioned
+from autopack.migrations.build144.usage_table import SPLITS, TABLE
+from autopack.migrations.runtime.options import Options
 
 Mode = Literal["one transaction", "online", "offline script"]
 TOTAL_TOKENS = "total_tokens INTEGER NOT NULL DEFAULT 0"

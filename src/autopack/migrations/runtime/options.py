@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from alembic import context
 
 from autopack.database import version_table as configured_version_table
-from autopack.migrations.messages import refusal
-from autopack.migrations.progress import PROGRESS_EVERY_S
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.progress import PROGRESS_EVERY_S
 
 SCRIPT_STATEMENT_TIMEOUT = "1h"  # what a --sql script sets when -x statement_timeout is not given
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -175,17 +175,26 @@ def options_of_this_run() -> Options:
     return attributes[OPTIONS_KEY]
 
 
-def require_mode_fits(options: Options, dialect: str, offline: bool = False, command: str | None = None) -> None:
-    """``-x online=true`` is the PostgreSQL and MariaDB online mode (its downgrade PostgreSQL's): on SQLite, or for
-    a ``--sql`` script (which cannot commit as it goes), it is refused before any revision runs, never ignored."""
+def require_mode_fits(
+    options: Options,
+    dialect: str,
+    offline: bool = False,
+    command: str | None = None,
+    *,
+    online_here: bool,
+    online_downgrade_here: bool,
+) -> None:
+    """``-x online=true`` where the engine has an online mode (``online_here``; for a downgrade
+    ``online_downgrade_here``): elsewhere, or for a ``--sql`` script (which cannot commit as it goes), it is refused
+    before any revision runs, never ignored."""
     if options.online and offline:
         raise refusal("online_has_no_sql_script")
     throttling = [f"-x {name}" for name in ONLINE_ONLY if getattr(options, name) != getattr(DEFAULTS, name)]
     if throttling and not options.online and not offline:
         raise refusal("pacing_without_online", throttling=", ".join(throttling))
-    if options.online and command == "downgrade" and dialect in ("mysql", "mariadb"):
+    if options.online and online_here and command == "downgrade" and not online_downgrade_here:
         raise refusal("online_downgrade_not_here", dialect=dialect)
-    if options.online and dialect not in ("postgresql", "mysql", "mariadb"):
+    if options.online and not online_here:
         raise refusal("online_mode_not_here", dialect=dialect)
 
 

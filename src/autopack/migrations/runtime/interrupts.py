@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from alembic.util import CommandError
 
-from autopack.migrations.messages import LEAVES, sentence
+from autopack.migrations.runtime.messages import sentence
 
 
 class Interrupted(CommandError):
@@ -64,13 +64,3 @@ def interrupts_in_one_sentence(leaves: str, owns_the_process: bool = True) -> It
     finally:
         if handles_sigterm:
             signal.signal(signal.SIGTERM, previous)
-
-
-def what_a_stop_leaves(dialect: str, online: bool) -> str:
-    """Before the revision says better: the default mode's one transaction rolls back; otherwise what committed
-    stays and a re-run finishes."""
-    if dialect in ("mysql", "mariadb"):
-        return LEAVES["MariaDB stop"]
-    if online:
-        return LEAVES["online stop"]
-    return LEAVES["upgrade rolled back"]

@@ -22,12 +22,11 @@ import re
 import shlex
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-import sqlalchemy as sa
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
@@ -37,16 +36,14 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import asbool
 
 from autopack.database import MARIADB_STRICT, with_driver
-from autopack.migrations.errors import first_line, one_sentence_errors, shown
-from autopack.migrations.messages import refusal, sentence
-from autopack.migrations.options import Options, whole_seconds
-from autopack.migrations.table_inspection import case_sensitive_names, names_in_other_case, rename_to_own_case, rows_in
-from autopack.migrations.usage_table import TABLE
+from autopack.migrations.runtime.errors import first_line, one_sentence_errors, shown
+from autopack.migrations.runtime.messages import refusal, sentence
+from autopack.migrations.runtime.options import Options, whole_seconds
 
 DEFAULT_BUSY_TIMEOUT_S = Options.busy_timeout
 DEFAULT_LOCK_TIMEOUT = Options.lock_timeout
 DEFAULT_CONNECT_TIMEOUT_S = 10
-RENAME_TO_OWN_CASE = "autopack_rename_to_own_case"  # connection.info flag: SQLite's table renamed as it begins
+CHANGES = "autopack_changes_the_database"  # connection.info flag: the command may change the database
 log = logging.getLogger("alembic.build144")
 POOLER_PROBE_S = 3.0
 
@@ -108,17 +105,24 @@ def require_sqlite_file(url: URL, *, may_create: bool) -> None:
 
 
 def migration_engine(
-    url: URL, *, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None = None
+    url: URL,
+    *,
+    busy_timeout_s: float,
+    lock_timeout: str,
+    statement_timeout: str | None = None,
+    on_begin: Callable[[Connection], None] | None = None,
 ) -> Engine:
     """An engine for running migrations, set up for atomic DDL on every engine; a URL option the driver cannot
     read (``connect_timeout=abc``) is one sentence."""
     try:
-        return _migration_engine(url, busy_timeout_s, lock_timeout, statement_timeout)
+        return _migration_engine(url, busy_timeout_s, lock_timeout, statement_timeout, on_begin)
     except (ValueError, TypeError) as error:
         raise refusal("driver_option_unusable", driver=url.drivername, error=error) from None
 
 
-def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None) -> Engine:
+def _migration_engine(
+    url: URL, busy_timeout_s: float, lock_timeout: str, statement_timeout: str | None, on_begin: Callable | None
+) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s})
@@ -135,10 +139,8 @@ def _migration_engine(url: URL, busy_timeout_s: float, lock_timeout: str, statem
             # the migration would meet it only at its first cache spill, after all the work. In WAL mode readers
             # never block a writer and EXCLUSIVE acts as IMMEDIATE.
             connection.exec_driver_sql("BEGIN EXCLUSIVE")
-            if connection.info.get(RENAME_TO_OWN_CASE):  # a command that changes the database: first in its transaction
-                renamed = rename_to_own_case(connection)
-                if renamed:
-                    log.info("Renamed %s to %s (SQLite treats the two names as one table)", renamed, TABLE)
+            if on_begin is not None and connection.info.get(CHANGES):  # first in the transaction of a change
+                on_begin(connection)
 
         return engine
     if backend == "postgresql":
@@ -350,7 +352,9 @@ def server_encoding(url: URL) -> str | None:
 
 
 @contextmanager
-def connected(engine: Engine, url: URL) -> Iterator[Connection]:
+def connected(
+    engine: Engine, url: URL, checks: Sequence[Callable[[Connection, URL], None]] = ()
+) -> Iterator[Connection]:
     """``engine.connect()``, where any failure to get a connection (server down, wrong password, unknown
     database) is one sentence naming the server, never the password."""
     try:
@@ -368,51 +372,10 @@ def connected(engine: Engine, url: URL) -> Iterator[Connection]:
                 raise refusal("no_database_named", where=shown(url))
         if connection.dialect.name == "postgresql":
             require_url_options_applied(connection, url)
-            require_the_table_in_reach(connection, url)
-        require_one_spelling(connection, url)
+        for check in checks:  # what the caller's tables need of the session (a name in reach, one spelling)
+            check(connection, url)
+        connection.rollback()
         yield connection
-
-
-def require_one_spelling(connection: Connection, url: URL) -> None:
-    """Where the engine treats names case-sensitively, a table named ``llm_usage_events`` in other letter case
-    (``LLM_Usage_Events``, from a Windows or macOS server's dump, or a quoted name) is refused in one sentence: the
-    migration would create a new, empty ``llm_usage_events`` beside it and the application write there. SQLite,
-    which treats the two as one table, has it renamed by the commands that change the database."""
-    if connection.dialect.name == "sqlite" or not case_sensitive_names(connection):
-        connection.rollback()
-        return
-    others = names_in_other_case(connection)
-    if not others:
-        connection.rollback()
-        return
-    setting = " with lower_case_table_names = 0" if connection.dialect.name != "postgresql" else ""
-    engine = f"{'PostgreSQL' if connection.dialect.name == 'postgresql' else 'MariaDB/MySQL'}{setting}"
-    quote = connection.dialect.identifier_preparer.quote_identifier
-    rename = (
-        f"ALTER TABLE {quote(others[0])} RENAME TO {TABLE}"
-        if connection.dialect.name == "postgresql"
-        else f"RENAME TABLE {quote(others[0])} TO {TABLE}"
-    )
-    named = ", ".join(f"{o} ({rows_in(connection, o)} rows)" for o in others)
-    ours = connection.dialect.has_table(connection, TABLE)
-    view = ours and TABLE in sa.inspect(connection).get_view_names()
-    ours_rows = rows_in(connection, TABLE) if ours and not view else 0
-    connection.rollback()
-    if view:  # its rows are the table's: naming both as tables of rows would invite dropping the real one
-        raise refusal(
-            "view_in_the_tables_name", where=shown(url), table=TABLE, named=named, engine=engine, rename=rename
-        )
-    if ours:
-        raise refusal(
-            "both_spellings",
-            where=shown(url),
-            table=TABLE,
-            ours_rows=ours_rows,
-            named=named,
-            engine=engine,
-            rename=rename,
-        )
-    raise refusal("table_in_other_case", where=shown(url), named=named, table=TABLE, engine=engine, rename=rename)
 
 
 # settings the tree sets in each transaction itself (transaction_settings): not the URL's to prove
@@ -448,32 +411,14 @@ def require_url_options_applied(connection: Connection, url: URL) -> None:
     connection.rollback()
 
 
-PG_REACH = """SELECT current_schema(), current_setting('search_path'),
-  (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%(table)s)),
-  (SELECT string_agg(n.nspname, ', ' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-   WHERE c.relname = %(table)s AND c.relkind IN ('r', 'p'))"""
-
-
-def require_the_table_in_reach(connection: Connection, url: URL) -> None:
-    """The table where SQLAlchemy and Alembic will look for it (the first schema of the search_path), or one
-    sentence: they look, and would create a second, empty table, in that first schema only."""
-    first, search_path, found, anywhere = connection.exec_driver_sql(PG_REACH, {"table": TABLE}).one()
-    connection.rollback()
-    where = "ALTER ROLE ... SET search_path = ..., which a pooler passes on, unlike the URL's options"
-    if first is None:
-        raise refusal("no_schema_in_search_path", search_path=search_path, where=shown(url), table=TABLE, fix=where)
-    if found is not None and found != first:
-        raise refusal(
-            "table_not_in_first_schema", table=TABLE, found=found, search_path=search_path, first=first, fix=where
-        )
-    if found is None and anywhere:
-        raise refusal(
-            "table_outside_search_path", table=TABLE, found=anywhere, search_path=search_path, first=first, fix=where
-        )
-
-
 @contextmanager
-def migration_connection(config: Config, raw_url: str, options: Options) -> Iterator[Connection]:
+def migration_connection(
+    config: Config,
+    raw_url: str,
+    options: Options,
+    checks: Sequence[Callable[[Connection, URL], None]] = (),
+    on_begin: Callable[[Connection], None] | None = None,
+) -> Iterator[Connection]:
     """The connection a migration command runs on: the one a caller passed in ``config.attributes`` (a
     Connection or an Engine, as pytest-alembic does), or one from ``migration_engine`` for ``raw_url``, where
     every failure an operator can act on is one sentence (``errors.one_sentence_errors``)."""
@@ -489,12 +434,12 @@ def migration_connection(config: Config, raw_url: str, options: Options) -> Iter
     command = getattr(config.cmd_opts, "cmd", (None,))[0]
     require_sqlite_file(url, may_create=command is None or command.__name__ == "upgrade")
     timeouts = {"busy_timeout_s": options.busy_timeout, "lock_timeout": options.lock_timeout}
-    engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout)
+    engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout, on_begin=on_begin)
     try:
-        with one_sentence_errors(url, **timeouts), connected(engine, url) as connection:
+        with one_sentence_errors(url, **timeouts), connected(engine, url, checks) as connection:
             if command is None or command.__name__ in ("upgrade", "downgrade", "stamp"):
                 require_a_writing_session(connection, url)
-                connection.info[RENAME_TO_OWN_CASE] = True
+                connection.info[CHANGES] = True
             if not options.online:
                 yield connection
                 return

@@ -24,12 +24,12 @@ import logging
 import sqlalchemy as sa
 from alembic import op
 
-from autopack.migrations import fill_trigger, holdover
-from autopack.migrations.errors import first_line
-from autopack.migrations.messages import LEAVES, refusal
-from autopack.migrations.online_backfill import with_lock_retries
-from autopack.migrations.plan import Plan
-from autopack.migrations.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECKS, SPLITS, TABLE, events
+from autopack.migrations.build144 import engines, holdover
+from autopack.migrations.build144.online_backfill import with_lock_retries
+from autopack.migrations.build144.plan import Plan
+from autopack.migrations.build144.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECKS, SPLITS, TABLE, events
+from autopack.migrations.runtime.errors import first_line
+from autopack.migrations.runtime.messages import LEAVES, refusal
 
 log = logging.getLogger("alembic.build144")
 
@@ -44,8 +44,6 @@ AFTER_FAILURE = LEAVES["online downgrade stopped"]
 
 
 def online_downgrade(plan: Plan) -> None:
-    if plan.dialect != "postgresql":
-        raise refusal("online_downgrade_not_here", dialect=plan.dialect)
     context = op.get_context()
     with context.autocommit_block():
         connection = context.connection
@@ -55,7 +53,7 @@ def online_downgrade(plan: Plan) -> None:
 
         def set_aside(bind: sa.Connection) -> None:  # 2.
             seen["last"] = bind.execute(sa.select(sa.func.max(events.c.id))).scalar()
-            holdover.hold_over(bind, plan.dialect)
+            holdover.hold_over(bind)
             holdover.prove_set_aside(bind)
 
         def set_aside_since(bind: sa.Connection) -> None:  # 4., under the lock: an index range of new ids
@@ -70,7 +68,12 @@ def online_downgrade(plan: Plan) -> None:
             for name in NOT_NULL_CHECKS.values():  # 3.
                 connection.exec_driver_sql(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}")
             log.info("[2/3] Validated %s while reads and writes went on", ", ".join(NOT_NULL_CHECKS.values()))
-            finish = [set_aside_since, SET_NOT_NULL, *fill_trigger.drop_statements(plan.dialect), FINISH]
+            finish = [
+                set_aside_since,
+                SET_NOT_NULL,
+                *engines.named(plan.dialect).fill_trigger_drop_statements(),
+                FINISH,
+            ]
             with_lock_retries(connection, finish, plan.options, changed=AFTER_FAILURE)
             log.info(
                 "[3/3] Schema (online, committed): splits NOT NULL (the CHECKs prove it: no scan), total_tokens dropped"

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from autopack.migrations.messages import refusal
-from autopack.migrations.options import Options, interval_seconds
+from autopack.migrations.runtime.engine_traits import traits_of
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.options import Options, interval_seconds
 
 log = logging.getLogger("alembic.build144")
 
@@ -63,7 +64,8 @@ class Throttle:
     def __post_init__(self) -> None:
         self.batch_rows = self.options.rows_per_batch
         # MariaDB: a primary does not see its replicas' lag (pace it with batch_pause / batch_seconds)
-        self.watches_replicas = self.options.max_replica_lag != "off" and self.connection.dialect.name == "postgresql"
+        traits = traits_of(self.connection.dialect)
+        self.watches_replicas = self.options.max_replica_lag != "off" and traits.sees_replica_lag
         if self.options.max_replica_lag != "off" and not self.watches_replicas:
             log.info(
                 "      replica lag is not watched on %s (a primary does not see it): pace the backfill for "

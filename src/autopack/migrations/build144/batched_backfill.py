@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from autopack.migrations.backfill_rule import NEEDS_TOTAL, RULE, split_sum
-from autopack.migrations.messages import refusal
-from autopack.migrations.options import Options
-from autopack.migrations.progress import Progress
-from autopack.migrations.throttle import Throttle
-from autopack.migrations.usage_table import TABLE, events, first_ids, some
+from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, split_sum
+from autopack.migrations.build144.usage_table import TABLE, events, first_ids, some
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.options import Options
+from autopack.migrations.runtime.progress import Progress
+from autopack.migrations.runtime.throttle import Throttle
 
 log = logging.getLogger("alembic.build144")
 

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from alembic.util import CommandError
 
-from autopack.migrations.backfill_rule import lost_usage_warning, survey, undated_warning
-from autopack.migrations.errors import explained_by_the_environment, first_line
-from autopack.migrations.interrupts import Interrupted, signal_name
-from autopack.migrations.messages import LEAVES, MARIADB_RUNS_ON, NOTHING_CHANGED, sentence
-from autopack.migrations.plan import Plan
-from autopack.migrations.usage_table import TABLE
+from autopack.migrations.build144 import engines
+from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
+from autopack.migrations.build144.plan import Plan
+from autopack.migrations.build144.usage_table import TABLE
+from autopack.migrations.runtime.errors import explained_by_the_environment, first_line
+from autopack.migrations.runtime.interrupts import Interrupted, signal_name
+from autopack.migrations.runtime.messages import MARIADB_RUNS_ON, sentence
 
 log = logging.getLogger("alembic.build144")
 
@@ -58,14 +59,8 @@ def failed_midway(error: sa.exc.DBAPIError, hooks: list[tuple[str, bool]], plan:
 
 
 def what_a_failure_leaves(plan: Plan, step: str) -> str:
-    """Nothing (one transaction), the schema change (MariaDB), or a resumable run (online)."""
-    if plan.online and step == "upgrade":
-        return LEAVES["online upgrade resumes"]
-    if plan.online:
-        return LEAVES["online downgrade finishes"]
-    if plan.dialect in ("mysql", "mariadb"):
-        return LEAVES["MariaDB schema change stays"]
-    return NOTHING_CHANGED
+    """Nothing (one transaction), the schema change (MariaDB), or a resumable run (online): the engine's words."""
+    return engines.named(plan.dialect).failure_leaves(plan, step)
 
 
 @contextmanager
@@ -80,7 +75,7 @@ def failures_in_one_sentence(plan: Plan, hooks: list[tuple[str, bool]], step: st
             raise
         raise CommandError(failed_midway(error, hooks, plan, step)) from None
     except KeyboardInterrupt as interrupt:
-        running = f" ({MARIADB_RUNS_ON})" if plan.dialect in ("mysql", "mariadb") else ""
+        running = f" ({MARIADB_RUNS_ON})" if not engines.named(plan.dialect).TRANSACTIONAL_DDL else ""
         after = what_a_failure_leaves(plan, step)
         said = sentence(
             "stopped_while_changing", signal=signal_name(interrupt), table=TABLE, running=running, after=after

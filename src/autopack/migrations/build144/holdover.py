@@ -17,9 +17,10 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import op
 
-from autopack.migrations.backfill_rule import new_total, wide_split_sum
-from autopack.migrations.messages import refusal
-from autopack.migrations.usage_table import TABLE, completion, events, first_ids, prompt, some, total
+from autopack.migrations.build144 import engines
+from autopack.migrations.build144.backfill_rule import new_total, wide_split_sum
+from autopack.migrations.build144.usage_table import TABLE, completion, events, first_ids, prompt, some, total
+from autopack.migrations.runtime.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 
@@ -51,18 +52,11 @@ def drop_with_the_baseline(bind: sa.Connection | None, refuse: Callable[[str, in
     op.execute(sa.text(f"DROP TABLE IF EXISTS {HOLDOVER}"))
 
 
-def create_statements(dialect: str) -> list[str]:
-    """The set-aside table, made from the source table itself (CREATE TABLE ... AS SELECT with no rows): each
-    column has the source column's exact type, length, precision, time zone, charset and collation, so the
-    rows it holds compare equal to their event again on restore. Kept if it is already there."""
-    select = f"SELECT id AS event_id, {', '.join(HELD[1:])} FROM {TABLE}"
-    if dialect in ("mysql", "mariadb"):
-        return [f"CREATE TABLE IF NOT EXISTS {HOLDOVER} (PRIMARY KEY (event_id)) {select} WHERE 1 = 0"]
-    no_rows = "WITH NO DATA" if dialect == "postgresql" else "WHERE 0"
-    return [
-        f"CREATE TABLE IF NOT EXISTS {HOLDOVER} AS {select} {no_rows}",
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {HOLDOVER}_event_id ON {HOLDOVER} (event_id)",
-    ]
+# The set-aside table is made from the source table itself (CREATE TABLE ... AS SELECT with no rows, in each
+# engine's words: ``holdover_create_statements``): each column has the source column's exact type, length,
+# precision, time zone, charset and collation, so the rows it holds compare equal to their event again on restore.
+# Kept if it is already there.
+SELECT_HELD = f"SELECT id AS event_id, {', '.join(HELD[1:])} FROM {TABLE}"
 
 
 # --- downgrade: set aside ------------------------------------------------------------------------------
@@ -113,12 +107,13 @@ def held_rows_changed_again() -> sa.Select:
     return sa.select(h.event_id).join(events, events.c.id == h.event_id).where(NOT_HOLDABLE, ~same_values)
 
 
-def hold_over(bind: sa.Connection, dialect: str) -> int:
+def hold_over(bind: sa.Connection) -> int:
     """Set aside what the old schema cannot hold and write its placeholders; returns the rows held in all."""
     held_before = held_rows(bind) or 0
-    for statement in create_statements(dialect):
+    engine = engines.of(bind)
+    for statement in engine.holdover_create_statements():
         bind.exec_driver_sql(statement)
-    usable_by_replication(bind)
+    engine.make_holdover_replicable(bind)
     bind.execute(hold_over_statement())
     # counted, not taken from INSERT ... SELECT's rowcount, which psycopg reports as -1
     held = held_rows(bind) or 0
@@ -145,16 +140,20 @@ def prove_set_aside(bind: sa.Connection) -> None:
         raise refusal("rows_not_set_aside", table=TABLE, ids=some(left))
 
 
-def usable_by_replication(bind: sa.Connection) -> None:
-    """PostgreSQL: the set-aside table gets a replica identity (FULL: it has no primary key), so that where a
-    ``FOR ALL TABLES`` publication sends it, the DELETE of rows the next upgrade restores is not refused ("does not
-    have a replica identity and publishes deletes"). A table an earlier build made gets it before such a DELETE."""
-    if bind.dialect.name == "postgresql":
-        identity = bind.exec_driver_sql(
-            f"SELECT relreplident FROM pg_class WHERE oid = '{HOLDOVER}'::regclass"
-        ).scalar()
-        if identity != "f":
-            bind.exec_driver_sql(f"ALTER TABLE {HOLDOVER} REPLICA IDENTITY FULL")
+def set_aside(bind: sa.Connection) -> int:
+    """A downgrade's set-aside step in the migration's transaction: held, proven, and the set-aside table dropped
+    again when no row needed it; returns the rows held."""
+    held = hold_over(bind)
+    prove_set_aside(bind)
+    if not held:
+        drop_if_empty(bind)
+    return held
+
+
+def drop_if_empty(bind: sa.Connection) -> None:
+    if not held_rows(bind):
+        op.drop_table(HOLDOVER)
+        log.info("No rows needed setting aside: every row's total is the sum of its splits")
 
 
 # --- upgrade: restore ----------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def restore(bind: sa.Connection) -> int:
         )
     done = restored + superseded
     if changed:  # the rows done with go, the others stay (DROP TABLE sends subscribers nothing: no DELETE then)
-        usable_by_replication(bind)
+        engines.of(bind).make_holdover_replicable(bind)
         for start in range(0, len(done), 500):
             bind.execute(holdover.delete().where(h.event_id.in_(done[start : start + 500])))
         log.warning(
@@ -275,3 +274,15 @@ def waiting_rows(connection: sa.Connection) -> int:
     if "total_tokens" not in columns:  # at 0001 the set-aside table is the downgrade's, as it should be
         return 0
     return connection.execute(sa.select(sa.func.count()).select_from(holdover).where(waiting())).scalar_one()
+
+
+def say_if_rows_wait(connection: sa.Connection) -> None:
+    """After a run with nothing to do: name the command for rows a stopped downgrade left set aside (their events
+    read 0/0 until restored)."""
+    waiting = waiting_rows(connection)
+    if waiting:
+        log.warning(
+            "%d rows a downgrade that stopped set aside still read 0/0 splits: run '%s' to put them back",
+            waiting,
+            RESTORE_COMMAND,
+        )

@@ -14,7 +14,8 @@ from alembic.util import CommandError
 from sqlalchemy import exc
 from sqlalchemy.engine import URL
 
-from autopack.migrations.messages import MARIADB_DDL_STAYS, NOTHING_CHANGED, sentence
+from autopack.migrations.runtime.engine_traits import traits_of
+from autopack.migrations.runtime.messages import MARIADB_DDL_STAYS, NOTHING_CHANGED, sentence
 
 WAIT_HINT = "-x busy_timeout=SECONDS to wait longer"
 
@@ -76,7 +77,7 @@ def explain(
     if (
         isinstance(error, exc.OperationalError)
         and getattr(orig, "sqlstate", None) is None
-        and (url.get_backend_name() != "sqlite")
+        and traits_of(url.get_dialect().name).is_a_server
     ):
         return sentence("server_unreachable", **said)
     return None
@@ -112,7 +113,7 @@ def one_sentence_errors(
     except Exception as error:
         if not writes:
             leaves = None
-        elif url.get_backend_name() in ("mysql", "mariadb"):  # DDL already run has committed itself
+        elif not traits_of(url.get_dialect().name).ddl_rolls_back:  # DDL already run has committed itself
             leaves = MARIADB_DDL_STAYS
         else:
             leaves = NOTHING_CHANGED

@@ -21,10 +21,11 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from autopack.migrations.holdover import HOLDOVER
-from autopack.migrations.plan import Plan
-from autopack.migrations.table_inspection import PG_FAMILY
-from autopack.migrations.usage_table import FILL_TRIGGER, TABLE
+from autopack.migrations.build144 import engines
+from autopack.migrations.build144.engines.postgresql import FAMILY as PG_FAMILY
+from autopack.migrations.build144.holdover import HOLDOVER
+from autopack.migrations.build144.plan import Plan
+from autopack.migrations.build144.usage_table import FILL_TRIGGER, TABLE
 
 log = logging.getLogger("alembic.build144")
 
@@ -64,7 +65,7 @@ ORDER BY 1
 
 def _names(bind: sa.Connection, sql: str, **parameters: str) -> list[str]:
     """The names a catalog query returns; none when this role may not read the catalog."""
-    if bind.dialect.name != "postgresql":
+    if not engines.of(bind).LOGICAL_REPLICATION:
         return []
     try:
         with bind.begin_nested():
@@ -81,7 +82,7 @@ def publications(bind: sa.Connection) -> list[str]:
 def publications_of_new_tables(bind: sa.Connection) -> list[str]:
     """The publications that would send the set-aside table's rows (FOR ALL TABLES, TABLES IN SCHEMA)."""
     found = set(_names(bind, PG_PUBLISHING_NEW_TABLES, holdover=HOLDOVER))
-    if bind.dialect.name == "postgresql" and bind.dialect.server_version_info >= (15,):
+    if engines.of(bind).LOGICAL_REPLICATION and bind.dialect.server_version_info >= (15,):  # TABLES IN SCHEMA
         found.update(_names(bind, PG_SCHEMA_PUBLICATIONS))
     return sorted(found)
 

@@ -27,20 +27,16 @@ check inside the database what they would create (``offline_scripts``) and stop,
 is not ours.
 """
 
-import hashlib
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import sqlalchemy as sa
-from alembic import op
 from alembic.util import CommandError
 
-from autopack.migrations.messages import LEAVES, refusal
-from autopack.migrations.online_backfill import with_lock_retries
-from autopack.migrations.options import Options
-from autopack.migrations.usage_table import TABLE
+from autopack.migrations.build144 import engines
+from autopack.migrations.build144.usage_table import TABLE
+from autopack.migrations.runtime.messages import LEAVES, refusal
+from autopack.migrations.runtime.options import Options
 
 log = logging.getLogger("alembic.build144")
 
@@ -89,119 +85,22 @@ def found(bind: sa.Connection) -> str | None:
 
 def what_carries_the_name(bind: sa.Connection) -> tuple[str | None, str | None]:
     """What carries the name: (``'valid'`` / ``'invalid'`` / ``None``, None), or (None, what the impostor is)."""
-    dialect = bind.dialect.name
-    if dialect == "postgresql":
-        named = bind.execute(sa.text(PG_NAMED), {"table": TABLE, "index": INDEX}).one_or_none()
-        if named is None:
-            return None, None
-        ours, table, definition, valid = named
-        if not (ours and PG_PLAIN.fullmatch(definition)):
-            return None, f"on {table}: {definition}"
-        return ("valid" if valid else "invalid"), None
-    if dialect in ("mysql", "mariadb"):
-        rows = bind.execute(sa.text(MARIADB_NAMED), {"table": TABLE, "index": INDEX}).all()
-        if not rows:
-            return None, None
-        name, non_unique, column, sub_part, kind, order = rows[0]
-        if not (
-            len(rows) == 1
-            and (name, non_unique, column, sub_part, kind, order) == (INDEX, 1, COLUMN, None, "BTREE", "A")
-        ):
-            columns = ", ".join(f"{r[2]}{' DESC' if r[5] == 'D' else ''}{f'({r[3]})' if r[3] else ''}" for r in rows)
-            return None, f"{name} on {TABLE} ({columns}), {kind}{'' if non_unique else ', UNIQUE'}"
-        return "valid", None
-    named = bind.execute(sa.text(SQLITE_NAMED), {"index": INDEX}).one_or_none()
-    if named is None:
-        return None, None
-    name, table, definition = named
-    if not bind.exec_driver_sql(f"SELECT {SQLITE_PLAIN}").scalar():
-        return None, f"{name} on {table}: {definition}"
-    return "valid", None
+    return engines.of(bind).doctor_index_state(bind)
 
 
 def not_ours(what: str) -> CommandError:
     return refusal("index_not_ours", index=INDEX, what=what, table=TABLE, column=COLUMN)
 
 
-def partitioned(bind: sa.Connection) -> bool:
-    query = "SELECT relkind = 'p' FROM pg_class WHERE oid = CAST(:table AS regclass)"
-    return bool(bind.execute(sa.text(query), {"table": TABLE}).scalar())
-
-
 def ensure(bind: sa.Connection, options: Options) -> None:
     """Build the index unless the table has it (see the module's docstring for each engine and mode); the
     preflight check has refused an impostor already."""
     state = found(bind)
-    dialect = bind.dialect.name
     if state == "valid":
         log.info("      Index: %s already there (adopted)", INDEX)
         return
-    if dialect == "postgresql" and options.online:
-        with op.get_context().autocommit_block(), concurrent_failures_in_one_sentence():
-            build_concurrently(bind, state, options)
-        if found(bind) != "valid":
-            raise refusal("doctor_index_still_invalid", index=INDEX)
-    elif dialect == "postgresql":
-        if state == "invalid":
-            log.info("      dropping the INVALID %s an interrupted concurrent build left, to build it again", INDEX)
-            bind.exec_driver_sql(f"{DEFAULT_MODE_DROP}DROP INDEX {INDEX}")
-        bind.exec_driver_sql(f"{DEFAULT_MODE_CREATE}CREATE INDEX {INDEX} ON {TABLE} ({COLUMN})")
-    elif dialect in ("mysql", "mariadb") and options.online:  # metadata lock waits as short as the online steps'
-        statement = f"CREATE INDEX {INDEX} ON {TABLE} ({COLUMN}) ALGORITHM=INPLACE LOCK=NONE"
-        with_lock_retries(bind, [statement], options, STAYS)
-    else:
-        bind.exec_driver_sql(f"CREATE INDEX {INDEX} ON {TABLE} ({COLUMN})")
-    how = (" concurrently" if dialect == "postgresql" else " in place, writers going on") if options.online else ""
+    how = engines.of(bind).build_doctor_index(bind, state, options)
     log.info("      Index: built %s on %s (%s)%s, which the pre-BUILD-144 schema declares", INDEX, TABLE, COLUMN, how)
 
 
-def build_concurrently(bind: sa.Connection, state: str | None, options: Options) -> None:
-    """PostgreSQL online mode, in autocommit: writers go on while each index is built."""
-    if partitioned(bind):  # the parent's index, catalog only, under a short lock wait with retries
-        with_lock_retries(bind, [f"CREATE INDEX IF NOT EXISTS {INDEX} ON ONLY {TABLE} ({COLUMN})"], options, STAYS)
-        attach_partitions(bind, options)
-        return
-    if state == "invalid":
-        log.info("      dropping the INVALID %s an interrupted concurrent build left, to build it again", INDEX)
-        bind.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}")
-    bind.exec_driver_sql(f"CREATE INDEX CONCURRENTLY {INDEX} ON {TABLE} ({COLUMN})")
-
-
-def partition_index(partition: str) -> str:
-    """A name of its own for each partition's index, within PostgreSQL's 63 characters (a hash of the whole name,
-    so partitions whose names share a long beginning never share an index name)."""
-    return f"{partition[:30]}_{hashlib.md5(partition.encode()).hexdigest()[:8]}_{COLUMN}_idx"
-
-
-def attach_partitions(bind: sa.Connection, options: Options) -> None:
-    """Each partition without an index attached to the parent's gets one, built concurrently, then attached."""
-    for qualified, schema, name, sub_partitioned, attached in bind.execute(
-        sa.text(PG_PARTITIONS), {"table": TABLE, "index": INDEX}
-    ).all():
-        if attached:
-            continue
-        if sub_partitioned:
-            raise refusal("sub_partitioned_partition", partition=qualified, table=TABLE)
-        child = f"{schema}.{partition_index(name)}"
-        valid = bind.execute(
-            sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"), {"ix": child}
-        ).scalar()
-        if valid is False:
-            bind.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {child}")
-        if valid is not True:
-            bind.exec_driver_sql(f"CREATE INDEX CONCURRENTLY {partition_index(name)} ON {qualified} ({COLUMN})")
-        with_lock_retries(bind, [f"ALTER INDEX {INDEX} ATTACH PARTITION {child}"], options, STAYS)
-        log.info("      partition %s: index built concurrently and attached", qualified)
-
-
 STAYS = LEAVES["doctor index stays"]
-
-
-@contextmanager
-def concurrent_failures_in_one_sentence() -> Iterator[None]:
-    """A concurrent build that fails leaves an INVALID index (or none): say so, and what re-running does."""
-    try:
-        yield
-    except sa.exc.DBAPIError as error:
-        reason = str(error.orig).strip().splitlines()[0]
-        raise refusal("doctor_index_concurrently_failed", index=INDEX, reason=reason) from None

@@ -9,7 +9,7 @@ expressions; the online fill trigger is its PL/pgSQL and MariaDB twin (``fill_tr
 import sqlalchemy as sa
 
 from autopack.event_time import undated
-from autopack.migrations.usage_table import completion, events, prompt, total
+from autopack.migrations.build144.usage_table import completion, events, prompt, total
 
 RULE = (
     "total_tokens = COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) "

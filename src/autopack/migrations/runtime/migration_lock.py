@@ -23,10 +23,10 @@ except ImportError:  # Windows
 
 import sqlalchemy as sa
 
-from autopack.migrations import holdover
-from autopack.migrations.connection import sqlite_path
-from autopack.migrations.messages import refusal
-from autopack.migrations.options import Options, interval_seconds
+from autopack.migrations.runtime.connection import sqlite_path
+from autopack.migrations.runtime.engine_traits import traits_of
+from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.runtime.options import Options, interval_seconds
 
 log = logging.getLogger("alembic.build144")
 
@@ -48,10 +48,10 @@ def one_migrator_at_a_time(connection: sa.Connection, options: Options, changes:
     """Hold the migration lock around a run that ``changes`` the database; wait at most ``-x migration_lock_wait``."""
     if not changes:
         yield
-    elif connection.dialect.name == "sqlite":
+    elif traits_of(connection.dialect).migration_lock == "file":
         with sqlite_lock_file(connection, options):
             yield
-    elif connection.dialect.name == "postgresql" and not options.online:
+    elif traits_of(connection.dialect).migration_lock == "advisory" and not options.online:
         with transaction_lock(connection, options):
             yield
     else:
@@ -81,12 +81,13 @@ def transaction_lock(connection: sa.Connection, options: Options) -> Iterator[No
 def server_lock(connection: sa.Connection, options: Options) -> Iterator[None]:
     """PostgreSQL's advisory lock (online mode, which commits as it goes; a transaction pooler is refused before) or
     MariaDB's named lock: the session's, so it outlives the run's commits."""
+    advisory = traits_of(connection.dialect).migration_lock == "advisory"
     take, release = (
         ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
-        if connection.dialect.name == "postgresql"
+        if advisory
         else (f"SELECT GET_LOCK({MARIADB_NAME}, 0)", f"SELECT RELEASE_LOCK({MARIADB_NAME})")
     )
-    names = {"key": PG_KEY} if connection.dialect.name == "postgresql" else {}
+    names = {"key": PG_KEY} if advisory else {}
 
     def taken() -> bool:
         if connection.execute(sa.text(take), names).scalar():
@@ -156,7 +157,7 @@ def wait_until(taken: Callable[[], bool], who: Callable[[], str], options: Optio
 
 def holder(connection: sa.Connection) -> str:
     """Who holds the lock, as an operator would look it up."""
-    if connection.dialect.name == "postgresql":
+    if traits_of(connection.dialect).migration_lock == "advisory":
         pids = connection.execute(sa.text(PG_HOLDER), {"low": PG_KEY & 0xFFFFFFFF, "high": PG_KEY >> 32}).scalars()
         found = ", ".join(str(pid) for pid in pids)
         return f"held by backend pid {found} (pg_stat_activity)" if found else "held by another session"
@@ -164,16 +165,10 @@ def holder(connection: sa.Connection) -> str:
     return f"held by connection {found} (SHOW PROCESSLIST)" if found else "held by another session"
 
 
-def say_if_nothing_was_done(connection: sa.Connection, applied: list[dict], heads: tuple[str, ...]) -> None:
-    """A run that applied no revision says so, with the revision found (another migrator may have done it), and
-    names the command for rows a stopped downgrade left set aside (their events read 0/0 until restored)."""
+def say_if_nothing_was_done(applied: list[dict], heads: tuple[str, ...]) -> bool:
+    """A run that applied no revision says so, with the revision found (another migrator may have done it);
+    True when it did."""
     if applied:
-        return
+        return False
     log.info("Nothing to do: the database is already at %s", ", ".join(heads) or "no revision")
-    waiting = holdover.waiting_rows(connection)
-    if waiting:
-        log.warning(
-            "%d rows a downgrade that stopped set aside still read 0/0 splits: run '%s' to put them back",
-            waiting,
-            holdover.RESTORE_COMMAND,
-        )
+    return True

@@ -16,8 +16,8 @@ import logging
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 
-from autopack.migrations import doctor_index
-from autopack.migrations.messages import refusal
+from autopack.migrations.build144 import doctor_index
+from autopack.migrations.runtime.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 
