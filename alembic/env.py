@@ -12,6 +12,7 @@ from alembic import context
 from autopack.database import Base, database_url
 from autopack.migrations.build144 import engines, holdover, where_the_table_is
 from autopack.migrations.build144.retired_revisions import refuse_retired_arguments, restamp_retired
+from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.connection import (
     migration_connection,
     parse_url,
@@ -81,6 +82,7 @@ def run_migrations_online() -> None:
             config,
             database_url(),
             options,
+            table=TABLE,
             checks=where_the_table_is.CHECKS,
             on_begin=where_the_table_is.rename_to_own_case,
         ) as connection,

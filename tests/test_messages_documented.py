@@ -3,7 +3,7 @@ it quotes is one the catalogue holds: one entry per message, as squawk gives eac
 
 import re
 
-from autopack.migrations.runtime.messages import MESSAGES
+from autopack.migrations.build144.messages import MESSAGES
 from support import ROOT
 
 TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
@@ -67,3 +67,25 @@ def test_every_message_is_one_sentence_ending_in_a_full_stop():
     for name in MESSAGES:
         text = rendered(name)
         assert "\n" not in text and text.endswith(".") and text[0] != " ", name
+
+
+def detailed_quotes() -> list[tuple[str, re.Pattern]]:
+    """The messages each entry of 'Messages in detail' quotes under its heading (before its first bullet)."""
+    section = TROUBLESHOOTING.split("## Messages in detail", 1)[1].split("\n## ", 1)[0]
+    quoted = []
+    for entry in section.split("\n### ")[1:]:
+        head = entry.split("\n- ", 1)[0].split("\n", 1)[1]  # the lines between the heading and the first bullet
+        for text in re.findall(r"`([^`]+)`", head.replace("\n", " ")):
+            if len(text) < 20:  # a command named beside the quote (`verify`)
+                continue
+            pattern = ".*?".join(re.escape(part.strip()) for part in text.split("…"))  # '…' elides with its spaces
+            quoted.append((text, re.compile(pattern, re.DOTALL)))
+    return quoted
+
+
+def test_every_message_the_detailed_entries_quote_is_in_the_catalogue():
+    sentences = [rendered(name) for name in MESSAGES]
+    quoted = detailed_quotes()
+    assert len(quoted) >= 5
+    unknown = [text for text, p in quoted if not any(p.match(s) for s in sentences)]
+    assert unknown == []

@@ -29,9 +29,9 @@ from alembic import context, op
 from alembic.util import CommandError
 
 from autopack.migrations.build144.holdover import drop_with_the_baseline
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.build144.usage_table import INDEXED, TABLE, baseline_columns
 from autopack.migrations.runtime.engine_traits import where_new_tables_go
-from autopack.migrations.runtime.messages import refusal
 
 revision: str = "0001"
 down_revision: str | None = None

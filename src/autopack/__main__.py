@@ -10,6 +10,7 @@ from alembic.util import CommandError
 
 from autopack.database import database_url
 from autopack.migrations.build144 import where_the_table_is
+from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, parse_url
 from autopack.migrations.runtime.errors import one_sentence_errors
 
@@ -22,7 +23,12 @@ def run_verify() -> int:
     # reads only: no write lock on SQLite, a READ ONLY transaction on a server; verify takes no timeout option
     with (
         one_sentence_errors(
-            url, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, lock_timeout=DEFAULT_LOCK_TIMEOUT, writes=False, wait_hint=None
+            url,
+            busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S,
+            lock_timeout=DEFAULT_LOCK_TIMEOUT,
+            table=TABLE,
+            writes=False,
+            wait_hint=None,
         ),
         read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
     ):
@@ -82,7 +88,7 @@ def in_committed_batches(command: str, work, stopped: str):
     try:
         with (
             interrupts_in_one_sentence(stopped),
-            one_sentence_errors(url, **timeouts, wait_hint=None),
+            one_sentence_errors(url, **timeouts, table=TABLE, wait_hint=None),
             connected(engine, url, where_the_table_is.CHECKS) as connection,
         ):
             if url.get_backend_name() == "sqlite":  # SQLite: no trigger, and its engine opens each transaction

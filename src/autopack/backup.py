@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.runtime.connection import DEFAULT_LOCK_TIMEOUT
 from autopack.migrations.runtime.errors import one_sentence_errors, shown
-from autopack.migrations.runtime.messages import refusal
 from autopack.read_only import existing_sqlite_file, open_sqlite_read_only, sqlite_uri
 
 TABLE = "llm_usage_events"
@@ -36,7 +36,9 @@ def backup_sqlite(url: URL, destination: Path | None, *, busy_timeout_s: float) 
     _require_free(destination)
     reader: sqlite3.Connection | None = None
     try:
-        with one_sentence_errors(url, busy_timeout_s=busy_timeout_s, lock_timeout=DEFAULT_LOCK_TIMEOUT, wait_hint=None):
+        with one_sentence_errors(
+            url, busy_timeout_s=busy_timeout_s, lock_timeout=DEFAULT_LOCK_TIMEOUT, table=TABLE, wait_hint=None
+        ):
             reader = open_sqlite_read_only(source, timeout=busy_timeout_s)  # a hot journal rolled back first
             reader.execute("BEGIN")  # one snapshot for the count and the copy, under a read lock only
             rows = _row_count(reader)

@@ -148,7 +148,7 @@ def init_db() -> None:
     from alembic import command
     from alembic.config import Config
 
-    from autopack.migrations.runtime.messages import refusal
+    from autopack.migrations.build144.messages import refusal
 
     if not ALEMBIC_INI.is_file():
         raise refusal("init_db_without_the_tree", ini=ALEMBIC_INI)

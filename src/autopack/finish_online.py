@@ -17,14 +17,14 @@ import sqlalchemy as sa
 from autopack.migrations.build144 import engines, fill_trigger
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL
 from autopack.migrations.build144.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import committed_batches, with_lock_retries
 from autopack.migrations.build144.usage_table import TABLE, events
-from autopack.migrations.runtime.messages import refusal
 from autopack.migrations.runtime.options import Options, version_table
 from autopack.repair_totals import COMMAND as REPAIR
 from autopack.repair_totals import stale_rows
 
-AGAIN = "the fill trigger is gone already, and re-running 'python -m autopack finish-online' finishes"
+AGAIN = LEAVES["finish-online resumes"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,10 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
     dropped = fill_trigger.installed(connection)
     if dropped:
         with_lock_retries(
-            connection, engines.of(connection).fill_trigger_drop_statements(), options, changed="the trigger stays"
+            connection,
+            engines.of(connection).fill_trigger_drop_statements(),
+            options,
+            changed=LEAVES["fill trigger stays"],
         )
     first, last, rows = connection.execute(
         sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id), sa.func.count()).where(NEEDS_TOTAL)
@@ -77,6 +80,6 @@ def finish_online(connection: sa.Connection, options: Options | None = None) -> 
         filled = backfill(execute, first, last, rows, options) if rows else 0
     prove_backfilled(
         connection,
-        after="the fill trigger is gone: stop the pre-BUILD-144 writers still running, then re-run finish-online",
+        after=LEAVES["fill trigger gone"],
     )
     return Finished(dropped, filled, stale_rows(connection))

@@ -21,10 +21,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from autopack.migrations.build144 import where_the_table_is
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.runtime.connection import connected, migration_engine, require_sqlite_file
 from autopack.migrations.runtime.connection import sqlite_path as sqlite_file  # the file a SQLite URL opens
 from autopack.migrations.runtime.errors import shown
-from autopack.migrations.runtime.messages import refusal
 
 # The first statement of the transaction, per dialect: it makes the transaction read-only.
 BEGIN_READ_ONLY = {

@@ -22,13 +22,13 @@ from autopack.migrations.build144.backfill_rule import exact_split_sum, not_thei
 from autopack.migrations.build144.batched_backfill import batch_end
 from autopack.migrations.build144.holdover import RESTORE_COMMAND as RESTORE
 from autopack.migrations.build144.holdover import waiting_rows
+from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import committed_batches
 from autopack.migrations.build144.usage_table import TABLE, completion, events, prompt, total
-from autopack.migrations.runtime.messages import refusal
 from autopack.migrations.runtime.options import Options
 
 COMMAND = "python -m autopack repair-totals"
-AGAIN = f"the batches done so far are committed, and re-running '{COMMAND}' finishes"
+AGAIN = LEAVES["repair-totals resumes"]  # after "the batches done so far are committed, "
 STALE = not_their_sum(total)  # the rows verify's "totals match their splits" counts
 BOTH_SPLITS = sa.and_(prompt.is_not(None), completion.is_not(None))
 INTEGER_MAX, BIGINT_MAX = 2**31 - 1, 2**63 - 1

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from autopack.migrations.build144 import holdover
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.build144.usage_table import TABLE
-from autopack.migrations.runtime.messages import refusal
 
 COMMAND = holdover.RESTORE_COMMAND
 

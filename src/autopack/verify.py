@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, logical_replication
 from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.build144.plan import Plan, to_do
 from autopack.migrations.build144.retired_revisions import holding
 from autopack.migrations.build144.table_inspection import (
@@ -25,7 +26,6 @@ from autopack.migrations.build144.table_inspection import (
     names_in_other_case,
 )
 from autopack.migrations.runtime.errors import shown
-from autopack.migrations.runtime.messages import refusal
 from autopack.migrations.runtime.options import Options, version_table
 from autopack.repair_totals import COMMAND as REPAIR
 from autopack.restore_set_aside import COMMAND as RESTORE

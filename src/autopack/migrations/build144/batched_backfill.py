@@ -12,8 +12,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, split_sum
+from autopack.migrations.build144.messages import NOTHING_CHANGED, refusal
 from autopack.migrations.build144.usage_table import TABLE, events, first_ids, some
-from autopack.migrations.runtime.messages import refusal
 from autopack.migrations.runtime.options import Options
 from autopack.migrations.runtime.progress import Progress
 from autopack.migrations.runtime.throttle import Throttle
@@ -76,7 +76,7 @@ def backfill(
     return filled
 
 
-def prove_backfilled(bind: sa.Connection, after: str = "nothing was changed") -> None:
+def prove_backfilled(bind: sa.Connection, after: str = NOTHING_CHANGED) -> None:
     """Counted in the same transaction, before the stamp: no row may still need its total, whatever the cause."""
     left = first_ids(bind, sa.select(events.c.id).where(NEEDS_TOTAL))
     if left:

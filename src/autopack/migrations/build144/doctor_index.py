@@ -34,8 +34,8 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.build144 import engines
+from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.usage_table import TABLE
-from autopack.migrations.runtime.messages import LEAVES, refusal
 from autopack.migrations.runtime.options import Options
 
 log = logging.getLogger("alembic.build144")

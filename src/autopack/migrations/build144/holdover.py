@@ -19,8 +19,8 @@ from alembic import op
 
 from autopack.migrations.build144 import engines
 from autopack.migrations.build144.backfill_rule import new_total, wide_split_sum
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.build144.usage_table import TABLE, completion, events, first_ids, prompt, some, total
-from autopack.migrations.runtime.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 

@@ -24,6 +24,7 @@ from alembic import op
 
 from autopack.migrations.build144 import holdover
 from autopack.migrations.build144.batched_backfill import backfill, prove_backfilled
+from autopack.migrations.build144.messages import LEAVES
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import TABLE, events
 from autopack.migrations.runtime import lock_retries
@@ -32,7 +33,7 @@ from autopack.migrations.runtime.throttle import Throttle
 
 log = logging.getLogger("alembic.build144")
 
-RESUMES = "the revision stays 0001 and re-running the same command resumes"
+RESUMES = LEAVES["online resumes"]
 with_lock_retries = partial(lock_retries.with_lock_retries, on=TABLE)
 committed_batches = partial(lock_retries.committed_batches, on=TABLE)
 
@@ -53,7 +54,9 @@ def online_upgrade(plan: Plan, schema_change: Callable[[sa.Connection, str], Non
         first, last = connection.execute(sa.select(sa.func.min(events.c.id), sa.func.max(events.c.id))).one()
         # a failure or a stop from here on leaves the fill trigger in place: old writers' rows stay right until
         # the re-run (had it gone, a split they update on a row already filled would leave its total stale)
-        throttle = Throttle(plan.options, connection)  # pauses, batch size, replica lag, Ctrl-C between batches
+        throttle = Throttle(
+            plan.options, connection, RESUMES
+        )  # pauses, batch size, replica lag, Ctrl-C between batches
         with throttle.stopping_on_signals(), short_row_lock_waits(connection, plan.options):
             execute = retrying_batches(connection, plan.options, resumes=RESUMES, on=TABLE)
             filled = backfill(execute, first, last, plan.rows, plan.options, throttle)

@@ -25,11 +25,11 @@ import sqlalchemy as sa
 from alembic import op
 
 from autopack.migrations.build144 import engines, holdover
+from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import with_lock_retries
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import DROP_NOT_NULL_CHECKS, NOT_NULL_CHECKS, SPLITS, TABLE, events
 from autopack.migrations.runtime.errors import first_line
-from autopack.migrations.runtime.messages import LEAVES, refusal
 
 log = logging.getLogger("alembic.build144")
 
@@ -92,7 +92,7 @@ def drop_checks_quietly(connection: sa.Connection, plan: Plan) -> None:
     try:
         if connection.in_transaction():
             connection.exec_driver_sql("ROLLBACK")  # a server-side one only: Alembic's autocommit block stays usable
-        with_lock_retries(connection, [DROP_NOT_NULL_CHECKS], plan.options, changed="they stay")
+        with_lock_retries(connection, [DROP_NOT_NULL_CHECKS], plan.options, changed=LEAVES["CHECKs stay"])
     except Exception as error:  # the failure being reported matters more; say what is left
         log.warning(
             "      could not drop the CHECKs %s (%s): drop them by hand", ", ".join(NOT_NULL_CHECKS.values()), error

@@ -19,6 +19,7 @@ from autopack.migrations.build144 import doctor_index, engines, logical_replicat
 from autopack.migrations.build144.backfill_rule import wide_split_sum
 from autopack.migrations.build144.fill_trigger import PG_NAMES
 from autopack.migrations.build144.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
+from autopack.migrations.build144.messages import sentence, template
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.table_inspection import (
     checks_forbidding_total_only,
@@ -30,7 +31,6 @@ from autopack.migrations.build144.table_inspection import (
     publications_refusing_updates,
 )
 from autopack.migrations.build144.usage_table import FILL_TRIGGER, SPLITS, TABLE, events, first_ids, some, total
-from autopack.migrations.runtime.messages import sentence, template
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from alembic.util import CommandError
 
 from autopack.migrations.build144 import engines
 from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
+from autopack.migrations.build144.messages import MARIADB_RUNS_ON, sentence
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.errors import explained_by_the_environment, first_line
 from autopack.migrations.runtime.interrupts import Interrupted, signal_name
-from autopack.migrations.runtime.messages import MARIADB_RUNS_ON, sentence
 
 log = logging.getLogger("alembic.build144")
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 
 from autopack.migrations.build144 import doctor_index
-from autopack.migrations.runtime.messages import refusal
+from autopack.migrations.build144.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 

@@ -9,10 +9,10 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
 from autopack.migrations.build144 import engines
+from autopack.migrations.build144.messages import refusal
 from autopack.migrations.build144.table_inspection import rows_in
 from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.errors import shown
-from autopack.migrations.runtime.messages import refusal
 
 log = logging.getLogger("alembic.build144")
 

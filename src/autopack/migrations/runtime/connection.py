@@ -416,6 +416,8 @@ def migration_connection(
     config: Config,
     raw_url: str,
     options: Options,
+    *,
+    table: str,
     checks: Sequence[Callable[[Connection, URL], None]] = (),
     on_begin: Callable[[Connection], None] | None = None,
 ) -> Iterator[Connection]:
@@ -436,7 +438,7 @@ def migration_connection(
     timeouts = {"busy_timeout_s": options.busy_timeout, "lock_timeout": options.lock_timeout}
     engine = migration_engine(url, **timeouts, statement_timeout=options.statement_timeout, on_begin=on_begin)
     try:
-        with one_sentence_errors(url, **timeouts), connected(engine, url, checks) as connection:
+        with one_sentence_errors(url, **timeouts, table=table), connected(engine, url, checks) as connection:
             if command is None or command.__name__ in ("upgrade", "downgrade", "stamp"):
                 require_a_writing_session(connection, url)
                 connection.info[CHANGES] = True

@@ -39,13 +39,14 @@ def explain(
     wait_hint: str | None = WAIT_HINT,
     waited_s: float | None = None,
     leaves: str | None = NOTHING_CHANGED,
+    table: str,
 ) -> str | None:
     """One sentence for a failure an operator can act on, or None for a bug (which keeps its traceback).
     ``wait_hint``: how this command waits longer for a lock, or None when it takes no such option; ``leaves``:
-    what the failure leaves (``messages.Message.template``)."""
+    what the failure leaves (``messages.Message.template``); ``table``: the table the command works on."""
     orig = getattr(error, "orig", error)
     text = first_line(error)
-    said = {"where": shown(url), "text": text, "leaves": leaves}
+    said = {"where": shown(url), "text": text, "leaves": leaves, "table": table}
     if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
         waited = f"{waited_s or busy_timeout_s:.1f}"
         return sentence("sqlite_locked", waited=waited, wait_hint=", " + wait_hint if wait_hint else "", **said)
@@ -95,16 +96,22 @@ def explained_by_the_environment(error: Exception) -> bool:
     (a lock, a read-only file or server, a missing privilege, a full disk): callers let it reach ``explain``."""
     if getattr(getattr(error, "orig", None), "sqlstate", None) == "57014":
         return False  # a statement_timeout midway: what it left depends on the mode (report.failed_midway)
-    return explain(error, URL.create("sqlite"), busy_timeout_s=0, lock_timeout="0") is not None
+    return explain(error, URL.create("sqlite"), busy_timeout_s=0, lock_timeout="0", table="") is not None
 
 
 @contextmanager
 def one_sentence_errors(
-    url: URL, *, busy_timeout_s: float, lock_timeout: str, writes: bool = True, wait_hint: str | None = WAIT_HINT
+    url: URL,
+    *,
+    busy_timeout_s: float,
+    lock_timeout: str,
+    table: str,
+    writes: bool = True,
+    wait_hint: str | None = WAIT_HINT,
 ) -> Iterator[None]:
-    """Turn a failure an operator can act on into a CommandError of one sentence; bugs keep their traceback.
-    ``writes=False`` for read-only commands, which have nothing to leave unchanged; ``wait_hint=None`` for
-    commands that take no ``-x busy_timeout``."""
+    """Turn a failure an operator can act on into a CommandError of one sentence naming ``table``; bugs keep their
+    traceback. ``writes=False`` for read-only commands, which have nothing to leave unchanged; ``wait_hint=None``
+    for commands that take no ``-x busy_timeout``."""
     started = time.monotonic()
     try:
         yield
@@ -125,6 +132,7 @@ def one_sentence_errors(
             wait_hint=wait_hint,
             waited_s=time.monotonic() - started,
             leaves=leaves,
+            table=table,
         )
         if message is None:
             raise

@@ -1,7 +1,7 @@
 """One migrator at a time: a session-level lock held for the whole run, taken before the revision is read.
 
 Why. Several Autopack instances starting together each call ``init_db()``, and two operators may type
-``alembic upgrade head`` at once. Without a lock both read revision 0001 and both migrate: the second fails
+``alembic upgrade head`` at once. Without a lock both read the same revision and both migrate: the second fails
 midway, or (online mode, which commits as it goes) both backfill the same rows. So every command that changes
 the database (upgrade, downgrade, stamp) first takes a lock that lives as long as its session, not its
 transaction (the online mode commits between batches): PostgreSQL's ``pg_advisory_lock`` on upstream

@@ -51,6 +51,7 @@ FROM pg_stat_replication
 class Throttle:
     options: Options
     connection: sa.Connection
+    resumes: str  # what a stop between batches leaves, in the caller's words
     batch_rows: int = 0
     waited_s: float = 0.0
     watches_replicas: bool = field(default=False, init=False)
@@ -107,7 +108,12 @@ class Throttle:
         while reason := self.too_far_behind():
             now = time.monotonic()
             if self.waited_s + (now - started) > interval_seconds(self.options.replica_wait_max):
-                raise refusal("replicas_waited_too_long", waited=self.options.replica_wait_max, reason=reason)
+                raise refusal(
+                    "replicas_waited_too_long",
+                    waited=self.options.replica_wait_max,
+                    reason=reason,
+                    resumes=self.resumes,
+                )
             if last_said is None or now - last_said >= SAY_EVERY_S:
                 log.info("      throttled: %s; waiting (%.0fs so far)", reason, self.waited_s + now - started)
                 last_said = now
@@ -131,7 +137,7 @@ class Throttle:
     def stop_if_asked(self) -> None:
         self.say_stopping()
         if self.stop_asked:
-            raise refusal("stopped_between_batches", signal=self.stop_asked)
+            raise refusal("stopped_between_batches", signal=self.stop_asked, resumes=self.resumes)
 
     def too_far_behind(self) -> str | None:
         max_lag_s = interval_seconds(self.options.max_replica_lag)

@@ -33,11 +33,11 @@ from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, offline_scripts, online_backfill
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, split_sum, sum_of
 from autopack.migrations.build144.batched_backfill import backfill as batched_backfill
+from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import RESUMES, with_lock_retries
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import SPLITS, TABLE, as_it_is, events, total_tokens_column
 from autopack.migrations.runtime.errors import first_line
-from autopack.migrations.runtime.messages import LEAVES, refusal
 from autopack.migrations.runtime.options import Options
 from autopack.migrations.runtime.progress import while_running
 

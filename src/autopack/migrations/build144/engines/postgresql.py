@@ -32,11 +32,11 @@ from alembic import op
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, offline_scripts, online_backfill
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, new_total, split_sum
 from autopack.migrations.build144.batched_backfill import backfill as batched_backfill
+from autopack.migrations.build144.messages import LEAVES, NOTHING_CHANGED, refusal
 from autopack.migrations.build144.online_backfill import with_lock_retries
 from autopack.migrations.build144.online_downgrade import online_downgrade
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import DROP_NOT_NULL_CHECKS, TABLE, events
-from autopack.migrations.runtime.messages import LEAVES, NOTHING_CHANGED, refusal
 from autopack.migrations.runtime.options import SCRIPT_STATEMENT_TIMEOUT, Options
 from autopack.migrations.runtime.progress import while_running
 

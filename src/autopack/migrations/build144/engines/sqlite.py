@@ -26,9 +26,9 @@ from sqlalchemy import Connection, exc
 from autopack.migrations.build144 import doctor_index, holdover, offline_scripts
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, split_sum
 from autopack.migrations.build144.batched_backfill import backfill as batched_backfill
+from autopack.migrations.build144.messages import LEAVES, NOTHING_CHANGED, refusal
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import SPLITS, TABLE, events, total_tokens_column
-from autopack.migrations.runtime.messages import LEAVES, NOTHING_CHANGED, refusal
 
 
 class NotEditableInPlace(Exception):
