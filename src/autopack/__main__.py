@@ -1,5 +1,7 @@
-"""``python -m autopack``: ``verify`` the BUILD-144 criteria, ``finish-online`` an online upgrade, ``repair-totals``
-that old code left stale, or ``backup`` a SQLite database, on DATABASE_URL."""
+"""``autopack`` (or ``python -m autopack``): ``verify`` the BUILD-144 criteria, ``finish-online`` an online upgrade,
+``repair-totals`` that old code left stale, ``restore-set-aside``, or ``backup`` a SQLite database, on DATABASE_URL;
+and Alembic's own commands (``autopack upgrade head``, ``autopack -x online=true upgrade head``, ``autopack
+downgrade -1``, ``current``, ``history``, ``stamp``, ...) on this tree, from a checkout or an installed wheel."""
 
 import argparse
 import logging
@@ -112,8 +114,64 @@ def run_backup(destination: Path | None) -> int:
     return 0
 
 
+# Alembic's commands, run on this tree's config (``tree_config``) with Alembic's own arguments and options
+ALEMBIC_COMMANDS = ("upgrade", "downgrade", "current", "history", "heads", "stamp", "show", "check", "branches")
+ALEMBIC_OPTIONS_WITH_VALUES = ("-x", "-n", "--name", "-c", "--config")
+
+
+def alembic_command(argv: list[str]) -> str | None:
+    """The Alembic command ``argv`` names (after Alembic's own options, such as ``-x online=true``), or None."""
+    words = iter(argv)
+    for word in words:
+        if word in ALEMBIC_OPTIONS_WITH_VALUES:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in ALEMBIC_COMMANDS else None
+    return None
+
+
+def run_alembic(argv: list[str], prog: str) -> int:
+    """Alembic's command line on this tree: the checkout's alembic.ini, or the tree an installed wheel carries."""
+    from alembic.config import CommandLine
+
+    from autopack.migrations.build144.messages import refusal
+    from autopack.migrations.tree_config import CHECKOUT_INI, alembic_config, configure_logging, installed_tree
+
+    cli = CommandLine(prog=prog)
+    options = cli.parser.parse_args(argv)
+    config = alembic_config(cmd_opts=options)
+    if config is None:
+        raise refusal("init_db_without_the_tree", ini=CHECKOUT_INI, installed=installed_tree())
+    configure_logging(config)
+    cli.run_cmd(config, options)  # a CommandError: Alembic's one FAILED line, and exit status 1
+    return 0
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("autopack-usage-migrations")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autopack")
+    argv = sys.argv[1:] if argv is None else argv
+    prog = "autopack" if Path(sys.argv[0]).name == "autopack" else "python -m autopack"
+    if alembic_command(argv):
+        try:
+            return run_alembic(argv, prog)
+        except CommandError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        epilog=f"and Alembic's commands on this tree: {', '.join(ALEMBIC_COMMANDS)} (e.g. '{prog} upgrade head', "
+        f"'{prog} -x online=true upgrade head', '{prog} downgrade -1'); see docs/application.md for exit statuses",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
     commands.add_parser(

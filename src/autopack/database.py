@@ -10,7 +10,6 @@ import os
 import re
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -131,9 +130,6 @@ def get_db() -> Iterator[Session]:
         db.close()
 
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"  # the migrations tree of this checkout
-
-
 def init_db() -> None:
     """Bring the database named by ``DATABASE_URL`` to head with this tree's migrations, as Autopack's start-up does.
 
@@ -146,13 +142,13 @@ def init_db() -> None:
     It may be called from any thread (``asyncio.to_thread(init_db)`` included).
     """
     from alembic import command
-    from alembic.config import Config
 
     from autopack.migrations.build144.messages import refusal
+    from autopack.migrations.tree_config import CHECKOUT_INI, alembic_config, installed_tree
 
-    if not ALEMBIC_INI.is_file():
-        raise refusal("init_db_without_the_tree", ini=ALEMBIC_INI)
-    config = Config(str(ALEMBIC_INI))
+    config = alembic_config()  # the checkout's alembic.ini, or the tree the installed wheel carries
+    if config is None:
+        raise refusal("init_db_without_the_tree", ini=CHECKOUT_INI, installed=installed_tree())
     config.attributes["configure_logger"] = False
     config.attributes["command"] = "upgrade"
     config.attributes["owns_the_process"] = False  # the application's signal handlers stay; any thread may call it

@@ -208,12 +208,12 @@ def stamped_revisions(connection: Connection) -> list[str] | None:
 
 def tree_revisions() -> set[str]:
     """The revision ids of this migrations tree."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from autopack.database import ALEMBIC_INI
+    from autopack.migrations.tree_config import alembic_config
 
-    return {script.revision for script in ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()}
+    config = alembic_config()
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()} if config else set()
 
 
 def how_to_migrate(connection: Connection) -> str:

@@ -365,7 +365,10 @@ BUILD144_MESSAGES: dict[str, Message] = {
         "an upgrade did not finish; re-run 'alembic -x online=true upgrade head' (or without -x online=true) first",
     ),
     "init_db_without_the_tree": M(
-        "init_db() needs the migrations tree beside the package", "{ini} is missing", leaves=None
+        "init_db() cannot find the migrations tree",
+        "neither {ini} nor the installed copy {installed} is there; reinstall the package (pip install autopack-usage-"
+        "migrations) or run from a checkout",
+        leaves=None,
     ),
 }
 del M

@@ -1,0 +1,53 @@
+"""Where this tree's migrations are: the checkout's ``alembic.ini`` (``alembic/`` beside it), or, in an installed
+wheel with no checkout around, the copy of ``alembic/`` the wheel carries as ``autopack.migrations.alembic_tree``.
+
+The same revisions either way; ``init_db()`` and the ``autopack`` command find them from any directory. A
+config made for the installed copy has no file: its caller sets up logging (``autopack`` logs as ``alembic.ini``
+says; ``init_db()`` leaves the application's logging alone)."""
+
+import logging.config
+from importlib import resources
+from pathlib import Path
+
+from alembic.config import Config
+
+CHECKOUT_INI = Path(__file__).resolve().parents[3] / "alembic.ini"  # src/autopack/migrations/ -> the checkout
+
+# alembic.ini's logging, for a config without a file: the report on stderr, SQL and Alembic's own FAILED echo quiet
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"generic": {"format": "%(levelname)-5.5s [%(name)s] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "generic"}},
+    "root": {"level": "WARNING", "handlers": ["console"]},
+    "loggers": {
+        "sqlalchemy.engine": {"level": "WARNING"},
+        "alembic": {"level": "INFO"},
+        "alembic.util.messaging": {"level": "CRITICAL"},
+    },
+}
+
+
+def installed_tree() -> Path:
+    """The copy of ``alembic/`` an installed wheel carries (absent from a checkout's own ``src``)."""
+    return Path(str(resources.files("autopack.migrations") / "alembic_tree"))
+
+
+def alembic_config(cmd_opts=None) -> Config | None:
+    """Alembic's config for this tree: the checkout's ``alembic.ini`` if there is one, else the installed copy's;
+    None when neither is there."""
+    if CHECKOUT_INI.is_file():
+        return Config(str(CHECKOUT_INI), cmd_opts=cmd_opts)
+    tree = installed_tree()
+    if not (tree / "env.py").is_file():
+        return None
+    config = Config(cmd_opts=cmd_opts)
+    config.set_main_option("script_location", str(tree))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def configure_logging(config: Config) -> None:
+    """As ``alembic.ini`` would, for a config without a file (env.py reads the file's own otherwise)."""
+    if config.config_file_name is None:
+        logging.config.dictConfig(LOGGING)
