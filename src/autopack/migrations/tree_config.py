@@ -13,17 +13,24 @@ from alembic.config import Config
 
 CHECKOUT_INI = Path(__file__).resolve().parents[3] / "alembic.ini"  # src/autopack/migrations/ -> the checkout
 
-# alembic.ini's logging, for a config without a file: the report on stderr, SQL and Alembic's own FAILED echo quiet
+# alembic.ini's logging, for a config without a file: the report on stderr, SQL quiet, the FAILED sentence on stderr
+# too (Alembic prints it on stdout)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"generic": {"format": "%(levelname)-5.5s [%(name)s] %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "generic"}},
+    "formatters": {
+        "generic": {"format": "%(levelname)-5.5s [%(name)s] %(message)s"},
+        "failed": {"format": "ERROR [alembic] FAILED: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "generic"},
+        "failed": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "failed"},
+    },
     "root": {"level": "WARNING", "handlers": ["console"]},
     "loggers": {
         "sqlalchemy.engine": {"level": "WARNING"},
         "alembic": {"level": "INFO"},
-        "alembic.util.messaging": {"level": "CRITICAL"},
+        "alembic.util.messaging": {"level": "ERROR", "handlers": ["failed"], "propagate": False},
     },
 }
 
