@@ -20,7 +20,12 @@ from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
 
 
-def known_period(period: Annotated[str, Query(description="day, week or month")] = "week") -> str:
+# OpenAPI lists the periods as an enum; the check itself stays here, so an unknown one is a 400 in one sentence
+# (FastAPI's own enum validation would answer 422 with a list of errors)
+PERIOD = Query(description="the window: the last 1, 7 or 30 days, in UTC", json_schema_extra={"enum": [*PERIOD_DAYS]})
+
+
+def known_period(period: Annotated[str, PERIOD] = "week") -> str:
     """The ``period`` query parameter of every dashboard route: 400 in one sentence when it is not a known one."""
     if period not in PERIOD_DAYS:
         raise HTTPException(status_code=400, detail=f"unknown period {period!r}: use one of {', '.join(PERIOD_DAYS)}")

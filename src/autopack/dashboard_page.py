@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from autopack.api_key import require_api_key
 from autopack.dashboard import PERIOD_DAYS, dialect_of, in_period, known_period, period_start
+from autopack.dashboard_schemas import ERROR_RESPONSES
 from autopack.database import get_db
 from autopack.event_time import group_key, undated, utc_day
 from autopack.exact_sums import read_sums, sum_columns
@@ -145,7 +146,7 @@ def dashboard_page() -> HTMLResponse:
     return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
 
-@router.get("/dashboard/usage/breakdown", dependencies=[Depends(require_api_key)])
+@router.get("/dashboard/usage/breakdown", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 def dashboard_usage_breakdown(
     db: Annotated[Session, Depends(get_db)],
     period: Annotated[str, Depends(known_period)],

@@ -35,6 +35,18 @@ class UndatedUsage(BaseModel):
     events: int = Field(description="rows whose created_at gives no instant: 0 on a table only Autopack wrote")
 
 
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="one sentence: what happened and what to do")
+
+
+# the error answers every data route of the dashboard can give, as OpenAPI documents them
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorDetail, "description": "an unknown period, or a Host other than localhost with no key set"},
+    401: {"model": ErrorDetail, "description": "AUTOPACK_API_KEY is set and X-API-Key is missing or wrong"},
+    500: {"model": ErrorDetail, "description": "a setting is unusable (AUTOPACK_RUN_TOKEN_CAP): the detail names it"},
+}
+
+
 class UsageResponse(BaseModel):
     providers: list[ProviderUsage] = Field(description="one row per provider, sorted by provider")
     models: list[ModelUsage] = Field(description="one row per (provider, model), sorted by provider then model")

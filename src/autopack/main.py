@@ -20,7 +20,7 @@ from autopack.api_key import LocalHostsWithoutKey, RefuseUnusableApiKey, require
 from autopack.config import RunTokenCapError, run_token_cap
 from autopack.dashboard import known_period, undated_usage, usage_by_model, usage_by_provider
 from autopack.dashboard_page import router as dashboard_page
-from autopack.dashboard_schemas import UsageResponse
+from autopack.dashboard_schemas import ERROR_RESPONSES, UsageResponse
 from autopack.database import get_db
 
 __all__ = ["app", "get_db"]
@@ -29,7 +29,7 @@ log = logging.getLogger("uvicorn.error")
 dashboard = APIRouter(prefix="/dashboard", dependencies=[Depends(require_api_key)])
 
 
-@dashboard.get("/usage", response_model=UsageResponse)
+@dashboard.get("/usage", response_model=UsageResponse, responses=ERROR_RESPONSES)
 def dashboard_usage(
     db: Annotated[Session, Depends(get_db)],
     period: Annotated[str, Depends(known_period)],
