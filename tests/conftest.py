@@ -21,9 +21,18 @@ from sqlalchemy.engine import URL, make_url
 
 from autopack.database import make_engine
 from autopack.migrations.runtime.connection import migration_engine
-from support import BACKENDS, MYSQL_BACKENDS, MYSQL_SERVERS, PG_SERVERS, POSTGRES_BACKENDS, alembic
+from support import (
+    BACKENDS,
+    MYSQL_BACKENDS,
+    MYSQL_SERVERS,
+    PG_SERVERS,
+    POSTGRES_BACKENDS,
+    alembic,
+    default_signal_dispositions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+default_signal_dispositions()  # in the main process and in each xdist worker: the processes tests signal inherit it
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

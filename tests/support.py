@@ -68,6 +68,17 @@ def start_alembic(url: URL, *args: str, stdout=subprocess.DEVNULL) -> subprocess
     )
 
 
+def default_signal_dispositions() -> None:
+    """SIGINT and SIGTERM as Python sets them up by default, whatever this process inherited. A suite started in the
+    background (``nohup pytest &``) inherits an ignored SIGINT, which every process it starts would inherit in turn
+    (an ignored signal stays ignored across exec): the tests that stop a migration with SIGINT would wait in vain.
+    A handler (not SIG_IGN) is reset to the default in each child as it starts."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def event_row(i: int, **values) -> dict:
     """A plain usage-event row; ``values`` override the defaults."""
     row = {
