@@ -4,6 +4,7 @@ and Alembic's own commands (``autopack upgrade head``, ``autopack -x online=true
 downgrade -1``, ``current``, ``history``, ``stamp``, ...) on this tree, from a checkout or an installed wheel."""
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ from autopack.migrations.runtime.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAU
 from autopack.migrations.runtime.errors import one_sentence_errors
 
 
-def run_verify() -> int:
+def run_verify(as_json: bool = False) -> int:
     from autopack.read_only import read_only_connection
+    from autopack.verify import as_json as verification_json
     from autopack.verify import render, verify
 
     url = parse_url(database_url())
@@ -35,8 +37,29 @@ def run_verify() -> int:
         read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
     ):
         result = verify(connection)
-    print(render(result, url))
+    print(json.dumps(verification_json(result, url), indent=2) if as_json else render(result, url))
     return 0 if result.ok else 1
+
+
+def run_plan(direction: str, online: bool, as_json: bool) -> int:
+    from autopack.read_only import read_only_connection
+    from autopack.upgrade_plan import make_plan
+
+    url = parse_url(database_url())
+    with (
+        one_sentence_errors(
+            url,
+            busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S,
+            lock_timeout=DEFAULT_LOCK_TIMEOUT,
+            table=TABLE,
+            writes=False,
+            wait_hint=None,
+        ),
+        read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
+    ):
+        plan = make_plan(connection, url, direction, online=online)
+    print(json.dumps(plan.as_json(), indent=2) if as_json else plan.render())
+    return 0 if plan.proceeds else 1
 
 
 def run_finish_online() -> int:
@@ -173,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
+    verify = commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON (docs/runbook.md: its keys)")
     commands.add_parser(
         "finish-online",
         help="after an online upgrade, once no pre-BUILD-144 code writes: drop the fill trigger, fill what is left",
@@ -186,19 +210,29 @@ def main(argv: list[str] | None = None) -> int:
         "restore-set-aside",
         help="at 0002: put back rows a downgrade that did not finish left in the set-aside table",
     )
+    plan = commands.add_parser(
+        "plan", help="what 'upgrade head' (or --downgrade: 'downgrade -1') would do here; reads only, locks nothing"
+    )
+    plan.add_argument("--downgrade", action="store_true", help="plan 'downgrade -1' instead of 'upgrade head'")
+    plan.add_argument("--online", action="store_true", help="plan the run with -x online=true")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (docs/runbook.md: its keys)")
     backup = commands.add_parser("backup", help="copy the SQLite database on DATABASE_URL with SQLite's backup API")
     backup.add_argument("--to", type=Path, help="destination file (default: the database's path + .backup)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "plan":
+            return run_plan("downgrade" if args.downgrade else "upgrade", args.online, args.json)
         if args.command == "finish-online":
             return run_finish_online()
         if args.command == "repair-totals":
             return run_repair_totals()
         if args.command == "restore-set-aside":
             return run_restore_set_aside()
-        return run_verify() if args.command == "verify" else run_backup(args.to)
+        return run_verify(args.json) if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
+        if getattr(args, "json", False):  # a reader of the JSON gets the failure in it too
+            print(json.dumps({"version": 1, "ok": False, "error": str(error)}, indent=2))
         return 2
 
 

@@ -8,6 +8,7 @@ survey the upgrade reports from (``backfill_rule.survey``); a schema still to ch
 upgrade report's words (``plan.Plan.describe``).
 """
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, inspect
@@ -36,6 +37,11 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+
+    @property
+    def key(self) -> str:
+        """The check's stable key in ``--json``: its name in snake_case ('total_tokens_exists_and_is_not_null')."""
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,20 @@ def how_to_migrate(connection: Connection) -> str:
             "run 'alembic stamp 0001' then 'alembic upgrade head'"
         )
     return "run 'alembic upgrade head'"
+
+
+JSON_VERSION = 1  # the shape of --json; a change that drops or renames a key raises it
+
+
+def as_json(result: Verification, url: URL) -> dict:
+    """``verify --json``: stable keys, documented in docs/runbook.md."""
+    return {
+        "version": JSON_VERSION,
+        "database": shown(url),
+        "ok": result.ok,
+        "checks": [{"key": c.key, "name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
+        "warnings": result.warnings,
+    }
 
 
 def render(result: Verification, url: URL) -> str:

@@ -30,6 +30,7 @@ class Strategy(Protocol):
     SEARCH_PATH: bool  # the table is looked for in the first schema of a search_path
     CASE_SENSITIVE_AS: str  # how a refusal names the engine that tells two spellings apart
     ID_GENERATOR_FIX: str  # what gives the id a generator (verify's fix)
+    SECONDS_PER_MILLION_ROWS: dict[str, float]  # a default-mode run on the reference machine, for `autopack plan`
 
     # --- the seven steps ---------------------------------------------------------------------------------
     def inspect(self, bind: sa.Connection) -> dict[str, Any]:
@@ -52,6 +53,9 @@ class Strategy(Protocol):
 
     def failure_leaves(self, plan: Any, direction: str) -> str:
         """What a failure once the change started leaves, in the catalogue's words."""
+
+    def path(self, bind: sa.Connection, plan: Any, direction: str, hooks: list) -> str:
+        """The way a run would take on this table, in words, for ``autopack plan`` (reads only)."""
 
     def stop_leaves(self, online: bool) -> str:
         """What Ctrl-C or SIGTERM before the revision says better leaves."""

@@ -160,6 +160,8 @@ ONLINE_DOWNGRADE = False  # refused before any revision runs: the downgrade's AL
 TRANSACTIONAL_DDL = False  # a failed schema change rolls back with the transaction
 TRANSACTIONAL_DDL_MADE_REAL = False  # Alembic is told DDL is transactional: the connection set-up makes it so
 TRIGGERS_FIRE_IN_NAME_ORDER = False  # BEFORE triggers after the fill trigger's name would see no total
+# `autopack plan`'s estimate: the whole default-mode run per million rows on the reference machine (benchmarks/)
+SECONDS_PER_MILLION_ROWS = {"upgrade": 8.7, "downgrade": 6.6}
 LOGICAL_REPLICATION = False
 
 
@@ -204,6 +206,23 @@ def downgrade(bind: sa.Connection, plan: Plan, old_schema: Callable) -> None:
     holdover.prove_set_aside(bind)
     downgrade_schema(bind, plan)
     holdover.drop_if_empty(bind)
+
+
+def path(bind: sa.Connection, plan: Plan, direction: str, hooks: list[tuple[str, bool]]) -> str:
+    """The way the run would take, for ``autopack plan`` (read only)."""
+    if direction == "downgrade":
+        return (
+            "rows set aside (committed), then under LOCK TABLES ... WRITE the last set-aside pass and one ALTER "
+            "(one table copy: splits NOT NULL, total_tokens dropped); writers wait for it"
+        )
+    if plan.online:
+        return (
+            f"online: one ALTER with {ONLINE_ALTER} (writers go on), the fill triggers, then committed batches of "
+            f"{plan.options.rows_per_batch:,} rows"
+        )
+    if fills_in_copy(plan, hooks):
+        return "one ALTER (one table copy) that computes every total as it copies; no UPDATE pass"
+    return "one ALTER (one table copy; DDL commits at once), then the backfill as batched UPDATEs"
 
 
 def offline_script(plan: Plan, direction: str, change_schema: Callable) -> None:

@@ -132,6 +132,8 @@ ONLINE_DOWNGRADE = True  # NOT VALID CHECKs validated while the application runs
 TRANSACTIONAL_DDL = True  # a failed schema change rolls back with the transaction
 TRANSACTIONAL_DDL_MADE_REAL = False  # Alembic is told DDL is transactional: the connection set-up makes it so
 TRIGGERS_FIRE_IN_NAME_ORDER = True  # BEFORE triggers after the fill trigger's name would see no total
+# `autopack plan`'s estimate: the whole default-mode run per million rows on the reference machine (benchmarks/)
+SECONDS_PER_MILLION_ROWS = {"upgrade": 5.1, "downgrade": 1.1}
 LOGICAL_REPLICATION = True
 
 
@@ -176,6 +178,31 @@ def downgrade(bind: sa.Connection, plan: Plan, old_schema: Callable) -> None:
     bind.exec_driver_sql(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
     holdover.set_aside(bind)
     old_schema(plan)
+
+
+def path(bind: sa.Connection, plan: Plan, direction: str, hooks: list[tuple[str, bool]]) -> str:
+    """The way the run would take, for ``autopack plan`` (read only)."""
+    if direction == "downgrade" and plan.online:
+        return (
+            "online: NOT VALID CHECKs (one short transaction), rows set aside, VALIDATE while reads and writes go "
+            "on, then SET NOT NULL without a scan and total_tokens dropped (one short transaction)"
+        )
+    if direction == "downgrade":
+        return (
+            "one transaction: writers wait (LOCK TABLE ... IN EXCLUSIVE MODE, reads go on), rows set aside, splits "
+            "NOT NULL again (a scan under ACCESS EXCLUSIVE), total_tokens dropped"
+        )
+    if plan.online:
+        return (
+            f"online: catalog-only ALTER and the fill trigger in one short transaction, then committed batches of "
+            f"{plan.options.rows_per_batch:,} rows (pausing for replicas), the index CREATE INDEX CONCURRENTLY if "
+            "missing"
+        )
+    reasons = why_not_rewrite(bind, plan, hooks)
+    fill = (
+        f"a batched UPDATE ({'; '.join(reasons)})" if reasons else "one table rewrite (ALTER COLUMN ... USING), ANALYZE"
+    )
+    return f"one transaction: catalog-only ALTERs, then the backfill as {fill}"
 
 
 def offline_script(plan: Plan, direction: str, change_schema: Callable) -> None:

@@ -77,19 +77,7 @@ def sqlite_edit_definition(
     it commits or rolls back with the migration; the real table is checked again after the edit.
     """
     raw = connection.connection.driver_connection
-    (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-    edited = edit(sql)
-    scratch = sqlite3.connect(":memory:")
-    try:
-        scratch.execute(edited)
-        after = _table_info(scratch, table)
-    except sqlite3.Error as error:
-        raise NotEditableInPlace(f"the edited definition does not parse: {error}") from None
-    finally:
-        scratch.close()
-    expected = [_as_wanted(c, wanted.get(c[1], {})) for c in _table_info(raw, table)]
-    if [tuple(c) for c in after] != expected:
-        raise NotEditableInPlace("the edited definition does not come out as intended")
+    edited, expected = edited_definition(raw, table, edit, wanted)
     (version,) = raw.execute("PRAGMA schema_version").fetchone()
     raw.execute("PRAGMA writable_schema = ON")
     try:
@@ -101,6 +89,27 @@ def sqlite_edit_definition(
         raw.execute("PRAGMA writable_schema = OFF")
     if [tuple(c) for c in _table_info(raw, table)] != expected:
         raise RuntimeError(f"{table}'s definition did not take the edit; rolling back")
+
+
+def edited_definition(
+    raw: sqlite3.Connection, table: str, edit: Callable[[str], str], wanted: dict[str, dict[str, object]]
+) -> tuple[str, list[tuple]]:
+    """The edited CREATE TABLE text, proven in a scratch in-memory database to come out as ``wanted``, and the
+    PRAGMA table_info it must give; NotEditableInPlace otherwise. Writes nothing."""
+    (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    edited = edit(sql)
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute(edited)
+        after = _table_info(scratch, table)
+    except (sqlite3.Error, NotEditableInPlace) as error:
+        raise NotEditableInPlace(f"the edited definition does not parse: {error}") from None
+    finally:
+        scratch.close()
+    expected = [_as_wanted(c, wanted.get(c[1], {})) for c in _table_info(raw, table)]
+    if [tuple(c) for c in after] != expected:
+        raise NotEditableInPlace("the edited definition does not come out as intended")
+    return edited, expected
 
 
 FIELDS = ("cid", "name", "type", "notnull", "dflt_value", "pk")
@@ -156,9 +165,8 @@ def sqlite_objects_kept(connection: Connection, table: str, log: logging.Logger,
 log = logging.getLogger("alembic.build144")
 
 
-def upgrade_in_place(bind: Connection, plan: Plan, rebuild: Callable[[], None]) -> None:
-    """Splits nullable and total_tokens' DEFAULT 0 by editing the definition (no rebuild, indexes untouched),
-    then ``ALTER TABLE … ADD COLUMN``; ``rebuild`` (the portable batch path) when the edit does not apply."""
+def upgrade_edit(plan: Plan) -> tuple[Callable[[str], str], dict[str, dict[str, object]]]:
+    """The upgrade's edit of the definition (splits nullable, total_tokens' DEFAULT 0) and what it must give."""
 
     def edit(sql: str) -> str:
         for split in plan.relax:
@@ -167,6 +175,13 @@ def upgrade_in_place(bind: Connection, plan: Plan, rebuild: Callable[[], None]) 
 
     wanted = {split: {"notnull": 0} for split in plan.relax}
     wanted |= {"total_tokens": {"dflt_value": "0"}} if plan.add_default else {}
+    return edit, wanted
+
+
+def upgrade_in_place(bind: Connection, plan: Plan, rebuild: Callable[[], None]) -> None:
+    """Splits nullable and total_tokens' DEFAULT 0 by editing the definition (no rebuild, indexes untouched),
+    then ``ALTER TABLE … ADD COLUMN``; ``rebuild`` (the portable batch path) when the edit does not apply."""
+    edit, wanted = upgrade_edit(plan)
     try:
         if plan.add_default or plan.relax:
             sqlite_edit_definition(bind, TABLE, edit, wanted)
@@ -212,6 +227,8 @@ ONLINE_DOWNGRADE = False
 TRANSACTIONAL_DDL = True  # a failed schema change rolls back with the transaction
 TRANSACTIONAL_DDL_MADE_REAL = True  # Alembic is told DDL is transactional: the connection set-up makes it so
 TRIGGERS_FIRE_IN_NAME_ORDER = False  # BEFORE triggers after the fill trigger's name would see no total
+# `autopack plan`'s estimate: the whole default-mode run per million rows on the reference machine (benchmarks/)
+SECONDS_PER_MILLION_ROWS = {"upgrade": 2.1, "downgrade": 1.4}
 LOGICAL_REPLICATION = False
 
 
@@ -238,6 +255,28 @@ def downgrade(bind: Connection, plan: Plan, old_schema: Callable) -> None:
         raise refusal("online_mode_not_here", dialect=NAME)
     holdover.set_aside(bind)
     downgrade_in_place(bind, rebuild=lambda: old_schema(plan))
+
+
+def path(bind: Connection, plan: Plan, direction: str, hooks: list[tuple[str, bool]]) -> str:
+    """The way the run would take, for ``autopack plan`` (read only)."""
+    if direction == "downgrade":
+        return (
+            "one transaction: rows the old schema cannot hold set aside, NOT NULL put back on the splits by editing "
+            "the table's definition in place and total_tokens dropped with ALTER TABLE DROP COLUMN (the table "
+            "rebuilt, keeping your indexes, views and triggers, where SQLite refuses either)"
+        )
+    change = "nothing to change in the schema"
+    if plan.add_default or plan.relax:
+        try:
+            edited_definition(bind.connection.driver_connection, TABLE, *upgrade_edit(plan))
+            change = "the table's definition edited in place (no copy, indexes untouched)"
+        except NotEditableInPlace as reason:
+            losses = sqlite_rebuild_losses(bind, TABLE)
+            if losses:
+                return f"refused: a rebuild ({reason}) would lose {' and '.join(losses)}"
+            change = f"the table rebuilt ({reason}), your indexes, views and triggers recreated"
+    added = ", then ALTER TABLE ADD COLUMN total_tokens" if plan.add_total else ""
+    return f"one transaction: {change}{added}, then the backfill as batched UPDATEs"
 
 
 def offline_script(plan: Plan, direction: str, change_schema: Callable) -> None:
