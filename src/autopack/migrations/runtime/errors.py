@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from alembic.util import CommandError
+from pymysql.constants import ER
 from sqlalchemy import exc
 from sqlalchemy.engine import URL
 
@@ -47,28 +48,28 @@ def explain(
     orig = getattr(error, "orig", error)
     text = first_line(error)
     said = {"where": shown(url), "text": text, "leaves": leaves, "table": table}
-    if isinstance(orig, sqlite3.OperationalError) and "locked" in text:
+    sqlite = sqlite_error(orig)
+    if sqlite in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         waited = f"{waited_s or busy_timeout_s:.1f}"
         return sentence("sqlite_locked", waited=waited, wait_hint=", " + wait_hint if wait_hint else "", **said)
-    if isinstance(orig, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text or "corrupt" in text
-    ):
+    if sqlite in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
         return sentence("sqlite_not_a_database", **said)
-    if isinstance(orig, sqlite3.OperationalError) and "disk is full" in text:
+    if sqlite == "SQLITE_FULL":
         return sentence("disk_full", **said)
-    if isinstance(orig, sqlite3.OperationalError) and "readonly" in text:
+    if sqlite == "SQLITE_READONLY":
         return sentence("sqlite_read_only", **said)
-    if getattr(orig, "sqlstate", None) == "25006" or "--read-only" in text:
+    if getattr(orig, "sqlstate", None) == "25006" or mysql_error(orig) == ER_OPTION_PREVENTS_STATEMENT:
         return sentence("server_read_only", **said)
+    # PostgreSQL gives row-level security the same SQLSTATE as a missing privilege: only its message tells them apart
     if getattr(orig, "sqlstate", None) == "42501" and "row-level security" in text:
         return sentence("row_level_security", **said)
-    if getattr(orig, "sqlstate", None) == "42501" or (orig.args[:1] and orig.args[0] in (1142, 1143, 1227)):
+    if getattr(orig, "sqlstate", None) == "42501" or mysql_error(orig) in NO_PRIVILEGE:
         return sentence("privilege_missing", **said)
-    if isinstance(orig, sqlite3.OperationalError) and "unable to open" in text:
+    if sqlite == "SQLITE_CANTOPEN":
         return sentence("sqlite_cannot_open", **said)
-    if orig.args[:1] in ((1845,), (1846,)):  # MariaDB: ALGORITHM= / LOCK= not supported for this ALTER
+    if mysql_error(orig) in ONLINE_ALTER_REFUSED:  # MariaDB: ALGORITHM= / LOCK= not supported for this ALTER
         return sentence("mariadb_online_alter_refused", **said)
-    if orig.args[:1] == (1205,):  # MariaDB/MySQL lock_wait_timeout
+    if mysql_error(orig) == ER.LOCK_WAIT_TIMEOUT:  # MariaDB/MySQL lock_wait_timeout
         return sentence("mariadb_lock_wait", lock_timeout=lock_timeout, **said)
     if getattr(orig, "sqlstate", None) == "57014":  # midway, report.failed_midway says it with what is left
         more = "-x statement_timeout=2h, or raise" if wait_hint else "raise"  # verify and finish-online take no -x
@@ -82,6 +83,36 @@ def explain(
     ):
         return sentence("server_unreachable", **said)
     return None
+
+
+# SQLite's primary result codes (https://www.sqlite.org/rescode.html) by name; an extended code's low byte is its
+# primary one (SQLITE_READONLY_DBMOVED is SQLITE_READONLY)
+SQLITE_PRIMARY = {
+    5: "SQLITE_BUSY",
+    6: "SQLITE_LOCKED",
+    8: "SQLITE_READONLY",
+    11: "SQLITE_CORRUPT",
+    13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN",
+    26: "SQLITE_NOTADB",
+}
+# MariaDB/MySQL error numbers (PyMySQL's constants.ER): --read-only; a table, column or global privilege missing
+ER_OPTION_PREVENTS_STATEMENT = ER.OPTION_PREVENTS_STATEMENT
+NO_PRIVILEGE = (ER.TABLEACCESS_DENIED_ERROR, ER.COLUMNACCESS_DENIED_ERROR, ER.SPECIFIC_ACCESS_DENIED_ERROR)
+ONLINE_ALTER_REFUSED = (1845, 1846)  # ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): newer than PyMySQL's ER
+
+
+def sqlite_error(orig: BaseException) -> str | None:
+    """The primary SQLite result code of a ``sqlite3.Error`` by name (``SQLITE_BUSY``), from the code the driver
+    carries (``sqlite_errorcode``), never from its message; None for anything else."""
+    code = getattr(orig, "sqlite_errorcode", None) if isinstance(orig, sqlite3.Error) else None
+    return SQLITE_PRIMARY.get(code & 0xFF) if isinstance(code, int) else None
+
+
+def mysql_error(orig: BaseException) -> int | None:
+    """A MariaDB/MySQL error's number, as PyMySQL carries it (the first argument), or None."""
+    args = getattr(orig, "args", ())
+    return args[0] if type(orig).__module__.startswith("pymysql") and args and isinstance(args[0], int) else None
 
 
 def first_line(error: Exception) -> str:

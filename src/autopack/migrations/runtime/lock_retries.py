@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import sqlalchemy as sa
+from pymysql.constants import ER
 
 from autopack.migrations.runtime.engine_traits import traits_of
+from autopack.migrations.runtime.errors import mysql_error
 from autopack.migrations.runtime.messages import NOTHING_CHANGED, refusal
 from autopack.migrations.runtime.options import Options
 
@@ -58,7 +60,7 @@ def waited(connection, options: Options) -> str:
 
 def lock_not_granted(error: sa.exc.OperationalError) -> bool:
     """PostgreSQL's lock_timeout (55P03) or MariaDB's lock_wait_timeout (1205)."""
-    return getattr(error.orig, "sqlstate", None) == "55P03" or error.orig.args[:1] == (1205,)
+    return getattr(error.orig, "sqlstate", None) == "55P03" or mysql_error(error.orig) == ER.LOCK_WAIT_TIMEOUT
 
 
 @contextmanager
@@ -104,7 +106,7 @@ def retrying_batches(connection, options: Options, *, resumes: str, on: str) -> 
 
 def deadlocked(error: sa.exc.OperationalError) -> bool:
     """PostgreSQL's deadlock_detected (40P01) or MariaDB's ER_LOCK_DEADLOCK (1213)."""
-    return getattr(error.orig, "sqlstate", None) == "40P01" or error.orig.args[:1] == (1213,)
+    return getattr(error.orig, "sqlstate", None) == "40P01" or mysql_error(error.orig) == ER.LOCK_DEADLOCK
 
 
 def first_words(error: sa.exc.OperationalError) -> str:

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 from alembic.ddl.base import AddColumn, DropColumn
 from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
+from pymysql.constants import ER
 
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, offline_scripts, online_backfill
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, split_sum, sum_of
@@ -37,7 +38,7 @@ from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import RESUMES, with_lock_retries
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import SPLITS, TABLE, as_it_is, events, total_tokens_column
-from autopack.migrations.runtime.errors import first_line
+from autopack.migrations.runtime.errors import first_line, mysql_error
 from autopack.migrations.runtime.options import Options
 from autopack.migrations.runtime.progress import while_running
 
@@ -101,7 +102,7 @@ def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
 # --- downgrade ---------------------------------------------------------------------------------------------
 
 # MariaDB's errors for a NULL (or out-of-range) value met by MODIFY … NOT NULL: a row written after the set-aside
-NOT_HOLDABLE_ERRORS = (1048, 1138, 1265)
+NOT_HOLDABLE_ERRORS = (ER.BAD_NULL_ERROR, ER.INVALID_USE_OF_NULL, ER.WARN_DATA_TRUNCATED)
 
 
 def split_as_it_is(split: str, plan: Plan, nullable: bool) -> MySQLModifyColumn:
@@ -138,8 +139,7 @@ def downgrade_schema(bind: sa.Connection, plan: Plan) -> None:
             bind.exec_driver_sql(downgrade_statement(bind, plan))
         failure = None
     except sa.exc.DBAPIError as error:
-        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-        if code not in NOT_HOLDABLE_ERRORS:
+        if mysql_error(error.orig) not in NOT_HOLDABLE_ERRORS:
             raise
         failure = error
     finally:
