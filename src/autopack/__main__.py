@@ -7,9 +7,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic.util import CommandError
+from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 
 from autopack.database import database_url
 from autopack.migrations.build144 import where_the_table_is
@@ -18,13 +22,12 @@ from autopack.migrations.runtime.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAU
 from autopack.migrations.runtime.errors import one_sentence_errors
 
 
-def run_verify(as_json: bool = False) -> int:
+@contextmanager
+def reading(url: URL) -> Iterator[Connection]:
+    """One read-only transaction on ``url``, as ``verify`` and ``plan`` read: no write lock on SQLite, READ ONLY on a
+    server; they take no timeout option, and a failure is one sentence."""
     from autopack.read_only import read_only_connection
-    from autopack.verify import as_json as verification_json
-    from autopack.verify import render, verify
 
-    url = parse_url(database_url())
-    # reads only: no write lock on SQLite, a READ ONLY transaction on a server; verify takes no timeout option
     with (
         one_sentence_errors(
             url,
@@ -36,27 +39,25 @@ def run_verify(as_json: bool = False) -> int:
         ),
         read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
     ):
+        yield connection
+
+
+def run_verify(as_json: bool = False) -> int:
+    from autopack.verify import as_json as verification_json
+    from autopack.verify import render, verify
+
+    url = parse_url(database_url())
+    with reading(url) as connection:
         result = verify(connection)
     print(json.dumps(verification_json(result, url), indent=2) if as_json else render(result, url))
     return 0 if result.ok else 1
 
 
 def run_plan(direction: str, online: bool, as_json: bool) -> int:
-    from autopack.read_only import read_only_connection
     from autopack.upgrade_plan import make_plan
 
     url = parse_url(database_url())
-    with (
-        one_sentence_errors(
-            url,
-            busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S,
-            lock_timeout=DEFAULT_LOCK_TIMEOUT,
-            table=TABLE,
-            writes=False,
-            wait_hint=None,
-        ),
-        read_only_connection(url, lock_wait_s=DEFAULT_BUSY_TIMEOUT_S) as connection,
-    ):
+    with reading(url) as connection:
         plan = make_plan(connection, url, direction, online=online)
     print(json.dumps(plan.as_json(), indent=2) if as_json else plan.render())
     return 0 if plan.proceeds else 1
