@@ -29,8 +29,11 @@ class ApiKeyError(ValueError):
 def configured_api_key() -> str | None:
     """The key requests must present, ``None`` when none is configured, or ``ApiKeyError`` in one sentence."""
     raw = os.environ.get(ENV)
-    if raw is None:
-        return None
+    return None if raw is None else usable_api_key(raw)
+
+
+def usable_api_key(raw: str) -> str:
+    """The key ``raw`` sets (whitespace around it ignored), or ``ApiKeyError`` in one sentence."""
     key = raw.strip(" \t\r\n")
     if not key:
         raise ApiKeyError(
@@ -44,26 +47,6 @@ def configured_api_key() -> str | None:
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'."
         )
     return key
-
-
-class RefuseUnusableApiKey:
-    """ASGI middleware: the server's startup fails, with the sentence in its log, when the key is unusable.
-
-    Requests are still checked one by one (``--lifespan off`` skips start-up), so a bad key never serves data.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            try:
-                configured_api_key()
-            except ApiKeyError as error:
-                await receive()  # lifespan.startup
-                await send({"type": "lifespan.startup.failed", "message": str(error)})
-                return
-        await self.app(scope, receive, send)
 
 
 # the host names a browser on the operator's machine uses for it (any port): a page elsewhere that rebinds its own

@@ -26,11 +26,12 @@ def run_token_cap() -> int:
     for name in (RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV):
         raw = os.environ.get(name)
         if raw is not None:
-            return _whole_number_of_tokens(name, raw)
+            return whole_number_of_tokens(name, raw)
     return DEFAULT_RUN_TOKEN_CAP
 
 
-def _whole_number_of_tokens(name: str, raw: str) -> int:
+def whole_number_of_tokens(name: str, raw: str) -> int:
+    """``raw`` as a cap, or ``RunTokenCapError`` in one sentence naming the variable ``name``."""
     value = raw.strip(" \t\r\n")
     if _WHOLE_NUMBER.fullmatch(value) and len(value) <= len(str(MAX_RUN_TOKEN_CAP)):
         cap = int(value)

@@ -16,12 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from sqlalchemy.orm import Session
 
-from autopack.api_key import LocalHostsWithoutKey, RefuseUnusableApiKey, require_api_key
+from autopack.api_key import LocalHostsWithoutKey, require_api_key
 from autopack.config import RunTokenCapError, run_token_cap
 from autopack.dashboard import known_period, undated_usage, usage_by_model, usage_by_provider
 from autopack.dashboard_page import router as dashboard_page
 from autopack.dashboard_schemas import ERROR_RESPONSES, UsageResponse
 from autopack.database import get_db
+from autopack.settings import RefuseUnusableSettings
 
 __all__ = ["app", "get_db"]
 
@@ -51,4 +52,4 @@ app = FastAPI(title="Autopack usage dashboard")
 app.include_router(dashboard)
 app.include_router(dashboard_page)  # GET /dashboard (the page, no data) and /dashboard/usage/breakdown
 app.add_middleware(LocalHostsWithoutKey)  # no key: only localhost, 127.0.0.1 and [::1] (DNS rebinding)
-app.add_middleware(RefuseUnusableApiKey)
+app.add_middleware(RefuseUnusableSettings)  # every setting checked at start-up; the revision read

@@ -1,0 +1,99 @@
+"""Settings are read and checked once, as `uvicorn autopack.main:app` starts: a value the application cannot run with
+stops the server in one sentence naming the variable, before it serves a request (the values accepted are those the
+dashboard and the key check accept); and a database that is not at head is one warning line, the server serving
+with an `X-Autopack-Schema: behind (at …)` header on every response."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import ROOT, alembic
+
+UNSET = ("AUTOPACK_API_KEY", "AUTOPACK_RUN_TOKEN_CAP", "RUN_TOKEN_CAP", "DATABASE_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def uvicorn(database: Path, port: int, **settings: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    env["DATABASE_URL"] = f"sqlite:///{database}"
+    env.update(settings)
+    command = [sys.executable, "-m", "uvicorn", "autopack.main:app", "--port", str(port)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize(
+    ("settings", "sentence"),
+    [
+        ({"AUTOPACK_RUN_TOKEN_CAP": "5M"}, "AUTOPACK_RUN_TOKEN_CAP must be a whole number of tokens"),
+        ({"AUTOPACK_RUN_TOKEN_CAP": ""}, "AUTOPACK_RUN_TOKEN_CAP must be a whole number of tokens"),
+        ({"RUN_TOKEN_CAP": "-1"}, "RUN_TOKEN_CAP must be a whole number of tokens"),
+        ({"AUTOPACK_API_KEY": " "}, "AUTOPACK_API_KEY is set but empty"),
+        ({"DATABASE_URL": "nonsense"}, "DATABASE_URL is not a database URL SQLAlchemy can read"),
+    ],
+    ids=["cap-unit", "cap-empty", "upstream-cap-negative", "key-empty", "url"],
+)
+def test_a_setting_the_application_cannot_run_with_stops_the_server_in_one_sentence(
+    tmp_path: Path, settings: dict, sentence: str
+):
+    server = uvicorn(tmp_path / "app.db", free_port(), **settings)
+    _, stderr = server.communicate(timeout=60)
+    assert server.returncode != 0, stderr
+    errors = [line.removeprefix("ERROR:").strip() for line in stderr.splitlines() if line.startswith("ERROR:")]
+    assert errors[0].startswith(sentence) and errors[1:] == ["Application startup failed. Exiting."], stderr
+    assert "Traceback" not in stderr
+
+
+def serving(database: Path, **settings: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    server = uvicorn(database, port, **settings)
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=1)
+            return server, port
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    raise AssertionError(server.communicate()[1])
+
+
+def stop(server: subprocess.Popen) -> str:
+    server.terminate()
+    return server.communicate(timeout=30)[1]
+
+
+def test_accepted_settings_start_and_a_database_at_head_serves_without_the_header(tmp_path: Path):
+    database = tmp_path / "app.db"
+    alembic(f"sqlite:///{database}", "upgrade", "head")
+    server, port = serving(database, AUTOPACK_RUN_TOKEN_CAP=" 100000\n")  # a secrets file's newline is accepted
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/dashboard/usage?period=day", timeout=10)
+    finally:
+        log = stop(server)
+    assert response.status_code == 200 and "x-autopack-schema" not in response.headers
+    assert response.json()["providers"] == [] and "WARNING" not in log
+
+
+def test_a_database_behind_head_is_one_warning_line_and_a_header_on_every_response(tmp_path: Path):
+    database = tmp_path / "app.db"
+    alembic(f"sqlite:///{database}", "upgrade", "0001")
+    server, port = serving(database)
+    try:
+        page = httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=10)
+        docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10)
+    finally:
+        log = stop(server)
+    assert page.headers["x-autopack-schema"] == docs.headers["x-autopack-schema"] == "behind (at 0001)"
+    warnings = [line for line in log.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "is at 0001, not this release's head" in warnings[0], log
+    assert "autopack upgrade head" in warnings[0]
