@@ -31,16 +31,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (wheel,) = (place / "dist").glob("*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(place / "venv")], check=True, timeout=120)
     pip = [str(place / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
-    subprocess.run(pip, check=True, capture_output=True, timeout=600)
+    subprocess.run(pip, check=True, capture_output=True, timeout=600, env=clean_environment())
     elsewhere = place / "elsewhere"
     elsewhere.mkdir()
     return {"wheel": wheel, "bin": place / "venv" / "bin", "cwd": elsewhere}
 
 
+def clean_environment() -> dict[str, str]:
+    """This environment without what would put the checkout on a path (a PYTHONPATH naming its src/, where the wheel
+    build leaves an egg-info that pip would take for the package installed)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run(installed: dict, url: URL | str, *args: str) -> subprocess.CompletedProcess:
     """A command of the installed package, from a directory outside the checkout, with nothing of it on the path."""
     rendered = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = clean_environment()
     env.update(DATABASE_URL=rendered, PATH=f"{installed['bin']}{os.pathsep}{env['PATH']}")
     return subprocess.run(args, cwd=installed["cwd"], env=env, capture_output=True, text=True, timeout=300)
 
