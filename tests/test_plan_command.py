@@ -72,6 +72,9 @@ def test_plan_of_an_upgrade_counts_what_it_would_do_and_changes_nothing(db_url: 
     assert current(db_url) == "0001" and "total_tokens" not in columns_of(db_url)  # the plan changed nothing
     text_plan = autopack(db_url, "plan")
     assert text_plan.returncode == 0 and text_plan.stdout.rstrip().endswith("The run would proceed.")
+    downgrade = autopack(db_url, "plan", "--downgrade", "--json")  # at 0001: not BUILD-144's downgrade
+    refused = json.loads(downgrade.stdout)
+    assert downgrade.returncode == 1 and refused["rows"] == 8 and refused["path"].startswith("refused: ")
 
 
 def test_plan_refuses_in_the_sentence_the_upgrade_would_fail_with(db_url: URL):

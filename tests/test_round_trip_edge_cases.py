@@ -14,9 +14,12 @@ from support import (
     alembic,
     columns_of,
     current,
+    event_row,
     execute,
     fails,
+    insert_events,
     token_rows,
+    verify,
 )
 
 INSERT = (
@@ -302,3 +305,30 @@ def test_a_driver_option_typo_in_a_mariadb_url_is_one_sentence(db_url, option):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_check_constraint_with_a_percent_sign_is_evaluated_not_a_traceback(db_url):
+    """A split CHECK using modulo or LIKE (``%``) is evaluated on the probe row like any other: the driver's
+    placeholder syntax must not take it for a parameter (PostgreSQL raised "incomplete placeholder")."""
+    alembic(db_url, "upgrade", "0001")
+    check = "CHECK (prompt_tokens % 2 = 0 OR provider LIKE '%a%')"  # % is modulo on every engine
+    if db_url.get_backend_name() == "sqlite":  # SQLite takes no ADD CONSTRAINT: the table made with it
+        execute(db_url, "DROP TABLE llm_usage_events")
+        execute(
+            db_url,
+            "CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR NOT NULL, model VARCHAR NOT NULL, "
+            "run_id VARCHAR, phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL, "
+            "completion_tokens INTEGER NOT NULL, created_at DATETIME NOT NULL, is_doctor_call BOOLEAN NOT NULL, "
+            f"doctor_model VARCHAR, doctor_action VARCHAR, CONSTRAINT ck_even {check})",
+        )
+    else:
+        execute(db_url, f"ALTER TABLE llm_usage_events ADD CONSTRAINT ck_even {check}")
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        insert_events(connection, [event_row(1, provider="anthropic", prompt_tokens=3, completion_tokens=4)])
+    engine.dispose()
+    alembic(db_url, "upgrade", "head")
+    assert list(token_rows(db_url).values()) == [(3, 4, 7)]
+    assert verify(db_url).returncode == 0
+    alembic(db_url, "downgrade", "-1")
+    assert list(token_rows(db_url).values()) == [(3, 4)]

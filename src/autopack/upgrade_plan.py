@@ -119,6 +119,8 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
         schema_change=plan.describe(done=False) if direction == "upgrade" else "splits NOT NULL, drop total_tokens",
         path="",
     )
+    count = sa.select(sa.func.count()).select_from(events)
+    made.rows = connection.execute(count).scalar_one() if has_table else 0
     at_head = revision is not None and HEAD in revision
     if direction == "upgrade" and at_head and not (plan.add_total or plan.add_default or plan.relax):
         made.schema_change, made.path = "none", "nothing to do: the database is at head"
@@ -140,8 +142,6 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
         for found in [check.find(connection, plan)]
     ]
     made.path = strategy.path(connection, plan, direction, hooks)
-    count = sa.select(sa.func.count()).select_from(events)
-    made.rows = connection.execute(count).scalar_one()
     if direction == "upgrade":
         needs = NEEDS_TOTAL if plan.has_total else split_sum != 0
         made.rows_to_change = connection.execute(count.where(needs)).scalar_one()
