@@ -59,9 +59,7 @@ def online_downgrade(plan: Plan) -> None:
         def set_aside_since(bind: sa.Connection) -> None:  # 4., under the lock: an index range of new ids
             if seen["last"] is not None:
                 bind.execute(holdover.hold_over_statement(after_id=seen["last"]))
-            if not holdover.held_rows(bind):
-                bind.exec_driver_sql(f"DROP TABLE {holdover.HOLDOVER}")
-                log.info("No rows needed setting aside: every row's total is the sum of its splits")
+            holdover.drop_if_empty(bind)
 
         try:
             with_lock_retries(connection, [set_aside], plan.options, changed=AFTER_FAILURE)
