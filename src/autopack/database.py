@@ -143,12 +143,9 @@ def init_db() -> None:
     """
     from alembic import command
 
-    from autopack.migrations.build144.messages import refusal
-    from autopack.migrations.tree_config import CHECKOUT_INI, alembic_config, installed_tree
+    from autopack.migrations.tree_config import the_tree_config
 
-    config = alembic_config()  # the checkout's alembic.ini, or the tree the installed wheel carries
-    if config is None:
-        raise refusal("init_db_without_the_tree", ini=CHECKOUT_INI, installed=installed_tree())
+    config = the_tree_config()  # the checkout's alembic.ini, or the tree the installed wheel carries
     config.attributes["configure_logger"] = False
     config.attributes["command"] = "upgrade"
     config.attributes["owns_the_process"] = False  # the application's signal handlers stay; any thread may call it

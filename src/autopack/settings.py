@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False)
+    model_config = SettingsConfigDict(extra="ignore")
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
     api_key: str | None = Field(default=None, validation_alias=API_KEY_ENV)
@@ -51,10 +51,10 @@ class Settings(BaseSettings):
 
     @field_validator("run_token_cap", mode="before")
     @classmethod
-    def _whole_number(cls, raw: object, info) -> int:
-        if isinstance(raw, int):
+    def _whole_number(cls, raw: str | int) -> int:
+        if isinstance(raw, int):  # the default: pydantic-settings validates defaults too
             return raw
-        return whole_number_of_tokens(cls._cap_variable(), str(raw))
+        return whole_number_of_tokens(cls._cap_variable(), raw)
 
     @staticmethod
     def _cap_variable() -> str:

@@ -54,6 +54,17 @@ def alembic_config(cmd_opts=None) -> Config | None:
     return config
 
 
+def the_tree_config(cmd_opts=None) -> Config:
+    """``alembic_config``, or the catalogue's sentence when neither the checkout's tree nor the installed copy is
+    there (a broken install)."""
+    config = alembic_config(cmd_opts=cmd_opts)
+    if config is None:
+        from autopack.migrations.build144.messages import refusal
+
+        raise refusal("init_db_without_the_tree", ini=CHECKOUT_INI, installed=installed_tree())
+    return config
+
+
 def configure_logging(config: Config) -> None:
     """As ``alembic.ini`` would, for a config without a file (env.py reads the file's own otherwise)."""
     if config.config_file_name is None:
