@@ -58,7 +58,7 @@ def events(path: Path) -> list[tuple]:
 
 def one_error(result: subprocess.CompletedProcess) -> str:
     """The single stderr line of a clean failure."""
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     return result.stderr.strip()

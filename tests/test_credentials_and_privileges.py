@@ -68,7 +68,7 @@ def test_no_command_prints_a_password_wherever_the_url_carries_it(url, command):
 def test_verify_never_prints_a_password():
     for url in (f"postgresql://app@127.0.0.1:1/autopack?password={SECRET}", f"postgresql://app:{SECRET}@127.0.0.1:1/x"):
         status, printed = autopack(url, "verify")
-        assert status == 2 and SECRET not in printed and "Traceback" not in printed, printed
+        assert status == 3 and SECRET not in printed and "Traceback" not in printed, printed
 
 
 def seeded(url):
@@ -170,7 +170,7 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
         with engine.begin() as connection:
             connection.execute(text(f"ALTER ROLE {owner} NOBYPASSRLS"))
         status, printed = autopack(as_owner.render_as_string(False), "verify")  # never a filtered "all passed"
-        assert status == 2 and "row-level security" in printed and "Traceback" not in printed, printed
+        assert status == 3 and "row-level security" in printed and "Traceback" not in printed, printed
     finally:
         with engine.begin() as connection:
             connection.execute(text("DROP POLICY IF EXISTS tenant ON llm_usage_events"))
@@ -185,5 +185,5 @@ def test_row_level_security_never_hides_rows_from_the_migration(db_url):
 def test_verify_on_mariadb_with_a_wrong_password_or_database_is_one_sentence(db_url):
     for url in (db_url.set(password=SECRET), db_url.set(database="no_such_db_here")):
         status, printed = autopack(url.render_as_string(False), "verify")
-        assert status == 2 and "Traceback" not in printed and SECRET not in printed, printed
+        assert status == 3 and "Traceback" not in printed and SECRET not in printed, printed
         assert printed.startswith("error: Cannot connect to") and len(printed.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ def test_a_table_named_in_other_letter_case_is_refused_naming_it(db_url):
     assert "RENAME" in message and message.endswith("nothing was changed."), message
     assert table_names(db_url) == {OTHER_CASE}  # no empty llm_usage_events beside it, no version table
     result = verify(db_url)  # verify does not pass on a new, empty table either
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"named {OTHER_CASE} (3 rows)" in result.stderr
 
 
@@ -120,7 +120,7 @@ def test_verify_of_a_sqlite_table_named_in_other_letter_case_says_how_to_rename_
     raw.commit()
     raw.close()
     result = verify(db_url)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == [line(result.stderr, f"named {OTHER_CASE} in this file")]
     assert "run 'alembic upgrade head', which renames it to llm_usage_events" in result.stderr
 

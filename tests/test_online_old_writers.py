@@ -83,7 +83,7 @@ def test_an_old_writer_across_the_whole_online_upgrade_leaves_every_total_right(
             time.sleep(1.5)
             assert "revision is 0002 or later" in verify(db_url).stdout  # FAIL: the upgrade did not finish
             refused = finish_online(db_url, check=False)
-            assert refused.returncode == 2 and "not 0002: an upgrade did not finish" in refused.stderr
+            assert refused.returncode == 3 and "not 0002: an upgrade did not finish" in refused.stderr
         process = start_alembic(db_url, *online, "upgrade", "head")
         _, log = process.communicate(timeout=600)
         assert process.returncode == 0, log
@@ -144,7 +144,7 @@ def test_downgrade_after_an_unfinished_online_upgrade_drops_the_fill_trigger(db_
 def test_finish_online_before_the_upgrade_is_one_sentence(db_url):
     alembic(db_url, "upgrade", "0001")
     result = finish_online(db_url, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: llm_usage_events has no total_tokens column: run 'alembic upgrade head'")
 
 
@@ -220,7 +220,7 @@ def test_a_row_the_application_holds_makes_the_batch_retry_not_wait_or_fail(db_u
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_finish_online_on_a_sqlite_path_with_no_database_creates_none(db_url):
     result = finish_online(db_url, check=False)
-    assert result.returncode == 2 and result.stderr.startswith("error: No SQLite database at ")
+    assert result.returncode == 3 and result.stderr.startswith("error: No SQLite database at ")
     assert not Path(db_url.database).exists()
 
 

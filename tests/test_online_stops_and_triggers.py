@@ -167,7 +167,7 @@ def test_a_signal_during_finish_online_is_one_sentence_and_a_rerun_finishes(db_u
         status, output = stopped_on(process, signal.SIGTERM, "lock not granted within")
         holder.rollback()
     engine.dispose()
-    assert status == 2 and "Traceback" not in output, output
+    assert status == 3 and "Traceback" not in output, output
     assert "error: Stopped on SIGTERM" in output and "re-run 'python -m autopack finish-online'" in output, output
     assert "finish-online" in verify(db_url).stdout  # the trigger is still there: verify names the step
     finish_online(db_url)

@@ -142,7 +142,7 @@ def test_the_online_mode_and_finish_online_refuse_a_transaction_pooler_before_an
         assert current(pooled) == "0001" and "total_tokens" not in columns_of(db_url)
         alembic(pooled, "upgrade", "head")  # the default mode works there
         finished = finish_online(pooled)
-        assert finished.returncode == 2 and "transaction-pooling connection pooler" in finished.stderr, finished
+        assert finished.returncode == 3 and "transaction-pooling connection pooler" in finished.stderr, finished
         assert server_state(pooled) == CLEAN
 
 

@@ -138,7 +138,7 @@ def test_verify_json_has_stable_keys_and_the_failing_check(db_url: URL):
 
 def test_verify_json_reports_a_database_it_cannot_check(tmp_path):
     result = autopack(URL.create("sqlite", database=str(tmp_path / "missing.db")), "verify", "--json")
-    assert result.returncode == 2 and result.stderr.startswith("error: No SQLite database at ")
+    assert result.returncode == 3 and result.stderr.startswith("error: No SQLite database at ")
     assert json.loads(result.stdout) == {
         "version": 1,
         "ok": False,

@@ -75,7 +75,7 @@ def test_backup_includes_what_is_still_in_the_wal_and_never_overwrites(tmp_path)
     with sqlite3.connect(tmp_path / "autopack.db.backup") as copy:
         assert copy.execute("SELECT COUNT(*), SUM(x) FROM llm_usage_events").fetchone() == (1000, sum(range(1000)))
     again = run("python -m autopack backup", url)
-    assert again.returncode == 2
+    assert again.returncode == 3
     assert again.stderr.strip() == (
         f"error: {tmp_path / 'autopack.db.backup'} already exists: move it away or name another with --to; "
         "nothing was written."
@@ -86,5 +86,5 @@ def test_backup_includes_what_is_still_in_the_wal_and_never_overwrites(tmp_path)
 @pytest.mark.parametrize("url", ["postgresql://ops:hunter2@db.internal/autopack"])
 def test_backup_of_postgresql_points_to_pg_dump(url):
     result = run("python -m autopack backup", url)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "pg_dump --format=custom" in result.stderr and "hunter2" not in result.stderr

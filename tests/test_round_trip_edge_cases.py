@@ -303,7 +303,7 @@ def test_a_driver_option_typo_in_a_mariadb_url_is_one_sentence(db_url, option):
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -252,11 +252,11 @@ def test_verify_names_its_own_cure_for_a_statement_timeout_and_a_missing_search_
     alembic(db_url, "upgrade", "head")
     set_default(db_url, "statement_timeout", "1ms")
     checked = verify(db_url)
-    assert checked.returncode == 2 and "statement_timeout cancelled" in checked.stderr, checked.stderr
+    assert checked.returncode == 3 and "statement_timeout cancelled" in checked.stderr, checked.stderr
     assert "-x" not in checked.stderr and "raise the role's or the database's setting" in checked.stderr
     with psycopg.connect(libpq(db_url), autocommit=True) as admin:  # its own statements under 1ms no longer
         admin.execute("SET statement_timeout = 0")
         admin.execute(f"ALTER DATABASE {db_url.database} RESET statement_timeout")
     execute(db_url, f"ALTER DATABASE {db_url.database} SET search_path = no_such_schema")
     checked = verify(db_url)
-    assert checked.returncode == 2 and "No schema of this connection's search_path" in checked.stderr, checked.stderr
+    assert checked.returncode == 3 and "No schema of this connection's search_path" in checked.stderr, checked.stderr

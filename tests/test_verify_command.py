@@ -85,7 +85,7 @@ def test_a_database_not_yet_migrated_fails_the_schema_checks(db_url):
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_verify_never_creates_a_database(db_url):
     result = verify(db_url)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stderr.strip() == (
         f"error: No SQLite database at {db_url.database}: check DATABASE_URL "
         "(only 'alembic upgrade' creates a new database)."
@@ -99,7 +99,7 @@ def test_verify_on_an_empty_database_says_there_is_no_table(db_url):
         connection.execute(text("CREATE TABLE unrelated (id INTEGER)"))
     engine.dispose()
     result = verify(db_url)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stderr.strip() == "error: There is no llm_usage_events table in this database: check DATABASE_URL."
 
 
@@ -161,7 +161,7 @@ def test_verify_behind_an_exclusive_lock_names_the_holders_and_no_option_it_lack
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert re.fullmatch(  # the time really waited: the 10 s busy timeout, and a little more
         re.escape(f"error: The database sqlite:///{path} is locked by another process (waited ")
         + r"1\d\.\ds"
@@ -216,7 +216,7 @@ def test_verify_behind_a_table_lock_gives_up_in_one_sentence_that_names_no_optio
             result = verify(db_url)
     finally:
         holder.dispose()  # closes the holder's session, and its lock with it, whatever happened
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stderr.strip() == (
         f"error: Could not read llm_usage_events on {db_url.render_as_string(hide_password=True)} within 10s: "
         "another session holds a lock on it, such as a migration in progress "
@@ -227,7 +227,7 @@ def test_verify_behind_a_table_lock_gives_up_in_one_sentence_that_names_no_optio
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_verify_never_creates_a_database_named_by_a_file_uri(db_url):
     result = verify(f"sqlite:///file:{quote(db_url.database)}?uri=true")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stderr.strip() == (
         f"error: No SQLite database at {db_url.database}: check DATABASE_URL "
         "(only 'alembic upgrade' creates a new database)."

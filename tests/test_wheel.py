@@ -3,6 +3,7 @@ migrates from another directory, with no checkout on its path: the `autopack` co
 backup) and `init_db()`, on a new database and on a pre-BUILD-144 one with rows."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,13 +18,20 @@ from support import ROOT, alembic, columns_of, event_row, execute, insert_events
 
 PACKAGE = "autopack-usage-migrations"
 
+# one worker builds and installs the wheel for the whole module
+pytestmark = pytest.mark.xdist_group("wheel")
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The wheel, and a virtualenv with it installed from the wheel file, as `pip install <checkout>` deploys."""
     place = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools builds in the source folder (build/, *.egg-info), which another build of the
+    # checkout at the same time (a second test run, a developer's pip) would share and spoil
+    source = place / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(place / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(place / "dist"), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -110,3 +118,31 @@ def test_init_db_of_the_installed_package_migrates_from_any_directory(installed:
     assert started.returncode == 0, started.stderr
     assert {"llm_usage_events", "alembic_version"} <= table_names(db_url)
     assert run(installed, db_url, "autopack", "current").stdout.split() == ["0002", "(head)"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_exit_status_tells_bad_arguments_from_a_database_that_cannot_be_checked(installed: dict, db_url: URL):
+    misused = run(installed, db_url, "autopack", "verify", "--jsno")
+    assert misused.returncode == 2 and "unrecognized arguments: --jsno" in misused.stderr, misused.stderr
+    missing = run(installed, db_url, "autopack", "verify", "--json")  # no file there: verify never creates one
+    assert missing.returncode == 3 and missing.stderr.startswith("error: No SQLite database at "), missing.stderr
+    assert '"version": 1' in missing.stdout and '"ok": false' in missing.stdout
+    assert run(installed, db_url, "autopack", "upgrade", "head").returncode == 0
+    assert run(installed, db_url, "autopack", "verify").returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_broken_install_names_the_command_that_cannot_find_the_tree(installed: dict, db_url: URL):
+    (site_packages,) = (installed["bin"].parent / "lib").glob("python*/site-packages")
+    tree = site_packages / "autopack" / "migrations" / "alembic_tree"
+    tree.rename(tree.with_name("alembic_tree.moved"))  # as a partial copy or a pruned image would leave it
+    try:
+        upgrade = run(installed, db_url, "autopack", "upgrade", "head")
+        started = run(installed, db_url, "python", "-c", "from autopack.database import init_db; init_db()")
+    finally:
+        tree.with_name("alembic_tree.moved").rename(tree)
+    assert upgrade.returncode == 3 and "Traceback" not in upgrade.stderr, upgrade.stderr
+    assert upgrade.stderr.startswith("error: autopack upgrade cannot find the migrations tree: neither "), upgrade
+    assert "reinstall the package" in upgrade.stderr
+    assert "init_db() cannot find the migrations tree" in started.stderr
+    assert not Path(db_url.database).exists()  # nothing made on the way

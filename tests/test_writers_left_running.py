@@ -152,7 +152,7 @@ def test_verify_names_the_command_that_restores_what_a_stopped_downgrade_set_asi
     # the placeholders are not stale splits: the totals check and repair-totals send the operator to the restore
     assert "run 'python -m autopack restore-set-aside' first" in line(checked.stdout, "totals match their splits")
     refused = autopack_command(db_url, "repair-totals")
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
     assert "1 rows a downgrade set aside still read 0/0 splits: run 'python -m autopack restore-set-aside'" in (
         refused.stderr
     )

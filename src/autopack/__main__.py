@@ -21,6 +21,9 @@ from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.connection import DEFAULT_BUSY_TIMEOUT_S, DEFAULT_LOCK_TIMEOUT, parse_url
 from autopack.migrations.runtime.errors import one_sentence_errors
 
+# Exit statuses, documented in docs/application.md: argparse's own 2 is arguments the command cannot use
+PASSED, CHECK_FAILED, BAD_ARGUMENTS, CANNOT_CHECK = 0, 1, 2, 3
+
 
 @contextmanager
 def reading(url: URL) -> Iterator[Connection]:
@@ -50,7 +53,7 @@ def run_verify(as_json: bool = False) -> int:
     with reading(url) as connection:
         result = verify(connection)
     print(json.dumps(verification_json(result, url), indent=2) if as_json else render(result, url))
-    return 0 if result.ok else 1
+    return PASSED if result.ok else CHECK_FAILED
 
 
 def run_plan(direction: str, online: bool, as_json: bool) -> int:
@@ -60,7 +63,7 @@ def run_plan(direction: str, online: bool, as_json: bool) -> int:
     with reading(url) as connection:
         plan = make_plan(connection, url, direction, online=online)
     print(json.dumps(plan.as_json(), indent=2) if as_json else plan.render())
-    return 0 if plan.proceeds else 1
+    return PASSED if plan.proceeds else CHECK_FAILED
 
 
 def run_finish_online() -> int:
@@ -162,7 +165,7 @@ def run_alembic(argv: list[str], prog: str) -> int:
 
     cli = CommandLine(prog=prog)
     options = cli.parser.parse_args(argv)
-    config = the_tree_config(cmd_opts=options)
+    config = the_tree_config(f"{prog} {options.cmd[0].__name__}", cmd_opts=options)
     configure_logging(config)
     cli.run_cmd(config, options)  # a CommandError: Alembic's one FAILED line, and exit status 255 (its -1)
     return 0
@@ -178,15 +181,24 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def json_version(command: str) -> int:
+    """The version of the JSON ``command`` prints: a failure keeps the shape's own number."""
+    if command == "plan":
+        from autopack.upgrade_plan import JSON_VERSION
+    else:
+        from autopack.verify import JSON_VERSION
+    return JSON_VERSION
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prog = "autopack" if Path(sys.argv[0]).name == "autopack" else "python -m autopack"
     if alembic_command(argv):
         try:
             return run_alembic(argv, prog)
-        except CommandError as error:
+        except CommandError as error:  # before Alembic runs: no tree to run it on
             print(f"error: {error}", file=sys.stderr)
-            return 2
+            return CANNOT_CHECK
     parser = argparse.ArgumentParser(
         prog=prog,
         epilog=f"and Alembic's commands on this tree: {', '.join(ALEMBIC_COMMANDS)} (e.g. '{prog} upgrade head', "
@@ -229,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_verify(args.json) if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
-        if getattr(args, "json", False):  # a reader of the JSON gets the failure in it too
-            print(json.dumps({"version": 1, "ok": False, "error": str(error)}, indent=2))
-        return 2
+        if getattr(args, "json", False):  # a reader of the JSON gets the failure in it too, in its own shape
+            print(json.dumps({"version": json_version(args.command), "ok": False, "error": str(error)}, indent=2))
+        return CANNOT_CHECK
 
 
 if __name__ == "__main__":

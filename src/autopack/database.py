@@ -145,7 +145,7 @@ def init_db() -> None:
 
     from autopack.migrations.tree_config import the_tree_config
 
-    config = the_tree_config()  # the checkout's alembic.ini, or the tree the installed wheel carries
+    config = the_tree_config("init_db()")  # the checkout's alembic.ini, or the tree the installed wheel carries
     config.attributes["configure_logger"] = False
     config.attributes["command"] = "upgrade"
     config.attributes["owns_the_process"] = False  # the application's signal handlers stay; any thread may call it

@@ -54,14 +54,14 @@ def alembic_config(cmd_opts=None) -> Config | None:
     return config
 
 
-def the_tree_config(cmd_opts=None) -> Config:
-    """``alembic_config``, or the catalogue's sentence when neither the checkout's tree nor the installed copy is
-    there (a broken install)."""
+def the_tree_config(caller: str, cmd_opts=None) -> Config:
+    """``alembic_config``, or the catalogue's sentence naming ``caller`` (``init_db()``, ``autopack upgrade``) when
+    neither the checkout's tree nor the installed copy is there (a broken install)."""
     config = alembic_config(cmd_opts=cmd_opts)
     if config is None:
         from autopack.migrations.build144.messages import refusal
 
-        raise refusal("init_db_without_the_tree", ini=CHECKOUT_INI, installed=installed_tree())
+        raise refusal("no_migrations_tree", caller=caller, ini=CHECKOUT_INI, installed=installed_tree())
     return config
 
 

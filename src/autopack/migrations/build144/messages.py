@@ -364,8 +364,8 @@ BUILD144_MESSAGES: dict[str, Message] = {
         "The database is at revision {stamped}, not 0002",
         "an upgrade did not finish; re-run 'alembic -x online=true upgrade head' (or without -x online=true) first",
     ),
-    "init_db_without_the_tree": M(
-        "init_db() cannot find the migrations tree",
+    "no_migrations_tree": M(
+        "{caller} cannot find the migrations tree",
         "neither {ini} nor the installed copy {installed} is there; reinstall the package (pip install autopack-usage-"
         "migrations) or run from a checkout",
         leaves=None,
