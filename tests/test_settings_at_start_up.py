@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support import ROOT, alembic
+from support import ROOT, alembic, event_row, insert_events
 
 UNSET = ("AUTOPACK_API_KEY", "AUTOPACK_RUN_TOKEN_CAP", "RUN_TOKEN_CAP", "DATABASE_URL")
 
@@ -40,8 +41,12 @@ def uvicorn(database: Path, port: int, **settings: str) -> subprocess.Popen:
         ({"RUN_TOKEN_CAP": "-1"}, "RUN_TOKEN_CAP must be a whole number of tokens"),
         ({"AUTOPACK_API_KEY": " "}, "AUTOPACK_API_KEY is set but empty"),
         ({"DATABASE_URL": "nonsense"}, "DATABASE_URL is not a database URL SQLAlchemy can read"),
+        (  # a URL SQLAlchemy reads, naming a driver this package does not install
+            {"DATABASE_URL": "postgresql+psycopg2://app@127.0.0.1/autopack"},
+            "The server cannot start: No module named 'psycopg2' (ModuleNotFoundError); check DATABASE_URL",
+        ),
     ],
-    ids=["cap-unit", "cap-empty", "upstream-cap-negative", "key-empty", "url"],
+    ids=["cap-unit", "cap-empty", "upstream-cap-negative", "key-empty", "url", "driver-not-installed"],
 )
 def test_a_setting_the_application_cannot_run_with_stops_the_server_in_one_sentence(
     tmp_path: Path, settings: dict, sentence: str
@@ -97,3 +102,33 @@ def test_a_database_behind_head_is_one_warning_line_and_a_header_on_every_respon
     warnings = [line for line in log.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "is at 0001, not this release's head" in warnings[0], log
     assert "autopack upgrade head" in warnings[0]
+
+
+def test_requests_use_the_values_start_up_checked_not_the_environment_of_the_moment(tmp_path: Path, monkeypatch):
+    from app_client import app_client
+    from sqlalchemy import create_engine
+
+    database = tmp_path / "app.db"
+    alembic(f"sqlite:///{database}", "upgrade", "head")
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.begin() as connection:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        row = event_row(1, provider="openai", prompt_tokens=30, completion_tokens=20, total_tokens=50, created_at=now)
+        insert_events(connection, [row])
+    for name in UNSET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
+    monkeypatch.setenv("AUTOPACK_RUN_TOKEN_CAP", "200")
+    monkeypatch.setenv("AUTOPACK_API_KEY", "the-key-at-start-up")
+    with app_client(engine) as client, client:  # `with client`: the lifespan runs, as under uvicorn
+        monkeypatch.setenv("AUTOPACK_RUN_TOKEN_CAP", "5M")  # changed while the server runs: not read again
+        monkeypatch.setenv("AUTOPACK_API_KEY", "a-key-set-later")
+        assert client.get("/dashboard/usage", headers={"X-API-Key": "a-key-set-later"}).status_code == 401
+        served = client.get("/dashboard/usage?period=day", headers={"X-API-Key": "the-key-at-start-up"})
+        assert served.status_code == 200, served.text
+        (provider,) = served.json()["providers"]
+        assert (provider["total_tokens"], provider["cap_tokens"], provider["percent_of_cap"]) == (50, 200, 25.0)
+    engine.dispose()
+    without_start_up = {"X-API-Key": "a-key-set-later"}  # no lifespan: each request reads the environment
+    with app_client(create_engine(f"sqlite:///{database}")) as client:
+        assert client.get("/dashboard/usage", headers=without_start_up).status_code == 500  # the 5M cap

@@ -11,10 +11,12 @@ import re
 import secrets
 from typing import Annotated
 
-from fastapi import HTTPException, Security
+from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from autopack.started_settings import started_settings
 
 ENV = "AUTOPACK_API_KEY"
 log = logging.getLogger("uvicorn.error")
@@ -26,8 +28,12 @@ class ApiKeyError(ValueError):
     """``AUTOPACK_API_KEY`` is set to a key no request could present."""
 
 
-def configured_api_key() -> str | None:
-    """The key requests must present, ``None`` when none is configured, or ``ApiKeyError`` in one sentence."""
+def configured_api_key(scope: Scope | None = None) -> str | None:
+    """The key requests must present, ``None`` when none is configured, or ``ApiKeyError`` in one sentence: as
+    start-up read it, or from the environment where start-up did not run."""
+    started = started_settings(scope or {})
+    if started is not None:
+        return started.api_key
     raw = os.environ.get(ENV)
     return None if raw is None else usable_api_key(raw)
 
@@ -65,7 +71,7 @@ class LocalHostsWithoutKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            keyless = configured_api_key() is None
+            keyless = configured_api_key(scope) is None
         except ApiKeyError:  # an unusable key serves no data anyway (RefuseUnusableApiKey, require_api_key)
             keyless = False
         await (self.local_only if keyless and not in_process(scope) else self.app)(scope, receive, send)
@@ -85,10 +91,10 @@ def in_process(scope: Scope) -> bool:
     )
 
 
-def require_api_key(given: Annotated[str | None, Security(api_key_header)]) -> None:
+def require_api_key(request: Request, given: Annotated[str | None, Security(api_key_header)]) -> None:
     """The rule of every ``/dashboard`` data route: the configured key in ``X-API-Key``, or 401; no key set, open."""
     try:
-        expected = configured_api_key()
+        expected = configured_api_key(request.scope)
     except ApiKeyError as error:  # only reachable when start-up was skipped (--lifespan off): never serve data
         log.error("%s", error)
         raise HTTPException(

@@ -9,6 +9,10 @@ sentence naming the variable, never read as a default.
 import os
 import re
 
+from starlette.types import Scope
+
+from autopack.started_settings import started_settings
+
 RUN_TOKEN_CAP_ENV = "AUTOPACK_RUN_TOKEN_CAP"
 UPSTREAM_RUN_TOKEN_CAP_ENV = "RUN_TOKEN_CAP"
 DEFAULT_RUN_TOKEN_CAP = 5_000_000
@@ -21,8 +25,12 @@ class RunTokenCapError(ValueError):
     """The run token cap variable is set to something that is not a whole number of tokens."""
 
 
-def run_token_cap() -> int:
-    """The configured run token cap (0: no cap), or ``RunTokenCapError`` in one sentence naming the variable."""
+def run_token_cap(scope: Scope | None = None) -> int:
+    """The configured run token cap (0: no cap), or ``RunTokenCapError`` in one sentence naming the variable: as
+    start-up read it, or from the environment where start-up did not run."""
+    started = started_settings(scope or {})
+    if started is not None:
+        return started.run_token_cap
     for name in (RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV):
         raw = os.environ.get(name)
         if raw is not None:

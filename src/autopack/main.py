@@ -13,7 +13,7 @@ the key and sends it with its own requests).
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from autopack.api_key import LocalHostsWithoutKey, require_api_key
@@ -32,12 +32,13 @@ dashboard = APIRouter(prefix="/dashboard", dependencies=[Depends(require_api_key
 
 @dashboard.get("/usage", response_model=UsageResponse, responses=ERROR_RESPONSES)
 def dashboard_usage(
+    request: Request,
     db: Annotated[Session, Depends(get_db)],
     period: Annotated[str, Depends(known_period)],
 ) -> UsageResponse:
     """Token sums per provider (each against the run token cap) and per model over the last day, week or month."""
     try:
-        cap = run_token_cap()
+        cap = run_token_cap(request.scope)
     except RunTokenCapError as error:  # the operator's setting is wrong: say which, never a made-up cap
         log.error("%s", error)
         raise HTTPException(status_code=500, detail=str(error)) from None

@@ -19,6 +19,7 @@ from autopack.api_key import ENV as API_KEY_ENV
 from autopack.api_key import usable_api_key
 from autopack.config import DEFAULT_RUN_TOKEN_CAP, RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV, whole_number_of_tokens
 from autopack.database import DEFAULT_DATABASE_URL
+from autopack.started_settings import keep
 
 
 class SettingsError(ValueError):
@@ -108,6 +109,18 @@ def schema_behind(database: str) -> str | None:
     return None if heads == (head,) else ", ".join(heads) or "no revision"
 
 
+def cannot_start(error: Exception) -> str:
+    """The one sentence uvicorn logs when start-up fails: a setting's own refusal, or what went wrong."""
+    if isinstance(error, SettingsError):
+        return str(error)
+    from autopack.migrations.runtime.errors import first_line
+
+    return (
+        f"The server cannot start: {first_line(error)} ({type(error).__name__}); check DATABASE_URL and the "
+        "installed drivers."
+    )
+
+
 class RefuseUnusableSettings:
     """ASGI middleware. At start-up: every setting validated (a bad one fails start-up with its sentence, before a
     request is served), then the database's revision read. A database not at head is one warning line, and every
@@ -123,11 +136,12 @@ class RefuseUnusableSettings:
         if scope["type"] == "lifespan":
             try:
                 settings = load_settings()
-            except SettingsError as error:
+                self.behind = schema_behind(settings.database_url)
+            except Exception as error:  # a bad setting, or one start-up cannot use (a driver not installed, ...)
                 await receive()  # lifespan.startup
-                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                await send({"type": "lifespan.startup.failed", "message": cannot_start(error)})
                 return
-            self.behind = schema_behind(settings.database_url)
+            keep(scope, settings)  # what routes read from now on: the values checked here, not the environment
             if self.behind is not None:
                 import logging
 
