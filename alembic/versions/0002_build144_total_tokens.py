@@ -23,9 +23,8 @@ import sqlalchemy as sa
 from alembic import context, op
 
 from autopack.migrations.build144 import doctor_index, engines, holdover
-from autopack.migrations.build144.batched_backfill import prove_backfilled
 from autopack.migrations.build144.offline_scripts import offline_script
-from autopack.migrations.build144.plan import Plan, offline_plan, plan_from_table, with_rows_counted
+from autopack.migrations.build144.plan import Plan, offline_plan, plan_from_table
 from autopack.migrations.build144.preflight_checks import refuse_what_would_go_wrong
 from autopack.migrations.build144.report import failures_in_one_sentence, report
 from autopack.migrations.build144.table_inspection import update_hooks
@@ -55,8 +54,8 @@ def upgrade() -> None:
     bind = op.get_bind()
     engine = engines.of(bind)  # the engine's strategy, chosen once: engines/sqlite.py, postgresql.py, mariadb.py
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
-    refuse_what_would_go_wrong(bind, plan, "upgrade")  # ... and refuse, before any change, what would fail
-    plan = with_rows_counted(bind, plan)
+    plan = refuse_what_would_go_wrong(bind, plan, "upgrade")  # ... refuse, before any change, what would fail;
+    # its one scan counts the rows, their ids and the totals that would overflow
     hooks = update_hooks(bind)  # the operator's triggers the backfill's UPDATEs will fire
     keep_history(bind, plan)
     with failures_in_one_sentence(plan, hooks, "upgrade"):
@@ -70,8 +69,8 @@ def upgrade() -> None:
             if plan.has_holdover:
                 holdover.restore(bind)  # 4. restore the rows an earlier downgrade set aside
             doctor_index.ensure(bind, plan.options)  # the baseline's index, if the table lacks it
-            prove_backfilled(bind, after=engine.failure_leaves(plan, "upgrade"))
-    report(bind, filled, hooks)  # 5. report what the table now holds
+    proving = None if plan.online else engine.failure_leaves(plan, "upgrade")  # online: each batch proven already
+    report(bind, filled, hooks, proving)  # 5. report what the table now holds, proving no row still needs a total
 
 
 def downgrade() -> None:

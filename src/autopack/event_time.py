@@ -105,8 +105,9 @@ def dated_since(created_at: ColumnElement, dialect: str, start: datetime) -> Col
 
 def undated(created_at: ColumnElement, dialect: str) -> ColumnElement[bool]:
     """Rows whose instant cannot be known: in no period, counted apart."""
-    if dialect == "sqlite":
-        return _sqlite_instant(created_at).is_(None)
+    if dialect == "sqlite":  # a value julianday() reads as it is (the usual row) has an instant: the full reading is
+        # only for the rest (a number julianday() reads is below JULIAN_DAY_LIMIT, where the reading is julianday())
+        return sa.and_(sa.func.julianday(created_at).is_(None), _sqlite_instant(created_at).is_(None))
     if dialect == "postgresql":  # three index lookups
         infinite = [sa.literal_column("'infinity'"), sa.literal_column("'-infinity'")]
         return sa.or_(created_at.is_(None), created_at.in_(infinite))

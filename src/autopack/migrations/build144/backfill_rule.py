@@ -61,7 +61,13 @@ def undated_warning(rows: int) -> str:
     )
 
 
-def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None = None) -> sa.Select:
+def survey(
+    has_total: bool = True,
+    *,
+    verify: bool = False,
+    dialect: str | None = None,
+    proving: bool = False,
+) -> sa.Select:
     """One scan of the table for what the upgrade batches by and reports (``verify=False``) or what ``verify``
     checks (``verify=True``); each count is defined once, in ``counts``. A table without ``total_tokens`` yet
     reads as all totals 0.
@@ -72,13 +78,16 @@ def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None 
     their sum, unfilled rows included) and malformed (both splits NULL and a negative total). Verify adds the
     splits as NUMERIC, so no split an operator widened can overflow the check; the report adds them only where
     the rule would (a total of 0), as the backfill itself does. Given the ``dialect``, both also count ``undated``:
-    rows whose created_at gives no instant (``autopack.event_time``)."""
+    rows whose created_at gives no instant (``autopack.event_time``).
+    ``proving``, the report's scan after the change counts ``left``: rows the rule would still change (the proof
+    that the backfill is complete, in the same scan); once it is, the totals after the rule are the stored ones,
+    which the report then reads as they are."""
     stored = total if has_total else sa.literal(0)
-    totals = sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
+    totals = stored if proving else sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
     both_null = sa.and_(prompt.is_(None), completion.is_(None))
 
     def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+        return sa.func.count(sa.case((condition, 1)))  # the rows where it holds (never NULL, 0 on an empty table)
 
     counts = {
         "rows": sa.func.count(),
@@ -93,10 +102,28 @@ def survey(has_total: bool = True, *, verify: bool = False, dialect: str | None 
         "mismatched": count(not_their_sum(stored)),
         "malformed": count(sa.and_(both_null, stored < 0)),
     }
+    names = VERIFY_COUNTS if verify else REPORT_COUNTS
     if dialect is not None:
         counts["undated"] = count(undated(events.c.created_at, dialect))
-    names = (VERIFY_COUNTS if verify else REPORT_COUNTS) + (("undated",) if dialect is not None else ())
+        names += ("undated",)
+    if proving:
+        counts["left"] = count(sa.and_(stored == 0, split_sum != 0))  # NEEDS_TOTAL
+        names += ("left",)
     return sa.select(*(counts[name].label(name) for name in names)).select_from(events)
+
+
+def before_the_change(has_total: bool, overflow_limit: int) -> sa.Select:
+    """The upgrade's one scan before any change: rows, first and last id (the backfill's batches), and
+    ``overflowing``, the rows whose total the rule would write past ``overflow_limit`` (the preflight check names
+    them only when there are some)."""
+    needs = total == 0 if has_total else sa.true()
+    overflows = sa.or_(wide_split_sum > overflow_limit, wide_split_sum < -overflow_limit - 1)
+    return sa.select(
+        sa.func.count().label("rows"),
+        sa.func.min(events.c.id).label("first"),
+        sa.func.max(events.c.id).label("last"),
+        sa.func.count(sa.case((sa.and_(needs, overflows), 1))).label("overflowing"),
+    ).select_from(events)
 
 
 REPORT_COUNTS = ("rows", "first", "last", "exact", "total_only", "token_sum", "lost")

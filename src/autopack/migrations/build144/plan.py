@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from autopack.migrations.build144.backfill_rule import survey
+from autopack.migrations.build144.backfill_rule import before_the_change
 from autopack.migrations.build144.holdover import HOLDOVER
-from autopack.migrations.build144.table_inspection import system_versioned
+from autopack.migrations.build144.table_inspection import integer_limit, system_versioned
 from autopack.migrations.build144.usage_table import SPLITS, TABLE
 from autopack.migrations.runtime.options import Options
 
@@ -34,6 +34,7 @@ class Plan:
     rows: int = 0  # upgrade: rows in the table, and its first and last id (the backfill's range)
     first_id: int | None = None
     last_id: int | None = None
+    overflowing: int | None = None  # rows whose total the rule would write past the column's limit; None: not counted
     # to do (upgrade)
     add_total: bool = False
     add_default: bool = False
@@ -83,10 +84,11 @@ def plan_from_table(bind: sa.Connection, options: Options) -> Plan:
 
 
 def with_rows_counted(bind: sa.Connection, plan: Plan) -> Plan:
-    """The plan with the table's rows and id range, the backfill's batches: one scan, made once the checks before
-    any change have passed."""
-    found = bind.execute(survey(has_total=plan.has_total)).one()
-    return replace(plan, rows=found.rows, first_id=found.first, last_id=found.last)
+    """The plan with the table's rows and id range (the backfill's batches) and the rows whose total would overflow
+    (``preflight_checks.overflowing_totals`` reads it): one scan, before the checks."""
+    limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
+    found = bind.execute(before_the_change(plan.has_total, limit)).one()
+    return replace(plan, rows=found.rows, first_id=found.first, last_id=found.last, overflowing=found.overflowing)
 
 
 def offline_plan(dialect: str, options: Options) -> Plan:

@@ -20,7 +20,7 @@ from autopack.migrations.build144.backfill_rule import wide_split_sum
 from autopack.migrations.build144.fill_trigger import PG_NAMES
 from autopack.migrations.build144.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
 from autopack.migrations.build144.messages import sentence, template
-from autopack.migrations.build144.plan import Plan
+from autopack.migrations.build144.plan import Plan, with_rows_counted
 from autopack.migrations.build144.table_inspection import (
     checks_forbidding_total_only,
     columns_rewritten_on_update,
@@ -39,6 +39,7 @@ class PreflightCheck:
     directions: tuple[str, ...]
     find: Callable[[sa.Connection, Plan], dict[str, Any] | None]  # the refusal's fields, or None: all is well
     message: str  # the refusal's name in ``messages.MESSAGES``, formatted with what ``find`` returned
+    reads_the_count: bool = False  # reads what ``with_rows_counted``'s scan found (the checks before it need not)
 
     @property
     def refusal(self) -> str:
@@ -54,6 +55,8 @@ def _ids(ids: list[int]) -> dict[str, Any] | None:
 
 
 def overflowing_totals(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
+    if plan.overflowing == 0:  # counted in the upgrade's one scan before the change (``with_rows_counted``)
+        return None
     limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
     needs = total == 0 if plan.has_total else sa.true()
     rows = sa.select(events.c.id).where(needs, sa.or_(wide_split_sum > limit, wide_split_sum < -limit - 1))
@@ -190,6 +193,7 @@ CHECKS = [
         UPGRADE,
         overflowing_totals,
         "overflowing_totals",
+        reads_the_count=True,
     ),
     PreflightCheck(
         "CHECK constraints that would still forbid total-only rows (NULL splits)",
@@ -284,16 +288,23 @@ CHECKS = [
 ]
 
 
-def refuse_what_would_go_wrong(bind: sa.Connection, plan: Plan, direction: str) -> None:
-    """Run the checks of ``direction`` in order; the first that finds something is refused in its sentence."""
+def refuse_what_would_go_wrong(bind: sa.Connection, plan: Plan, direction: str) -> Plan:
+    """Run the checks of ``direction`` in order; the first that finds something is refused in its sentence. An
+    upgrade's plan comes back with its rows counted (``with_rows_counted``): the one scan before the change, made
+    once the checks that guard it (an id that is not an integer) have passed, and read by the checks after."""
     for check in CHECKS:
         if direction in check.directions:
+            if check.reads_the_count and plan.overflowing is None:
+                plan = with_rows_counted(bind, plan)
             found = check.find(bind, plan)
             if found is not None:
                 raise CommandError(check.sentence(found))
     logical_replication.say_the_order(bind, plan, direction)
     if direction == "upgrade":
         warn_of_an_id_the_database_does_not_generate(bind, plan)
+        if plan.overflowing is None:  # no check read the count: the backfill still needs it
+            plan = with_rows_counted(bind, plan)
+    return plan
 
 
 def warn_of_an_id_the_database_does_not_generate(bind: sa.Connection, plan: Plan) -> None:

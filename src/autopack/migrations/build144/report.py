@@ -2,7 +2,8 @@
 
 The report counts, in the migration's own transaction after the change, what the table holds (never what a
 statement meant to do): rows, exact splits, total-only rows, the sum of total_tokens, and the rows whose usage
-was lost before this migration; and, when the operator's triggers ran on the backfill's UPDATEs, how often.
+was lost before this migration; and, when the operator's triggers ran on the backfill's UPDATEs, how often. In the
+default mode the same scan is the proof that no row still needs its total.
 """
 
 import logging
@@ -14,6 +15,7 @@ from alembic.util import CommandError
 
 from autopack.migrations.build144 import engines
 from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
+from autopack.migrations.build144.batched_backfill import prove_backfilled
 from autopack.migrations.build144.messages import MARIADB_RUNS_ON, sentence
 from autopack.migrations.build144.plan import Plan
 from autopack.migrations.build144.usage_table import TABLE
@@ -23,8 +25,12 @@ from autopack.migrations.runtime.interrupts import Interrupted, signal_name
 log = logging.getLogger("alembic.build144")
 
 
-def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]]) -> None:
-    stats = bind.execute(survey(dialect=bind.dialect.name)).one()
+def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]], proving: str | None = None) -> None:
+    """The report's one scan; ``proving`` (what a failure leaves), the same scan proves no row still needs its total
+    (``prove_backfilled``), refusing before the report is said and the revision stamped."""
+    stats = bind.execute(survey(dialect=bind.dialect.name, proving=proving is not None)).one()
+    if proving is not None:
+        prove_backfilled(bind, after=proving, counted=stats.left)
     log.info(
         "[3/3] Verification: total rows %d, exact splits %d, total-only (NULL splits) %d, sum of total_tokens %d",
         stats.rows,
