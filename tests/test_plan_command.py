@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from support import ROOT, alembic, columns_of, current, event_row, execute, fails, insert_events
+from support import POSTGRES_BACKENDS, ROOT, alembic, columns_of, current, event_row, execute, fails, insert_events
 
 WAYS = {"sqlite": "edited in place", "postgresql": "one table rewrite", "mysql": "computes every total as it copies"}
 PLAN_KEYS = {
@@ -21,6 +22,7 @@ PLAN_KEYS = {
     "database",
     "engine",
     "mode",
+    "transactional_ddl",
     "revision",
     "state",
     "schema_change",
@@ -144,3 +146,56 @@ def test_verify_json_reports_a_database_it_cannot_check(tmp_path):
         "ok": False,
         "error": result.stderr.removeprefix("error: ").strip(),
     }
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_plan_refuses_another_trees_revision_as_the_upgrade_does_and_verify_fails_it(db_url: URL):
+    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
+    execute(db_url, "UPDATE alembic_version SET version_num = '001_initial_schema'")  # upstream's own tree
+    planned = autopack(db_url, "plan")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    refused = fails(db_url, "upgrade", "head")
+    assert last_line(planned) == f"The run would be refused: {refused}", planned.stdout
+    assert "which this migrations tree does not know" in refused
+    assert autopack(db_url, "plan", "--downgrade").returncode == 1
+    alembic(db_url, "upgrade", "head", AUTOPACK_VERSION_TABLE="build144_alembic_version")  # its own table now
+    checked = autopack(db_url, "verify")  # without the variable: alembic_version holds the other tree's revision
+    assert checked.returncode == 1, checked.stdout
+    line = next(x for x in checked.stdout.splitlines() if "revision is 0002 or later" in x)
+    assert line.lstrip().startswith("FAIL") and "a revision of another Alembic tree" in line, line
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_plan_refuses_a_read_only_session_as_the_upgrade_does(db_url: URL):
+    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
+    read_only = db_url.update_query_dict({"options": "-c default_transaction_read_only=on"})
+    planned = autopack(read_only, "plan")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert last_line(planned) == f"The run would be refused: {fails(read_only, 'upgrade', 'head')}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_plan_refuses_a_read_only_sqlite_url(db_url: URL):
+    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
+    read_only = f"sqlite:///file:{db_url.database}?mode=ro&uri=true"
+    env = {**os.environ, "DATABASE_URL": read_only}
+    planned = subprocess.run(
+        [sys.executable, "-m", "autopack", "plan"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    refused = fails(read_only, "upgrade", "head")
+    said = last_line(planned).removeprefix("The run would be refused: ")
+    assert said.split(" (")[0] == refused.split(" (")[0] and "cannot be written" in said, (said, refused)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_plan_on_a_path_with_no_database_yet_says_the_upgrade_creates_it(db_url: URL):
+    planned = autopack(db_url, "plan", "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    found = json.loads(planned.stdout)
+    assert found["proceeds"] is True and found["mode"] == "default" and "the upgrade creates it" in found["state"]
+    assert autopack(db_url, "plan", "--downgrade").returncode == 1
+    assert not os.path.exists(db_url.database)  # nothing made on the way

@@ -41,12 +41,13 @@ def uvicorn(database: Path, port: int, **settings: str) -> subprocess.Popen:
         ({"RUN_TOKEN_CAP": "-1"}, "RUN_TOKEN_CAP must be a whole number of tokens"),
         ({"AUTOPACK_API_KEY": " "}, "AUTOPACK_API_KEY is set but empty"),
         ({"DATABASE_URL": "nonsense"}, "DATABASE_URL is not a database URL SQLAlchemy can read"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL is set but empty: set it to the database's URL, or unset it"),
         (  # a URL SQLAlchemy reads, naming a driver this package does not install
             {"DATABASE_URL": "postgresql+psycopg2://app@127.0.0.1/autopack"},
             "The server cannot start: No module named 'psycopg2' (ModuleNotFoundError); check DATABASE_URL",
         ),
     ],
-    ids=["cap-unit", "cap-empty", "upstream-cap-negative", "key-empty", "url", "driver-not-installed"],
+    ids=["cap-unit", "cap-empty", "upstream-cap-negative", "key-empty", "url", "url-empty", "driver-not-installed"],
 )
 def test_a_setting_the_application_cannot_run_with_stops_the_server_in_one_sentence(
     tmp_path: Path, settings: dict, sentence: str
@@ -96,12 +97,43 @@ def test_a_database_behind_head_is_one_warning_line_and_a_header_on_every_respon
     try:
         page = httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=10)
         docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10)
+        usage = httpx.get(f"http://127.0.0.1:{port}/dashboard/usage?period=day", timeout=10)
     finally:
         log = stop(server)
     assert page.headers["x-autopack-schema"] == docs.headers["x-autopack-schema"] == "behind (at 0001)"
     warnings = [line for line in log.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "is at 0001, not this release's head" in warnings[0], log
     assert "autopack upgrade head" in warnings[0]
+    # the data routes meet the missing column: one sentence, the header, no traceback
+    assert usage.status_code == 500 and usage.headers["x-autopack-schema"] == "behind (at 0001)", usage.text
+    detail = usage.json()["detail"]
+    assert detail.startswith("The database could not answer: ") and "total_tokens" in detail, detail
+    assert detail.endswith("it is not at this release's head (at 0001): run 'autopack upgrade head'"), detail
+    assert "Traceback" not in log and detail in log
+
+
+def test_a_database_that_cannot_be_read_at_start_up_is_said_as_such(tmp_path: Path):
+    server, port = serving(tmp_path / "unused.db", DATABASE_URL="postgresql://app@127.0.0.1:1/autopack")
+    try:
+        usage = httpx.get(f"http://127.0.0.1:{port}/dashboard/usage?period=day", timeout=30)
+    finally:
+        log = stop(server)
+    warnings = [line for line in log.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "The database could not be read as the server started (" in warnings[0], log
+    assert "upgrade head" not in warnings[0]  # not a schema to migrate: a server to reach
+    assert usage.status_code == 500 and usage.headers["x-autopack-schema"] == "unknown (unreadable at start-up)"
+    assert usage.json()["detail"].startswith("The database could not answer: ") and "Traceback" not in log
+
+
+def test_settings_are_read_by_their_exact_names(monkeypatch):
+    from autopack.settings import load_settings
+
+    for name in UNSET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("database_url", "sqlite:////elsewhere.db")  # not DATABASE_URL, which the migrations read
+    monkeypatch.setenv("autopack_run_token_cap", "5M")
+    settings = load_settings()
+    assert (settings.database_url, settings.run_token_cap) == ("sqlite:///autopack.db", 5_000_000)
 
 
 def test_requests_use_the_values_start_up_checked_not_the_environment_of_the_moment(tmp_path: Path, monkeypatch):

@@ -146,3 +146,23 @@ def test_a_broken_install_names_the_command_that_cannot_find_the_tree(installed:
     assert "reinstall the package" in upgrade.stderr
     assert "init_db() cannot find the migrations tree" in started.stderr
     assert not Path(db_url.database).exists()  # nothing made on the way
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_install_beside_another_applications_alembic_ini_migrates_with_its_own_tree(
+    installed: dict, db_url: URL, tmp_path: Path
+):
+    host = tmp_path / "host"  # an application vendoring the package with `pip install --target host/lib`
+    (host / "migrations").mkdir(parents=True)
+    (host / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    (host / "migrations" / "env.py").write_text("raise SystemExit('the host application\\'s env.py ran')\n")
+    pip = [str(installed["bin"] / "python"), "-m", "pip", "install", "-q", "--no-deps", "--target", str(host / "lib")]
+    subprocess.run([*pip, str(installed["wheel"])], check=True, capture_output=True, timeout=300)
+    env = clean_environment()
+    env.update(DATABASE_URL=db_url.render_as_string(hide_password=False), PYTHONPATH=str(host / "lib"))
+    python = str(installed["bin"] / "python")
+    for command in (["-m", "autopack", "upgrade", "head"], ["-c", "from autopack.database import init_db; init_db()"]):
+        ran = subprocess.run([python, *command], cwd=host, env=env, capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0 and "host application" not in ran.stderr, ran.stderr
+    assert "total_tokens" in columns_of(db_url)
+    assert run(installed, db_url, "autopack", "current").stdout.split() == ["0002", "(head)"]

@@ -57,11 +57,16 @@ def run_verify(as_json: bool = False) -> int:
 
 
 def run_plan(direction: str, online: bool, as_json: bool) -> int:
-    from autopack.upgrade_plan import make_plan
+    from autopack.migrations.runtime.connection import sqlite_path
+    from autopack.upgrade_plan import make_plan, no_database_yet
 
     url = parse_url(database_url())
-    with reading(url) as connection:
-        plan = make_plan(connection, url, direction, online=online)
+    path = sqlite_path(url)
+    if url.get_backend_name() == "sqlite" and path is not None and not path.exists():
+        plan = no_database_yet(url, direction, online)  # what upgrade head would create, read from nothing
+    else:
+        with reading(url) as connection:
+            plan = make_plan(connection, url, direction, online=online)
     print(json.dumps(plan.as_json(), indent=2) if as_json else plan.render())
     return PASSED if plan.proceeds else CHECK_FAILED
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"and Alembic's commands on this tree: {', '.join(ALEMBIC_COMMANDS)} (e.g. '{prog} upgrade head', "
         f"'{prog} -x online=true upgrade head', '{prog} downgrade -1'); see docs/application.md for exit statuses",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action="version", version=f"autopack {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check the BUILD-144 validation criteria on DATABASE_URL")
     verify.add_argument("--json", action="store_true", help="print the result as JSON (docs/runbook.md: its keys)")

@@ -43,7 +43,11 @@ class ErrorDetail(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict] = {
     400: {"model": ErrorDetail, "description": "an unknown period, or a Host other than localhost with no key set"},
     401: {"model": ErrorDetail, "description": "AUTOPACK_API_KEY is set and X-API-Key is missing or wrong"},
-    500: {"model": ErrorDetail, "description": "a setting is unusable (AUTOPACK_RUN_TOKEN_CAP): the detail names it"},
+    500: {
+        "model": ErrorDetail,
+        "description": "a setting is unusable (AUTOPACK_RUN_TOKEN_CAP), or the database could not answer (down, or "
+        "not migrated to BUILD-144): the detail says which, in one sentence",
+    },
 }
 
 

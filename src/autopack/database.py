@@ -28,8 +28,9 @@ NAMING_CONVENTION = {
 
 
 def database_url() -> str:
-    """The configured database URL: ``DATABASE_URL`` if set and non-empty, else the embedded default."""
-    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    """The configured database URL: ``DATABASE_URL`` if set, else the embedded default. Set but empty (a secret that
+    resolved to nothing) is returned as it is, for the caller to refuse: never a new local SQLite file."""
+    return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)

@@ -14,6 +14,8 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from autopack.api_key import LocalHostsWithoutKey, require_api_key
@@ -22,7 +24,9 @@ from autopack.dashboard import known_period, undated_usage, usage_by_model, usag
 from autopack.dashboard_page import router as dashboard_page
 from autopack.dashboard_schemas import ERROR_RESPONSES, UsageResponse
 from autopack.database import get_db
+from autopack.migrations.runtime.errors import first_line
 from autopack.settings import RefuseUnusableSettings
+from autopack.started_settings import schema_behind_at_start_up
 
 __all__ = ["app", "get_db"]
 
@@ -50,6 +54,20 @@ def dashboard_usage(
 
 
 app = FastAPI(title="Autopack usage dashboard")
+
+
+@app.exception_handler(DBAPIError)
+def database_could_not_answer(request: Request, error: DBAPIError) -> JSONResponse:
+    """A request the database could not answer (down, or a table not migrated): one log line and one sentence, no
+    traceback; answered inside the middleware, so it carries the schema header too."""
+    behind = schema_behind_at_start_up(request.scope)
+    detail = f"The database could not answer: {first_line(error)}"
+    if behind is not None and not behind.startswith("unreadable"):
+        detail += f"; it is not at this release's head (at {behind}): run 'autopack upgrade head'"
+    log.error("%s %s: %s", request.method, request.url.path, detail)
+    return JSONResponse({"detail": detail}, status_code=500)
+
+
 app.include_router(dashboard)
 app.include_router(dashboard_page)  # GET /dashboard (the page, no data) and /dashboard/usage/breakdown
 app.add_middleware(LocalHostsWithoutKey)  # no key: only localhost, 127.0.0.1 and [::1] (DNS rebinding)

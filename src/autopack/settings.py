@@ -19,6 +19,7 @@ from autopack.api_key import ENV as API_KEY_ENV
 from autopack.api_key import usable_api_key
 from autopack.config import DEFAULT_RUN_TOKEN_CAP, RUN_TOKEN_CAP_ENV, UPSTREAM_RUN_TOKEN_CAP_ENV, whole_number_of_tokens
 from autopack.database import DEFAULT_DATABASE_URL
+from autopack.migrations.runtime.messages import sentence
 from autopack.started_settings import keep
 
 
@@ -27,7 +28,7 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=True)  # DATABASE_URL, as database_url() reads
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
     api_key: str | None = Field(default=None, validation_alias=API_KEY_ENV)
@@ -38,7 +39,9 @@ class Settings(BaseSettings):
     @field_validator("database_url", mode="before")
     @classmethod
     def _readable_url(cls, raw: str) -> str:
-        url = raw or DEFAULT_DATABASE_URL  # set but empty: the default, as database_url() reads it
+        if not raw.strip():  # a secret that resolved to nothing: never a new local SQLite file
+            raise ValueError(sentence("url_empty"))
+        url = raw
         try:
             make_url(url)
         except ArgumentError:
@@ -121,6 +124,24 @@ def cannot_start(error: Exception) -> str:
     )
 
 
+def start_up_warning(behind: str) -> str:
+    """The one log line for a database that is not at head as the server starts (or could not be read)."""
+    if behind.startswith("unreadable"):
+        return (
+            f"The database could not be read as the server started ({behind.removeprefix('unreadable (')[:-1]}): "
+            "requests that read it will fail until it can; check DATABASE_URL, the server and the credentials"
+        )
+    where = {"no database yet": "not created yet (no file at DATABASE_URL's path)", "no revision": "unversioned"}
+    return (
+        f"The database is {where.get(behind, f'at {behind}')}, not this release's head (BUILD-144): run 'autopack "
+        f"upgrade head' (or call init_db()); until then every response carries {SCHEMA_HEADER}: {header(behind)}"
+    )
+
+
+def header(behind: str) -> str:
+    return "unknown (unreadable at start-up)" if behind.startswith("unreadable") else f"behind (at {behind})"
+
+
 class RefuseUnusableSettings:
     """ASGI middleware. At start-up: every setting validated (a bad one fails start-up with its sentence, before a
     request is served), then the database's revision read. A database not at head is one warning line, and every
@@ -141,20 +162,15 @@ class RefuseUnusableSettings:
                 await receive()  # lifespan.startup
                 await send({"type": "lifespan.startup.failed", "message": cannot_start(error)})
                 return
-            keep(scope, settings)  # what routes read from now on: the values checked here, not the environment
+            keep(scope, settings, self.behind)  # what requests read from now on: the values checked here
             if self.behind is not None:
                 import logging
 
-                logging.getLogger("uvicorn.error").warning(
-                    "The database is at %s, not this release's head (BUILD-144): run 'autopack upgrade head' (or call "
-                    "init_db()); until then every response carries %s: behind",
-                    self.behind,
-                    SCHEMA_HEADER,
-                )
+                logging.getLogger("uvicorn.error").warning(start_up_warning(self.behind))
         if scope["type"] != "http" or self.behind is None:
             await self.app(scope, receive, send)
             return
-        value = f"behind (at {self.behind})".encode()
+        value = header(self.behind).encode()
 
         async def with_header(message) -> None:
             if message["type"] == "http.response.start":

@@ -14,15 +14,23 @@ if TYPE_CHECKING:
     from autopack.settings import Settings
 
 STATE_KEY = "autopack_settings"
+SCHEMA_KEY = "autopack_schema_behind"
 
 
-def keep(scope: Scope, settings: "Settings") -> bool:
-    """Keep ``settings`` in the lifespan scope's state; False when the server gives no state to keep it in."""
+def keep(scope: Scope, settings: "Settings", behind: str | None) -> bool:
+    """Keep ``settings`` and what start-up found of the schema (None: at head) in the lifespan scope's state; False
+    when the server gives no state to keep them in."""
     state = scope.get("state")
     if state is None:
         return False
     state[STATE_KEY] = settings
+    state[SCHEMA_KEY] = behind
     return True
+
+
+def schema_behind_at_start_up(scope: Scope) -> str | None:
+    """What start-up found of the schema: None at head (or when start-up did not run), else where it is."""
+    return (scope.get("state") or {}).get(SCHEMA_KEY)
 
 
 def started_settings(scope: Scope) -> "Settings | None":

@@ -8,6 +8,7 @@ and takes no migration lock: the application's writes go on (on SQLite in rollba
 commit waits for the read to end, as it does for any reader).
 """
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
@@ -16,13 +17,16 @@ from sqlalchemy.engine import URL
 
 from autopack.migrations.build144 import engines, holdover
 from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, split_sum
+from autopack.migrations.build144.messages import sentence
 from autopack.migrations.build144.plan import Plan, plan_from_table
 from autopack.migrations.build144.preflight_checks import CHECKS
+from autopack.migrations.build144.retired_revisions import holding
 from autopack.migrations.build144.table_inspection import update_hooks
 from autopack.migrations.build144.usage_table import TABLE, events
+from autopack.migrations.runtime.connection import sqlite_path
 from autopack.migrations.runtime.errors import shown
 from autopack.migrations.runtime.options import Options
-from autopack.verify import stamped_revisions
+from autopack.verify import stamped_revisions, tree_revisions
 
 HEAD, BASE = "0002", "0001"
 START_UP_S = 0.6  # the alembic process itself (benchmarks/README.md: 'alembic current')
@@ -51,6 +55,11 @@ class UpgradePlan:
     set_aside_to_restore: int = 0
     estimate_s: float = 0.0
     checks: list[Verdict] = field(default_factory=list)
+    transactional_ddl: bool = True  # the default mode is one transaction (SQLite, PostgreSQL), not MariaDB's
+
+    @property
+    def transaction(self) -> str:
+        return ": one transaction" if self.mode == "default" and self.transactional_ddl else ""
 
     @property
     def refused_by(self) -> list[Verdict]:
@@ -67,7 +76,7 @@ class UpgradePlan:
         width = max((len(v.check) for v in self.checks), default=0)
         lines = [
             f"BUILD-144 plan: {'alembic downgrade -1' if self.direction == 'downgrade' else 'alembic upgrade head'} "
-            f"on {self.database} ({self.engine}, {self.mode})",
+            f"on {self.database} ({self.engine}, {self.mode}{self.transaction})",
             f"  revision:      {', '.join(self.revision) if self.revision else 'none (unversioned)'}",
             f"  found:         {self.state}",
             f"  schema change: {self.schema_change}",
@@ -102,6 +111,65 @@ def state_of(plan: Plan) -> str:
     return f"pre-BUILD-144 ({', '.join(w for w in (splits, total) if w)})"
 
 
+SESSION_CHECK = "a revision this tree knows, and a session that may write"
+
+
+def before_the_revision_runs(connection: Connection, url: URL, revision: list[str] | None) -> str | None:
+    """The sentence env.py would refuse the run with before any revision reads the table (another tree's revision;
+    a session that may not write), or None. Read without writing: the plan's own transaction is read-only, so the
+    session's defaults are read, not the transaction's."""
+    foreign = [r for r in revision or [] if holding(r) not in tree_revisions()]
+    if foreign:
+        return sentence("unknown_revision", head=repr(foreign[0]))
+    where = shown(url)
+    if connection.dialect.name == "postgresql":
+        read_only, recovery, role = connection.exec_driver_sql(PG_WRITES).one()
+        if read_only == "on" or recovery:
+            return sentence("session_read_only", where=where)
+        if role != "origin":
+            return sentence("session_replication_role", role=role, where=where)
+    elif connection.dialect.name in ("mysql", "mariadb"):
+        server = connection.exec_driver_sql("SELECT @@global.read_only").scalar()
+        session = connection.exec_driver_sql(MARIADB_SESSION_READ_ONLY).all()  # tx_read_only before MariaDB 11.1
+        if server or any(value in ("ON", "1") for _, value in session):
+            text = "the server is read_only" if server else "the session's transaction_read_only is on"
+            return sentence("server_read_only", where=where, text=text)
+    else:
+        path = sqlite_path(url)
+        if path is not None and (
+            url.query.get("mode") == "ro" or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
+        ):
+            return sentence("sqlite_read_only", where=where, text="the file or its directory is read-only")
+    return None
+
+
+MARIADB_SESSION_READ_ONLY = "SHOW SESSION VARIABLES WHERE Variable_name IN ('tx_read_only', 'transaction_read_only')"
+PG_WRITES = (
+    "SELECT current_setting('default_transaction_read_only'), pg_is_in_recovery(), "
+    "current_setting('session_replication_role')"
+)
+
+
+def no_database_yet(url: URL, direction: str, online: bool) -> UpgradePlan:
+    """The plan on a SQLite path with no file yet, where ``upgrade head`` creates the database (and never reads)."""
+    made = UpgradePlan(
+        direction=direction,
+        database=shown(url),
+        engine="sqlite",
+        mode="online" if online else "default",
+        revision=None,
+        state=f"no database file at {sqlite_path(url)}: the upgrade creates it",
+        schema_change=f"create {TABLE} (0001), then BUILD-144 on the empty table",
+        path="the baseline creates the table, then BUILD-144 changes it (no rows to fill)",
+        estimate_s=START_UP_S,
+    )
+    if direction == "downgrade":
+        made.schema_change, made.path = "none", f"refused: there is no database at {sqlite_path(url)} to downgrade"
+    elif online:
+        made.path = "refused: " + sentence("online_mode_not_here", dialect="sqlite")
+    return made
+
+
 def make_plan(connection: Connection, url: URL, direction: str, online: bool = False) -> UpgradePlan:
     """The plan of a run in ``direction`` on this database, from what the table holds now (reads only)."""
     strategy = engines.of(connection)
@@ -113,7 +181,8 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
         direction=direction,
         database=shown(url),
         engine=strategy.NAME,
-        mode="online" if online else "default (one transaction)" if strategy.TRANSACTIONAL_DDL else "default",
+        mode="online" if online else "default",
+        transactional_ddl=strategy.TRANSACTIONAL_DDL,
         revision=revision,
         state=state_of(plan),
         schema_change=plan.describe(done=False) if direction == "upgrade" else "splits NOT NULL, drop total_tokens",
@@ -121,6 +190,12 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
     )
     count = sa.select(sa.func.count()).select_from(events)
     made.rows = connection.execute(count).scalar_one() if has_table else 0
+    refused = before_the_revision_runs(connection, url, revision)
+    if refused:  # as the run would be, before its revision reads the table
+        made.checks = [Verdict(SESSION_CHECK, False, refused)]
+        made.path = "refused before any revision runs"
+        return made
+    made.checks = [Verdict(SESSION_CHECK, True)]
     at_head = revision is not None and HEAD in revision
     if direction == "upgrade" and at_head and not (plan.add_total or plan.add_default or plan.relax):
         made.schema_change, made.path = "none", "nothing to do: the database is at head"
@@ -132,10 +207,11 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
         )
         return made
     if not has_table:
+        made.schema_change = f"create {TABLE} (0001), then BUILD-144 on the empty table"
         made.path = "the baseline creates the table, then BUILD-144 changes it (no rows to fill)"
         return made
     hooks = update_hooks(connection)
-    made.checks = [
+    made.checks += [
         Verdict(check.name, found is None, check.sentence(found) if found is not None else "")
         for check in CHECKS
         if direction in check.directions

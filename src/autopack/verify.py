@@ -106,8 +106,10 @@ def verify(connection: Connection) -> Verification:
     share = f" ({100 * found.positive / found.rows:.1f}%)" if found.rows else ""
     stamped = stamped_revisions(connection)
     trigger_on = fill_trigger.installed(connection)
+    # another Alembic tree's revision (upstream's 001_initial_schema, say) is not this tree's, whatever it sorts as
+    foreign = [r for r in stamped or [] if holding(r) not in tree_revisions()]
     # an upgrade that stopped after its schema change (revision ids are zero-padded: a later one sorts after)
-    unfinished = stamped is not None and not any(r >= "0002" for r in stamped)
+    unfinished = stamped is not None and not foreign and not any(holding(r) >= "0002" for r in stamped)
     if unfinished and trigger_on:  # an online upgrade stopped: resume it online
         fix = (
             "re-run 'alembic -x online=true upgrade head' to resume the online upgrade that stopped (without "
@@ -118,9 +120,11 @@ def verify(connection: Connection) -> Verification:
         checks.append(
             Check(
                 "revision is 0002 or later",
-                not unfinished,
+                not unfinished and not foreign,
                 f"stamped {', '.join(stamped) or 'nothing'}: an upgrade did not finish; {fix}"
                 if unfinished
+                else foreign_revisions(foreign)
+                if foreign
                 else ", ".join(shown_revision(r) for r in stamped),
             )
         )
@@ -222,6 +226,14 @@ def tree_revisions() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()} if config else set()
 
 
+def foreign_revisions(foreign: list[str]) -> str:
+    """What to do about a version table holding another Alembic tree's revisions."""
+    return (
+        f"{version_table()} holds {', '.join(foreign)}, a revision of another Alembic tree: give this tree a version "
+        "table of its own: export AUTOPACK_VERSION_TABLE=build144_alembic_version, then run 'alembic upgrade head'"
+    )
+
+
 def how_to_migrate(connection: Connection) -> str:
     """The exact commands that bring this database's table to BUILD-144, from the revision it is stamped with."""
     table = version_table()
@@ -234,10 +246,7 @@ def how_to_migrate(connection: Connection) -> str:
         return "run 'alembic upgrade head' as the table's owner"
     foreign = [r for r in stamped if holding(r) not in tree_revisions()]
     if foreign:  # another Alembic tree's revision (upstream Autopack's own 001_initial_schema, say)
-        return (
-            f"{table} holds {', '.join(foreign)}, a revision of another Alembic tree: give this tree a version table "
-            "of its own: export AUTOPACK_VERSION_TABLE=build144_alembic_version, then run 'alembic upgrade head'"
-        )
+        return foreign_revisions(foreign)
     later = sorted(r for r in stamped if r >= "0002")  # zero-padded ids: a later revision sorts after
     if later:  # stamped head without being migrated: step the stamp back, then migrate for real
         return (

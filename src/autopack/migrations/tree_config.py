@@ -11,7 +11,10 @@ from pathlib import Path
 
 from alembic.config import Config
 
-CHECKOUT_INI = Path(__file__).resolve().parents[3] / "alembic.ini"  # src/autopack/migrations/ -> the checkout
+HERE = Path(__file__).resolve()
+# src/autopack/migrations/ -> the checkout; only a src/ folder is a checkout's (``pip install --target DIR`` puts the
+# package in DIR, whose parent may hold another application's alembic.ini)
+CHECKOUT_INI = HERE.parents[3] / "alembic.ini" if HERE.parents[2].name == "src" else None
 
 # alembic.ini's logging, for a config without a file: the report on stderr, SQL quiet, the FAILED sentence on stderr
 # too (Alembic prints it on stdout)
@@ -41,12 +44,12 @@ def installed_tree() -> Path:
 
 
 def alembic_config(cmd_opts=None) -> Config | None:
-    """Alembic's config for this tree: the checkout's ``alembic.ini`` if there is one, else the installed copy's;
-    None when neither is there."""
-    if CHECKOUT_INI.is_file():
-        return Config(str(CHECKOUT_INI), cmd_opts=cmd_opts)
+    """Alembic's config for this tree: the copy an installed wheel carries (whatever is around the install), else
+    the checkout's ``alembic.ini`` (an editable install, or ``src`` on the path); None when neither is there."""
     tree = installed_tree()
     if not (tree / "env.py").is_file():
+        if CHECKOUT_INI is not None and CHECKOUT_INI.is_file():
+            return Config(str(CHECKOUT_INI), cmd_opts=cmd_opts)
         return None
     config = Config(cmd_opts=cmd_opts)
     config.set_main_option("script_location", str(tree))
@@ -61,7 +64,12 @@ def the_tree_config(caller: str, cmd_opts=None) -> Config:
     if config is None:
         from autopack.migrations.build144.messages import refusal
 
-        raise refusal("no_migrations_tree", caller=caller, ini=CHECKOUT_INI, installed=installed_tree())
+        raise refusal(
+            "no_migrations_tree",
+            caller=caller,
+            ini=CHECKOUT_INI or "a checkout's alembic.ini",
+            installed=installed_tree(),
+        )
     return config
 
 

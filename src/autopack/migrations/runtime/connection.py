@@ -50,6 +50,8 @@ POOLER_PROBE_S = 3.0
 
 def parse_url(raw: str) -> URL:
     """Parse ``raw`` or fail with one sentence; the text of a bad URL is never echoed (it may hold a password)."""
+    if not raw.strip():
+        raise refusal("url_empty")
     try:
         url = with_driver(make_url(raw))
         dialect = url.get_dialect()

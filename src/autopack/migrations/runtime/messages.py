@@ -76,6 +76,11 @@ MESSAGES: dict[str, Message] = {  # the runtime's own; build144.messages adds BU
         "run without it (see docs/online-mode.md)",
     ),
     "version_table_not_a_name": M("{value_error}"),
+    "url_empty": M(
+        "DATABASE_URL is set but empty",
+        "set it to the database's URL, or unset it to use the embedded default sqlite:///autopack.db",
+        leaves=None,
+    ),
     "url_not_usable": M(
         "DATABASE_URL is not a usable SQLAlchemy URL ({kind})",
         "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db",
