@@ -72,7 +72,8 @@ def explain(
     if mysql_error(orig) == ER.LOCK_WAIT_TIMEOUT:  # MariaDB/MySQL lock_wait_timeout
         return sentence("mariadb_lock_wait", lock_timeout=lock_timeout, **said)
     if getattr(orig, "sqlstate", None) == "57014":  # midway, report.failed_midway says it with what is left
-        more = "-x statement_timeout=2h, or raise" if wait_hint else "raise"  # verify and finish-online take no -x
+        # verify and finish-online take no -x
+        more = "give it more time with -x statement_timeout=2h, or raise" if wait_hint else "raise"
         return sentence("statement_timeout", more=more, **said)
     if getattr(orig, "sqlstate", None) == "55P03":
         return sentence("postgres_lock_timeout", lock_timeout=lock_timeout, **said)

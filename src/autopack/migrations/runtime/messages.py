@@ -213,7 +213,7 @@ MESSAGES: dict[str, Message] = {  # the runtime's own; build144.messages adds BU
     ),
     "statement_timeout": M(
         "A statement_timeout cancelled the command on {where} ({text})",
-        "give it more time with {more} the role's or the database's setting",
+        "{more} the role's or the database's setting",
     ),
     "postgres_lock_timeout": M(
         "Could not lock {table} on {where} within lock_timeout={lock_timeout}",
