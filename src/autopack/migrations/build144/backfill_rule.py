@@ -117,11 +117,12 @@ def before_the_change(has_total: bool, overflow_limit: int) -> sa.Select:
     ``overflowing``, the rows whose total the rule would write past ``overflow_limit`` (the preflight check names
     them only when there are some)."""
     needs = total == 0 if has_total else sa.true()
-    overflows = sa.or_(wide_split_sum > overflow_limit, wide_split_sum < -overflow_limit - 1)
+    overflows = sa.not_(wide_split_sum.between(-overflow_limit - 1, overflow_limit))  # the sum computed once
+    ids = sa.select(events.c.id).order_by(events.c.id)  # each end read from the primary key, not in the scan
     return sa.select(
         sa.func.count().label("rows"),
-        sa.func.min(events.c.id).label("first"),
-        sa.func.max(events.c.id).label("last"),
+        ids.limit(1).scalar_subquery().label("first"),
+        ids.order_by(None).order_by(events.c.id.desc()).limit(1).scalar_subquery().label("last"),
         sa.func.count(sa.case((sa.and_(needs, overflows), 1))).label("overflowing"),
     ).select_from(events)
 
