@@ -228,7 +228,7 @@ TRANSACTIONAL_DDL = True  # a failed schema change rolls back with the transacti
 TRANSACTIONAL_DDL_MADE_REAL = True  # Alembic is told DDL is transactional: the connection set-up makes it so
 TRIGGERS_FIRE_IN_NAME_ORDER = False  # BEFORE triggers after the fill trigger's name would see no total
 # `autopack plan`'s estimate: the whole default-mode run per million rows on the reference machine (benchmarks/)
-SECONDS_PER_MILLION_ROWS = {"upgrade": 2.1, "downgrade": 1.4}
+SECONDS_PER_MILLION_ROWS = {"upgrade": 1.3, "downgrade": 1.4}
 LOGICAL_REPLICATION = False
 
 
