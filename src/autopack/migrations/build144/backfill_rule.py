@@ -127,5 +127,19 @@ def before_the_change(has_total: bool, overflow_limit: int) -> sa.Select:
     ).select_from(events)
 
 
+KEPT_SURVEY = "build144_report_survey"  # connection.info: a survey of the table as the report will find it
+
+
+def keep_survey(bind: sa.Connection, found: sa.Row) -> None:
+    """Keep a survey(proving=True) row made after the last change to the rows, for the report to use instead of a
+    scan of its own (MariaDB's one-copy ALTER counts what it filled in the same scan)."""
+    bind.info[KEPT_SURVEY] = found
+
+
+def kept_survey(bind: sa.Connection) -> sa.Row | None:
+    """The survey ``keep_survey`` kept on this connection, taken (once), or None."""
+    return bind.info.pop(KEPT_SURVEY, None)
+
+
 REPORT_COUNTS = ("rows", "first", "last", "exact", "total_only", "token_sum", "lost")
 VERIFY_COUNTS = ("rows", "total_only", "lost", "positive", "unfilled", "mismatched", "malformed")

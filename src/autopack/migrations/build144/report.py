@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.build144 import engines
-from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
+from autopack.migrations.build144.backfill_rule import kept_survey, lost_usage_warning, survey, undated_warning
 from autopack.migrations.build144.batched_backfill import prove_backfilled
 from autopack.migrations.build144.messages import MARIADB_RUNS_ON, sentence
 from autopack.migrations.build144.plan import Plan
@@ -28,7 +28,8 @@ log = logging.getLogger("alembic.build144")
 def report(bind: sa.Connection, filled: int, hooks: list[tuple[str, bool]], proving: str | None = None) -> None:
     """The report's one scan; ``proving`` (what a failure leaves), the same scan proves no row still needs its total
     (``prove_backfilled``), refusing before the report is said and the revision stamped."""
-    stats = bind.execute(survey(dialect=bind.dialect.name, proving=proving is not None)).one()
+    kept = kept_survey(bind) if proving is not None else None  # made after the last change to the rows
+    stats = kept or bind.execute(survey(dialect=bind.dialect.name, proving=proving is not None)).one()
     if proving is not None:
         prove_backfilled(bind, after=proving, counted=stats.left)
     log.info(

@@ -32,7 +32,7 @@ from alembic.ddl.mysql import MySQLAlterDefault, MySQLModifyColumn
 from pymysql.constants import ER
 
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, offline_scripts, online_backfill
-from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, split_sum, sum_of
+from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, RULE, keep_survey, split_sum, sum_of, survey
 from autopack.migrations.build144.batched_backfill import backfill as batched_backfill
 from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.online_backfill import RESUMES, with_lock_retries
@@ -93,15 +93,20 @@ def filled_in_copy(bind: sa.Connection, plan: Plan) -> int:
     then the batched rule over rows written since ``SET DEFAULT 0`` by code that leaves total_tokens at 0 (MariaDB
     commits each DDL statement: the default mode does not keep writers out as PostgreSQL's lock does)."""
     needs_id = sa.case((NEEDS_TOTAL, events.c.id))
-    counted = sa.select(  # one scan: the rows the copy filled, and the range of those written since
-        sa.func.count(sa.case((events.c.total_tokens != 0, 1))),
-        sa.func.min(needs_id),
-        sa.func.max(needs_id),
-        sa.func.count(needs_id),
-    ).select_from(events)
-    filled, first, last, rows = bind.execute(counted).one()
-    log.info("[2/3] Backfilled %d rows in the ALTER's one table copy: %s", filled, RULE)
-    return filled + (batched_backfill(bind.execute, first, last, rows, plan.options) if rows else 0)
+    counted = survey(dialect=bind.dialect.name, proving=True).add_columns(  # one scan: the report's (and proof's),
+        sa.func.count(sa.case((events.c.total_tokens != 0, 1))).label("filled"),  # the rows the copy filled,
+        sa.func.min(needs_id).label("first_needing"),  # and the range of those written since (``left`` of them)
+        sa.func.max(needs_id).label("last_needing"),
+    )
+    found = bind.execute(counted).one()
+    log.info("[2/3] Backfilled %d rows in the ALTER's one table copy: %s", found.filled, RULE)
+    if found.left:
+        return found.filled + batched_backfill(
+            bind.execute, found.first_needing, found.last_needing, found.left, plan.options
+        )
+    if not plan.has_holdover:  # nothing changes the rows before the report (the index step adds none)
+        keep_survey(bind, found)
+    return found.filled
 
 
 # --- downgrade ---------------------------------------------------------------------------------------------
