@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.build144 import engines
+from autopack.migrations.build144.backfill_rule import kept_survey
 from autopack.migrations.build144.messages import LEAVES, refusal
 from autopack.migrations.build144.usage_table import TABLE
 from autopack.migrations.runtime.options import Options
@@ -99,6 +100,7 @@ def ensure(bind: sa.Connection, options: Options) -> None:
     if state == "valid":
         log.info("      Index: %s already there (adopted)", INDEX)
         return
+    kept_survey(bind)  # building it takes time, during which MariaDB's writers go on: the report scans afresh
     how = engines.of(bind).build_doctor_index(bind, state, options)
     log.info("      Index: built %s on %s (%s)%s, which the pre-BUILD-144 schema declares", INDEX, TABLE, COLUMN, how)
 
