@@ -20,11 +20,17 @@ reports once the replica has caught up and nothing new arrives, counts as 0 and 
 (``pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)``): their peak and median, and how long after the command
 the replica still needed to replay everything it wrote, since without a limit it can end with the replica behind.
 
+Every 5 ms a fourth client samples what the writer's backend waits on (``pg_stat_activity``): the slow statements'
+wait events, and the longest a writer statement was seen waiting on a lock (wait_event_type ``Lock``, from its first
+such sample to its last). Mode ``none`` runs the same clients for 15 s with no migration: the writer's p99 each
+other mode is compared with, in the same run (issue 30: ≤ 1.5x, and no lock wait over 100 ms).
+
 Modes alternate within a run, each round on a fresh copy of one seeded database; with ``--repeats`` the
 figures printed are medians over the rounds.
 
     BENCH_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres python benchmarks/bench_online.py --rows 1000000
     python benchmarks/bench_online.py --replica --rows 1000000 --repeats 3
+    python benchmarks/bench_online.py --modes none,online --repeats 3 [--replica]
 """
 
 import argparse
@@ -52,7 +58,10 @@ SLOW_S = 0.05  # a writer statement slower than this has its wait events reporte
 CLIENT_NAME = "bench-client"
 REPLICA_INTERVAL_S = 0.1
 CATCH_UP_TIMEOUT_S = 600
+NONE = "none"  # no migration: the writer and reader alone for NONE_S, the p99 the online mode is compared with
+NONE_S = 15.0
 MODES = {
+    NONE: [],
     "default": [],
     "online": ["-x", "online=true"],
     "online-no-limit": ["-x", "online=true", "-x", "max_replica_lag=off"],
@@ -103,6 +112,18 @@ def slow_write_waits(latencies: list[float], starts: list[float], samples: list[
                 if start <= at <= start + latency:
                     counts[event] = counts.get(event, 0) + 1
     return ", ".join(f"{event} {n}" for event, n in sorted(counts.items(), key=lambda item: -item[1])) or "-"
+
+
+def longest_lock_wait(latencies: list[float], starts: list[float], samples: list[tuple[float, str]]) -> float:
+    """The longest a writer statement was seen waiting on a lock (wait_event_type Lock): in each statement, the time
+    from its first Lock sample to its last (plus one sampling interval), the longest over all statements."""
+    longest = 0.0
+    lock_samples = [at for at, event in samples if event.startswith("Lock:")]
+    for start, latency in zip(starts, latencies, strict=True):
+        inside = [at for at in lock_samples if start <= at <= start + latency]
+        if inside:
+            longest = max(longest, inside[-1] - inside[0] + WAIT_INTERVAL_S)
+    return longest
 
 
 def sampler(conninfo: str, stop: threading.Event, holds: list[float]) -> None:
@@ -170,10 +191,14 @@ def replica_summary(samples: list[tuple], catch_up_s: float, log: str) -> dict:
 
 
 def run(
-    url: str, rows: int, extra: list[str], command: tuple[str, str] = ("upgrade", BUILD144), replica: bool = False
+    url: str,
+    rows: int,
+    extra: list[str] | None,
+    command: tuple[str, str] = ("upgrade", BUILD144),
+    replica: bool = False,
 ) -> dict:
     """One measured command with the writer and reader running, and the lock sampler or, with ``replica``, the
-    replica sampler."""
+    replica sampler; ``extra`` None: no command, the clients alone for ``NONE_S``."""
     conninfo = url.replace("+psycopg", "")
     if replica:
         replica_catch_up_s(conninfo)
@@ -192,8 +217,10 @@ def run(
         thread.start()
     time.sleep(0.5)
     start = time.perf_counter()
+    migration = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, *command]
+    idle = [sys.executable, "-c", f"import time; time.sleep({NONE_S})"]  # the same clients, no migration
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, *command],
+        idle if extra is None else migration,
         env={**os.environ, "DATABASE_URL": url},
         cwd=ROOT,
         capture_output=True,
@@ -221,6 +248,7 @@ def run(
         "read_p99": p99(reads),
         "slow_writes": sum(latency > SLOW_S for latency in writes),
         "slow_write_waits": slow_write_waits(writes, write_starts, waits),
+        "write_lock_wait": longest_lock_wait(writes, write_starts, waits),
         **(
             replica_summary(samples, catch_up_s, result.stderr)
             if replica
@@ -257,7 +285,7 @@ def measure(admin: str, args: argparse.Namespace, modes: list[str], replica: boo
             url = pg_fresh(admin, seed)
             if args.direction == "downgrade":
                 at_head_with_total_only_rows(url)
-            rounds[mode].append(run(url, args.rows, MODES[mode], command, replica))
+            rounds[mode].append(run(url, args.rows, None if mode == NONE else MODES[mode], command, replica))
             print(f"{mode}: {rounds[mode][-1]}", file=sys.stderr, flush=True)
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute("DROP DATABASE IF EXISTS bench_work")
@@ -291,6 +319,7 @@ def measure_alone(args: argparse.Namespace, modes: list[str]) -> dict[str, dict]
 CLIENT_COLUMNS = (
     ("writer max s", "write_max", ".3f"),
     ("writer p99 s", "write_p99", ".3f"),
+    ("writer longest lock wait s", "write_lock_wait", ".3f"),
     ("reader max s", "read_max", ".3f"),
     ("reader p99 s", "read_p99", ".3f"),
 )
@@ -315,6 +344,11 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for mode, r in results.items():
         figures = " | ".join(format(r[key], spec) for _, key, spec in columns)
         print(f"| {mode} | {args.rows:,} | {figures} |")
+    if NONE in results:
+        for mode, r in results.items():
+            if mode != NONE:
+                ratio = r["write_p99"] / results[NONE]["write_p99"]
+                print(f"\nwriter p99 {mode} / {NONE} (no migration, same run): {ratio:.2f}x")
     every, over = WAIT_INTERVAL_S * 1000, SLOW_S * 1000
     print(f"\nWait events sampled every {every:.0f} ms inside writer statements over {over:.0f} ms:")
     for mode, r in results.items():

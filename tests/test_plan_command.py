@@ -13,7 +13,18 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from support import POSTGRES_BACKENDS, ROOT, alembic, columns_of, current, event_row, execute, fails, insert_events
+from support import (
+    MYSQL_BACKENDS,
+    POSTGRES_BACKENDS,
+    ROOT,
+    alembic,
+    columns_of,
+    current,
+    event_row,
+    execute,
+    fails,
+    insert_events,
+)
 
 WAYS = {"sqlite": "edited in place", "postgresql": "one table rewrite", "mysql": "computes every total as it copies"}
 PLAN_KEYS = {
@@ -186,9 +197,26 @@ def test_plan_refuses_a_read_only_sqlite_url(db_url: URL):
         [sys.executable, "-m", "autopack", "plan"], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert last_line(planned) == f"The run would be refused: {fails(read_only, 'upgrade', 'head')}", planned.stdout
+
+
+@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
+def test_plan_and_the_upgrade_refuse_a_read_only_mariadb_session_alike_before_any_change(db_url: URL):
+    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
+    read_only = db_url.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
+    planned = autopack(read_only, "plan")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
     refused = fails(read_only, "upgrade", "head")
-    said = last_line(planned).removeprefix("The run would be refused: ")
-    assert said.split(" (")[0] == refused.split(" (")[0] and "cannot be written" in said, (said, refused)
+    assert last_line(planned) == f"The run would be refused: {refused}", (planned.stdout, refused)
+    assert "transaction_read_only is on" in refused and refused.endswith("nothing was changed.")
+    assert "total_tokens" not in columns_of(db_url) and current(db_url).startswith("0001")
+
+
+def test_plan_refuses_a_sqlite_path_whose_folder_is_missing_as_the_upgrade_does(tmp_path):
+    url = URL.create("sqlite", database=str(tmp_path / "no" / "such" / "autopack.db"))
+    planned = autopack(url, "plan")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert last_line(planned) == f"The run would be refused: {fails(url, 'upgrade', 'head')}", planned.stdout
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

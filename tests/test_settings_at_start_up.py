@@ -164,3 +164,24 @@ def test_requests_use_the_values_start_up_checked_not_the_environment_of_the_mom
     without_start_up = {"X-API-Key": "a-key-set-later"}  # no lifespan: each request reads the environment
     with app_client(create_engine(f"sqlite:///{database}")) as client:
         assert client.get("/dashboard/usage", headers=without_start_up).status_code == 500  # the 5M cap
+
+
+def test_an_empty_database_url_is_one_sentence_where_start_up_did_not_run(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from autopack import database
+    from autopack.main import app
+
+    for name in UNSET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "")
+    database._engine.cache_clear(), database._session_factory.cache_clear()
+    try:
+        response = TestClient(app).get("/dashboard/usage?period=day")  # no `with`: no start-up, as --lifespan off
+    finally:
+        database._engine.cache_clear(), database._session_factory.cache_clear()
+    assert response.status_code == 500
+    assert response.json()["detail"] == (
+        "The database could not answer: DATABASE_URL is set but empty: set it to the database's URL, or unset it to "
+        "use the embedded default sqlite:///autopack.db."
+    )

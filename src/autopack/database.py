@@ -72,7 +72,14 @@ MARIADB_STRICT = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 
 
 @cache
 def _engine() -> Engine:
-    return make_engine(database_url())
+    url = database_url()
+    if not url.strip():  # start-up refuses it; where start-up did not run, each request says so in one sentence
+        from sqlalchemy.exc import ArgumentError
+
+        from autopack.migrations.runtime.messages import sentence
+
+        raise ArgumentError(sentence("url_empty"))
+    return make_engine(url)
 
 
 def make_engine(database: str | URL) -> Engine:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from autopack.api_key import LocalHostsWithoutKey, require_api_key
@@ -56,8 +56,8 @@ def dashboard_usage(
 app = FastAPI(title="Autopack usage dashboard")
 
 
-@app.exception_handler(DBAPIError)
-def database_could_not_answer(request: Request, error: DBAPIError) -> JSONResponse:
+@app.exception_handler(SQLAlchemyError)
+def database_could_not_answer(request: Request, error: SQLAlchemyError) -> JSONResponse:
     """A request the database could not answer (down, or a table not migrated): one log line and one sentence, no
     traceback; answered inside the middleware, so it carries the schema header too."""
     behind = schema_behind_at_start_up(request.scope)

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
@@ -23,7 +24,12 @@ from autopack.migrations.build144.preflight_checks import CHECKS
 from autopack.migrations.build144.retired_revisions import holding
 from autopack.migrations.build144.table_inspection import update_hooks
 from autopack.migrations.build144.usage_table import TABLE, events
-from autopack.migrations.runtime.connection import sqlite_path
+from autopack.migrations.runtime.connection import (
+    MARIADB_READ_ONLY_SESSION,
+    mariadb_session_read_only,
+    require_sqlite_file,
+    sqlite_path,
+)
 from autopack.migrations.runtime.errors import shown
 from autopack.migrations.runtime.options import Options
 from autopack.verify import stamped_revisions, tree_revisions
@@ -128,22 +134,20 @@ def before_the_revision_runs(connection: Connection, url: URL, revision: list[st
             return sentence("session_read_only", where=where)
         if role != "origin":
             return sentence("session_replication_role", role=role, where=where)
-    elif connection.dialect.name in ("mysql", "mariadb"):
-        server = connection.exec_driver_sql("SELECT @@global.read_only").scalar()
-        session = connection.exec_driver_sql(MARIADB_SESSION_READ_ONLY).all()  # tx_read_only before MariaDB 11.1
-        if server or any(value in ("ON", "1") for _, value in session):
-            text = "the server is read_only" if server else "the session's transaction_read_only is on"
-            return sentence("server_read_only", where=where, text=text)
+    elif connection.dialect.name in ("mysql", "mariadb"):  # as the run checks (a read_only server is left to the
+        # run: a role with READ ONLY ADMIN or SUPER writes there)
+        if mariadb_session_read_only(connection):
+            return sentence("server_read_only", where=where, text=MARIADB_READ_ONLY_SESSION)
     else:
         path = sqlite_path(url)
         if path is not None and (
             url.query.get("mode") == "ro" or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
         ):
-            return sentence("sqlite_read_only", where=where, text="the file or its directory is read-only")
+            return sentence("sqlite_read_only", where=where, text=SQLITE_READ_ONLY)
     return None
 
 
-MARIADB_SESSION_READ_ONLY = "SHOW SESSION VARIABLES WHERE Variable_name IN ('tx_read_only', 'transaction_read_only')"
+SQLITE_READ_ONLY = "attempt to write a readonly database"  # SQLite's own words, as the run reports them
 PG_WRITES = (
     "SELECT current_setting('default_transaction_read_only'), pg_is_in_recovery(), "
     "current_setting('session_replication_role')"
@@ -165,7 +169,12 @@ def no_database_yet(url: URL, direction: str, online: bool) -> UpgradePlan:
     )
     if direction == "downgrade":
         made.schema_change, made.path = "none", f"refused: there is no database at {sqlite_path(url)} to downgrade"
-    elif online:
+        return made
+    try:
+        require_sqlite_file(url, may_create=True)  # its folder must be there, as the run requires
+    except CommandError as refused:
+        made.path = f"refused: {refused}"
+    if online:
         made.path = "refused: " + sentence("online_mode_not_here", dialect="sqlite")
     return made
 

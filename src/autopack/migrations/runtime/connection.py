@@ -279,11 +279,24 @@ def transaction_pooled(connection: Connection) -> bool | None:
 
 
 PG_SESSION = "SELECT current_setting('transaction_read_only'), current_setting('session_replication_role')"
+# a session made read-only (SET SESSION TRANSACTION READ ONLY, in init_command say); tx_read_only before MariaDB 11.1
+MARIADB_SESSION_READ_ONLY = "SHOW SESSION VARIABLES WHERE Variable_name IN ('tx_read_only', 'transaction_read_only')"
+MARIADB_READ_ONLY_SESSION = "the session's transaction_read_only is on"
+
+
+def mariadb_session_read_only(connection: Connection) -> bool:
+    return any(value in ("ON", "1") for _, value in connection.exec_driver_sql(MARIADB_SESSION_READ_ONLY).all())
 
 
 def require_a_writing_session(connection: Connection, url: URL) -> None:
     """Defaults a role or database may carry that the migration cannot run under, refused before any change (the
     others, isolation and timeouts, are set for each transaction: ``transaction_settings``)."""
+    if connection.dialect.name in ("mysql", "mariadb"):  # before any DDL, which MariaDB would commit
+        read_only = mariadb_session_read_only(connection)
+        connection.rollback()
+        if read_only:
+            raise refusal("server_read_only", where=shown(url), text=MARIADB_READ_ONLY_SESSION)
+        return
     if connection.dialect.name != "postgresql":
         return
     read_only, replication_role = connection.exec_driver_sql(PG_SESSION).one()
