@@ -227,3 +227,19 @@ def test_plan_on_a_path_with_no_database_yet_says_the_upgrade_creates_it(db_url:
     assert found["proceeds"] is True and found["mode"] == "default" and "the upgrade creates it" in found["state"]
     assert autopack(db_url, "plan", "--downgrade").returncode == 1
     assert not os.path.exists(db_url.database)  # nothing made on the way
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_sqlite_uri_without_file_is_refused_by_every_command_before_any_file_is_made(db_url: URL):
+    alembic(db_url, "upgrade", "0001")
+    uri = f"sqlite:///{db_url.database}?mode=ro&uri=true"  # the file: prefix forgotten
+    refused = fails(uri, "upgrade", "head")
+    assert refused.startswith("DATABASE_URL asks SQLite for a URI (uri=true) but its path does not start with file:")
+    env = {**os.environ, "DATABASE_URL": uri}
+    for command in (["plan"], ["verify"]):
+        ran = subprocess.run(
+            [sys.executable, "-m", "autopack", *command], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+        assert ran.returncode == 3 and "does not start with file:" in ran.stderr, ran.stderr
+    assert not [name for name in os.listdir(os.path.dirname(db_url.database)) if "?" in name]  # no x.db?mode=ro
+    assert current(db_url).startswith("0001")

@@ -59,6 +59,9 @@ def parse_url(raw: str) -> URL:
         raise refusal("url_not_usable", kind=type(e).__name__) from None
     if url.host and "@" in url.host:
         raise refusal("url_host_has_at")
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    if url.get_backend_name() == "sqlite" and uri and not (url.database or "").startswith("file:"):
+        raise refusal("sqlite_uri_without_file")
     try:
         dialect.import_dbapi()
     except ImportError as e:

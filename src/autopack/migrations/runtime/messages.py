@@ -81,6 +81,12 @@ MESSAGES: dict[str, Message] = {  # the runtime's own; build144.messages adds BU
         "set it to the database's URL, or unset it to use the embedded default sqlite:///autopack.db",
         leaves=None,
     ),
+    "sqlite_uri_without_file": M(
+        "DATABASE_URL asks SQLite for a URI (uri=true) but its path does not start with file:, so SQLite would open a "
+        "file named with the query in it",
+        "write it as sqlite:///file:/path/to/autopack.db?mode=ro&uri=true, or drop uri=true",
+        leaves=None,
+    ),
     "url_not_usable": M(
         "DATABASE_URL is not a usable SQLAlchemy URL ({kind})",
         "expected e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db",
