@@ -64,6 +64,8 @@ MODES = {
     NONE: [],
     "default": [],
     "online": ["-x", "online=true"],
+    # short batches with a pause after each, to see whether pacing the backfill spares the writer
+    "online-paced": ["-x", "online=true", "-x", "batch_seconds=100ms", "-x", "batch_pause=100ms"],
     "online-no-limit": ["-x", "online=true", "-x", "max_replica_lag=off"],
 }
 # the writer, as pre-BUILD-144 code, and the reader, as the dashboard (see the module docstring)
@@ -217,10 +219,12 @@ def run(
         thread.start()
     time.sleep(0.5)
     start = time.perf_counter()
-    migration = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, *command]
-    idle = [sys.executable, "-c", f"import time; time.sleep({NONE_S})"]  # the same clients, no migration
+    if extra is None:  # the same clients, no migration
+        argv = [sys.executable, "-c", f"import time; time.sleep({NONE_S})"]
+    else:
+        argv = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *extra, *command]
     result = subprocess.run(
-        idle if extra is None else migration,
+        argv,
         env={**os.environ, "DATABASE_URL": url},
         cwd=ROOT,
         capture_output=True,
