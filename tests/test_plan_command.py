@@ -14,8 +14,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from support import (
-    MYSQL_BACKENDS,
-    POSTGRES_BACKENDS,
     ROOT,
     alembic,
     columns_of,
@@ -56,8 +54,8 @@ VERIFY_KEYS = [
 ]
 
 
-def autopack(url: URL, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
+def autopack(url: URL | str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(hide_password=False)}
     command = [sys.executable, "-m", "autopack", *args]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
@@ -179,36 +177,22 @@ def test_plan_refuses_another_trees_revision_as_the_upgrade_does_and_verify_fail
     assert line.lstrip().startswith("FAIL") and "a revision of another Alembic tree" in line, line
 
 
-@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
-def test_plan_refuses_a_read_only_session_as_the_upgrade_does(db_url: URL):
+# a session or file the migration cannot write to, as an operator's URL can make it on each engine
+READ_ONLY = {
+    "sqlite": lambda url: f"sqlite:///file:{url.database}?mode=ro&uri=true",
+    "postgresql": lambda url: url.update_query_dict({"options": "-c default_transaction_read_only=on"}),
+    "mysql": lambda url: url.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"}),
+}
+
+
+def test_plan_and_the_upgrade_refuse_a_read_only_session_alike_before_any_change(db_url: URL):
     seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
-    read_only = db_url.update_query_dict({"options": "-c default_transaction_read_only=on"})
-    planned = autopack(read_only, "plan")
-    assert planned.returncode == 1, planned.stdout + planned.stderr
-    assert last_line(planned) == f"The run would be refused: {fails(read_only, 'upgrade', 'head')}"
-
-
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_plan_refuses_a_read_only_sqlite_url(db_url: URL):
-    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
-    read_only = f"sqlite:///file:{db_url.database}?mode=ro&uri=true"
-    env = {**os.environ, "DATABASE_URL": read_only}
-    planned = subprocess.run(
-        [sys.executable, "-m", "autopack", "plan"], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert planned.returncode == 1, planned.stdout + planned.stderr
-    assert last_line(planned) == f"The run would be refused: {fails(read_only, 'upgrade', 'head')}", planned.stdout
-
-
-@pytest.mark.parametrize("backend", MYSQL_BACKENDS)
-def test_plan_and_the_upgrade_refuse_a_read_only_mariadb_session_alike_before_any_change(db_url: URL):
-    seeded_at_0001(db_url, [event_row(1, prompt_tokens=2, completion_tokens=3)])
-    read_only = db_url.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
+    read_only = READ_ONLY[db_url.get_backend_name()](db_url)
     planned = autopack(read_only, "plan")
     assert planned.returncode == 1, planned.stdout + planned.stderr
     refused = fails(read_only, "upgrade", "head")
     assert last_line(planned) == f"The run would be refused: {refused}", (planned.stdout, refused)
-    assert "transaction_read_only is on" in refused and refused.endswith("nothing was changed.")
+    assert refused.endswith("nothing was changed."), refused
     assert "total_tokens" not in columns_of(db_url) and current(db_url).startswith("0001")
 
 
