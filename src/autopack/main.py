@@ -25,7 +25,7 @@ from autopack.dashboard_page import router as dashboard_page
 from autopack.dashboard_schemas import ERROR_RESPONSES, UsageResponse
 from autopack.database import get_db
 from autopack.migrations.runtime.errors import first_line
-from autopack.settings import RefuseUnusableSettings
+from autopack.settings import RefuseUnusableSettings, unreadable
 from autopack.started_settings import schema_behind_at_start_up
 
 __all__ = ["app", "get_db"]
@@ -62,7 +62,7 @@ def database_could_not_answer(request: Request, error: SQLAlchemyError) -> JSONR
     traceback; answered inside the middleware, so it carries the schema header too."""
     behind = schema_behind_at_start_up(request.scope)
     detail = f"The database could not answer: {first_line(error)}"
-    if behind is not None and not behind.startswith("unreadable"):
+    if behind is not None and not unreadable(behind):
         detail += f"; it is not at this release's head (at {behind}): run 'autopack upgrade head'"
     log.error("%s %s: %s", request.method, request.url.path, detail)
     return JSONResponse({"detail": detail}, status_code=500)

@@ -124,9 +124,14 @@ def cannot_start(error: Exception) -> str:
     )
 
 
+def unreadable(behind: str) -> bool:
+    """``schema_behind`` could not read the database (rather than finding it behind head)."""
+    return behind.startswith("unreadable (")
+
+
 def start_up_warning(behind: str) -> str:
     """The one log line for a database that is not at head as the server starts (or could not be read)."""
-    if behind.startswith("unreadable"):
+    if unreadable(behind):
         return (
             f"The database could not be read as the server started ({behind.removeprefix('unreadable (')[:-1]}): "
             "requests that read it will fail until it can; check DATABASE_URL, the server and the credentials"
@@ -139,7 +144,7 @@ def start_up_warning(behind: str) -> str:
 
 
 def header(behind: str) -> str:
-    return "unknown (unreadable at start-up)" if behind.startswith("unreadable") else f"behind (at {behind})"
+    return "unknown (unreadable at start-up)" if unreadable(behind) else f"behind (at {behind})"
 
 
 class RefuseUnusableSettings:

@@ -21,7 +21,6 @@ from autopack.migrations.build144.backfill_rule import NEEDS_TOTAL, split_sum
 from autopack.migrations.build144.messages import sentence
 from autopack.migrations.build144.plan import Plan, plan_from_table
 from autopack.migrations.build144.preflight_checks import CHECKS
-from autopack.migrations.build144.retired_revisions import holding
 from autopack.migrations.build144.table_inspection import update_hooks
 from autopack.migrations.build144.usage_table import TABLE, events
 from autopack.migrations.runtime.connection import (
@@ -32,7 +31,7 @@ from autopack.migrations.runtime.connection import (
 )
 from autopack.migrations.runtime.errors import shown
 from autopack.migrations.runtime.options import Options
-from autopack.verify import stamped_revisions, tree_revisions
+from autopack.verify import not_this_trees, stamped_revisions
 
 HEAD, BASE = "0002", "0001"
 START_UP_S = 0.6  # the alembic process itself (benchmarks/README.md: 'alembic current')
@@ -118,13 +117,16 @@ def state_of(plan: Plan) -> str:
 
 
 SESSION_CHECK = "a revision this tree knows, and a session that may write"
+# a database with no table yet (or no file): what the run does there
+NEW_TABLE_CHANGE = f"create {TABLE} (0001), then BUILD-144 on the empty table"
+NEW_TABLE_PATH = "the baseline creates the table, then BUILD-144 changes it (no rows to fill)"
 
 
 def before_the_revision_runs(connection: Connection, url: URL, revision: list[str] | None) -> str | None:
     """The sentence env.py would refuse the run with before any revision reads the table (another tree's revision;
     a session that may not write), or None. Read without writing: the plan's own transaction is read-only, so the
     session's defaults are read, not the transaction's."""
-    foreign = [r for r in revision or [] if holding(r) not in tree_revisions()]
+    foreign = not_this_trees(revision)
     if foreign:
         return sentence("unknown_revision", head=repr(foreign[0]))
     where = shown(url)
@@ -163,8 +165,8 @@ def no_database_yet(url: URL, direction: str, online: bool) -> UpgradePlan:
         mode="online" if online else "default",
         revision=None,
         state=f"no database file at {sqlite_path(url)}: the upgrade creates it",
-        schema_change=f"create {TABLE} (0001), then BUILD-144 on the empty table",
-        path="the baseline creates the table, then BUILD-144 changes it (no rows to fill)",
+        schema_change=NEW_TABLE_CHANGE,
+        path=NEW_TABLE_PATH,
         estimate_s=START_UP_S,
     )
     if direction == "downgrade":
@@ -216,8 +218,7 @@ def make_plan(connection: Connection, url: URL, direction: str, online: bool = F
         )
         return made
     if not has_table:
-        made.schema_change = f"create {TABLE} (0001), then BUILD-144 on the empty table"
-        made.path = "the baseline creates the table, then BUILD-144 changes it (no rows to fill)"
+        made.schema_change, made.path = NEW_TABLE_CHANGE, NEW_TABLE_PATH
         return made
     hooks = update_hooks(connection)
     made.checks += [

@@ -107,7 +107,7 @@ def verify(connection: Connection) -> Verification:
     stamped = stamped_revisions(connection)
     trigger_on = fill_trigger.installed(connection)
     # another Alembic tree's revision (upstream's 001_initial_schema, say) is not this tree's, whatever it sorts as
-    foreign = [r for r in stamped or [] if holding(r) not in tree_revisions()]
+    foreign = not_this_trees(stamped)
     # an upgrade that stopped after its schema change (revision ids are zero-padded: a later one sorts after)
     unfinished = stamped is not None and not foreign and not any(holding(r) >= "0002" for r in stamped)
     if unfinished and trigger_on:  # an online upgrade stopped: resume it online
@@ -226,6 +226,13 @@ def tree_revisions() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()} if config else set()
 
 
+def not_this_trees(stamped: list[str] | None) -> list[str]:
+    """The revisions in ``stamped`` that are not this tree's (nor a retired name of one): another Alembic tree's,
+    upstream Autopack's own ``001_initial_schema`` say. The tree is read once."""
+    known = tree_revisions()
+    return [r for r in stamped or [] if holding(r) not in known]
+
+
 def foreign_revisions(foreign: list[str]) -> str:
     """What to do about a version table holding another Alembic tree's revisions."""
     return (
@@ -244,7 +251,7 @@ def how_to_migrate(connection: Connection) -> str:
             stamped = connection.exec_driver_sql(f"SELECT version_num FROM {table}").scalars().all()
     except DBAPIError:
         return "run 'alembic upgrade head' as the table's owner"
-    foreign = [r for r in stamped if holding(r) not in tree_revisions()]
+    foreign = not_this_trees(stamped)
     if foreign:  # another Alembic tree's revision (upstream Autopack's own 001_initial_schema, say)
         return foreign_revisions(foreign)
     later = sorted(r for r in stamped if r >= "0002")  # zero-padded ids: a later revision sorts after

@@ -61,18 +61,11 @@ def undated_warning(rows: int) -> str:
     )
 
 
-def survey(
-    has_total: bool = True,
-    *,
-    verify: bool = False,
-    dialect: str | None = None,
-    proving: bool = False,
-) -> sa.Select:
-    """One scan of the table for what the upgrade batches by and reports (``verify=False``) or what ``verify``
-    checks (``verify=True``); each count is defined once, in ``counts``. A table without ``total_tokens`` yet
-    reads as all totals 0.
+def survey(*, verify: bool = False, dialect: str | None = None, proving: bool = False) -> sa.Select:
+    """One scan of the table (which has total_tokens) for what the upgrade reports (``verify=False``) or what
+    ``verify`` checks (``verify=True``); each count is defined once, in ``counts``.
 
-    Report: rows, first and last id, exact (both splits set), total_only (both NULL, a positive total after the
+    Report: rows, exact (both splits set), total_only (both NULL, a positive total after the
     rule), token_sum (after the rule), lost (both NULL, total 0). Verify: rows, total_only, lost, and, as stored,
     positive (total > 0), unfilled (rows the rule would still change), mismatched (a split set and the total not
     their sum, unfilled rows included) and malformed (both splits NULL and a negative total). Verify adds the
@@ -82,7 +75,7 @@ def survey(
     ``proving``, the report's scan after the change counts ``left``: rows the rule would still change (the proof
     that the backfill is complete, in the same scan); once it is, the totals after the rule are the stored ones,
     which the report then reads as they are."""
-    stored = total if has_total else sa.literal(0)
+    stored = total
     totals = stored if proving else sa.case((stored == 0, wide_split_sum), else_=sa.cast(stored, sa.BigInteger))
     both_null = sa.and_(prompt.is_(None), completion.is_(None))
 
@@ -91,8 +84,6 @@ def survey(
 
     counts = {
         "rows": sa.func.count(),
-        "first": sa.func.min(events.c.id),
-        "last": sa.func.max(events.c.id),
         "exact": count(sa.and_(prompt.is_not(None), completion.is_not(None))),
         "total_only": count(sa.and_(both_null, totals > 0)),
         "token_sum": sa.func.coalesce(sa.func.sum(totals), 0),
@@ -107,23 +98,28 @@ def survey(
         counts["undated"] = count(undated(events.c.created_at, dialect))
         names += ("undated",)
     if proving:
-        counts["left"] = count(sa.and_(stored == 0, split_sum != 0))  # NEEDS_TOTAL
+        counts["left"] = count(NEEDS_TOTAL)
         names += ("left",)
     return sa.select(*(counts[name].label(name) for name in names)).select_from(events)
+
+
+def overflowing(has_total: bool, limit: int) -> sa.ColumnElement[bool]:
+    """The rows whose total the rule would write past ``limit`` (either sign): a total of 0 (or none yet) beside
+    splits whose sum does not fit."""
+    needs = total == 0 if has_total else sa.true()
+    return sa.and_(needs, sa.not_(wide_split_sum.between(-limit - 1, limit)))  # the sum computed once
 
 
 def before_the_change(has_total: bool, overflow_limit: int) -> sa.Select:
     """The upgrade's one scan before any change: rows, first and last id (the backfill's batches), and
     ``overflowing``, the rows whose total the rule would write past ``overflow_limit`` (the preflight check names
     them only when there are some)."""
-    needs = total == 0 if has_total else sa.true()
-    overflows = sa.not_(wide_split_sum.between(-overflow_limit - 1, overflow_limit))  # the sum computed once
     ids = sa.select(events.c.id).order_by(events.c.id)  # each end read from the primary key, not in the scan
     return sa.select(
         sa.func.count().label("rows"),
         ids.limit(1).scalar_subquery().label("first"),
         ids.order_by(None).order_by(events.c.id.desc()).limit(1).scalar_subquery().label("last"),
-        sa.func.count(sa.case((sa.and_(needs, overflows), 1))).label("overflowing"),
+        sa.func.count(sa.case((overflowing(has_total, overflow_limit), 1))).label("overflowing"),
     ).select_from(events)
 
 
@@ -141,5 +137,5 @@ def kept_survey(bind: sa.Connection) -> sa.Row | None:
     return bind.info.pop(KEPT_SURVEY, None)
 
 
-REPORT_COUNTS = ("rows", "first", "last", "exact", "total_only", "token_sum", "lost")
+REPORT_COUNTS = ("rows", "exact", "total_only", "token_sum", "lost")
 VERIFY_COUNTS = ("rows", "total_only", "lost", "positive", "unfilled", "mismatched", "malformed")

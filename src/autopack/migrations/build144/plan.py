@@ -46,6 +46,11 @@ class Plan:
         return "total_tokens" in self.columns
 
     @property
+    def total_limit(self) -> int:
+        """The largest total ``total_tokens`` holds (or will hold, as 0002 adds it) on this engine."""
+        return integer_limit(self.dialect, self.columns.get("total_tokens", {}).get("type"))
+
+    @property
     def online(self) -> bool:
         return self.mode == "online"
 
@@ -86,8 +91,7 @@ def plan_from_table(bind: sa.Connection, options: Options) -> Plan:
 def with_rows_counted(bind: sa.Connection, plan: Plan) -> Plan:
     """The plan with the table's rows and id range (the backfill's batches) and the rows whose total would overflow
     (``preflight_checks.overflowing_totals`` reads it): one scan, before the checks."""
-    limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
-    found = bind.execute(before_the_change(plan.has_total, limit)).one()
+    found = bind.execute(before_the_change(plan.has_total, plan.total_limit)).one()
     return replace(plan, rows=found.rows, first_id=found.first, last_id=found.last, overflowing=found.overflowing)
 
 

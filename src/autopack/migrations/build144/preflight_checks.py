@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from autopack.migrations.build144 import doctor_index, engines, logical_replication
-from autopack.migrations.build144.backfill_rule import wide_split_sum
+from autopack.migrations.build144.backfill_rule import overflowing, wide_split_sum
 from autopack.migrations.build144.fill_trigger import PG_NAMES
 from autopack.migrations.build144.holdover import HOLDOVER, NOT_HOLDABLE, held_rows_changed_again
 from autopack.migrations.build144.messages import sentence, template
@@ -57,11 +57,8 @@ def _ids(ids: list[int]) -> dict[str, Any] | None:
 def overflowing_totals(bind: sa.Connection, plan: Plan) -> dict[str, Any] | None:
     if plan.overflowing == 0:  # counted in the upgrade's one scan before the change (``with_rows_counted``)
         return None
-    limit = integer_limit(plan.dialect, plan.columns.get("total_tokens", {}).get("type"))
-    needs = total == 0 if plan.has_total else sa.true()
-    rows = sa.select(events.c.id).where(needs, sa.or_(wide_split_sum > limit, wide_split_sum < -limit - 1))
-    ids = first_ids(bind, rows)
-    return {"limit": f"{limit:,}", "ids": some(ids)} if ids else None
+    ids = first_ids(bind, sa.select(events.c.id).where(overflowing(plan.has_total, plan.total_limit)))
+    return {"limit": f"{plan.total_limit:,}", "ids": some(ids)} if ids else None
 
 
 def forbidding_checks(bind: sa.Connection, _plan: Plan) -> dict[str, Any] | None:
