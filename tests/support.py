@@ -339,7 +339,12 @@ def autopack_command(url, command: str, timeout: float = 300):
     """Run ``python -m autopack COMMAND`` against ``url`` as an operator would."""
     env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else url.render_as_string(False)}
     return subprocess.run(
-        [sys.executable, "-m", "autopack", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "autopack", *command.split()],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -6,6 +6,10 @@ or milliseconds, as a Julian day, or as text no date function reads; on PostgreS
 the database's TimeZone far from UTC, and as ±infinity; on MariaDB as zero dates. Each row sits a few minutes on
 either side of a window's edge; the dashboard's sums are compared with sums computed here from the instants the
 test chose, and the undated rows with the ``undated`` line, in ``verify`` and in the upgrade's report.
+
+Each dashboard test runs three ways: reading the events alone (no aggregate), with the hourly aggregate made
+before the rows are written (its triggers place each row), and made after them (its fill places them); with the
+aggregate ``verify`` also checks it against the events.
 """
 
 import itertools
@@ -18,7 +22,7 @@ from sqlalchemy import DateTime, Text, create_engine, text
 from autopack.dashboard import PERIOD_DAYS
 from autopack.database import make_engine
 from legacy import old_model
-from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, line, verify
+from support import MYSQL_BACKENDS, POSTGRES_BACKENDS, alembic, autopack_command, line, verify
 
 EDGE = timedelta(minutes=3)  # far enough from each window's edge that the test's own seconds never cross it
 AGES = [timedelta(hours=1), -timedelta(minutes=5)] + [  # -5 min: a writer whose clock runs ahead
@@ -47,6 +51,16 @@ SQLITE_FORMS = {  # name -> the value other code stored for a naive UTC instant
     "spaced": lambda t: f"  {t.isoformat(sep=' ')} ",
 }
 SQLITE_UNDATED = [None, "2026-12-05 10:00:00 UTC", "yesterday", "05/12/2026 10:00"]
+
+
+AGGREGATE = pytest.mark.parametrize("aggregate", ["none", "before the writes", "after the writes"])
+
+
+def make_aggregate(url, aggregate: str, now: str) -> None:
+    """``autopack usage-aggregate create`` when the test's ``aggregate`` says it is ``now``."""
+    if aggregate == now:
+        made = autopack_command(url, "usage-aggregate create")
+        assert made.returncode == 0, made.stdout + made.stderr
 
 
 def adopted_table(url, created_at_type=None) -> None:
@@ -125,25 +139,31 @@ def tokens() -> itertools.count:
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 @pytest.mark.parametrize("declared", ["DATETIME", "TEXT"])
-def test_sqlite_rows_in_every_form_are_counted_in_their_period(db_url, declared):
+@AGGREGATE
+def test_sqlite_rows_in_every_form_are_counted_in_their_period(db_url, declared, aggregate):
     adopted_table(db_url, None if declared == "DATETIME" else Text())
+    make_aggregate(db_url, aggregate, "before the writes")
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     n = tokens()
     dated = [(form, now - age, next(n)) for form in SQLITE_FORMS for age in AGES]
     undated = [(f"undated-{i}", value, next(n)) for i, value in enumerate(SQLITE_UNDATED)]
     insert(db_url, [(p, SQLITE_FORMS[p](t), total) for p, t, total in dated] + undated)
+    make_aggregate(db_url, aggregate, "after the writes")
     engine = make_engine(db_url)
     check_dashboard(engine, dated, [total for _, _, total in undated], now)
     engine.dispose()
     result = verify(db_url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(undated)} rows have a created_at that gives no time" in result.stdout + result.stderr
+    assert ("ok    hourly usage aggregate matches the events" in result.stdout) == (aggregate != "none"), result.stdout
 
 
 @pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
 @pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Los_Angeles"])
-def test_postgres_timestamptz_under_a_far_time_zone_is_counted_in_utc(db_url, zone):
+@AGGREGATE
+def test_postgres_timestamptz_under_a_far_time_zone_is_counted_in_utc(db_url, zone, aggregate):
     adopted_table(db_url, DateTime(timezone=True))
+    make_aggregate(db_url, aggregate, "before the writes")
     with create_engine(db_url).begin() as connection:
         connection.exec_driver_sql(f"ALTER DATABASE {db_url.database} SET TimeZone = '{zone}'")
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -153,6 +173,7 @@ def test_postgres_timestamptz_under_a_far_time_zone_is_counted_in_utc(db_url, zo
     undated.append(("undated-minus-inf", SQL("'-infinity'"), next(n)))
     # written as instants (with their offset), as another tool writing timestamptz would
     insert(db_url, [(p, SQL(f"'{t.isoformat()}+00:00'"), total) for p, t, total in dated] + undated)
+    make_aggregate(db_url, aggregate, "after the writes")
     engine = make_engine(db_url)
     check_dashboard(engine, dated, [total for _, _, total in undated], now)
     # and the application's own writes land at the instant they name, whatever the zone
@@ -169,11 +190,14 @@ def test_postgres_timestamptz_under_a_far_time_zone_is_counted_in_utc(db_url, zo
     engine.dispose()
     result = verify(db_url)
     assert "3 rows have a created_at that gives no time" in result.stdout + result.stderr
+    assert ("ok    hourly usage aggregate matches the events" in result.stdout) == (aggregate != "none"), result.stdout
 
 
 @pytest.mark.parametrize("backend", MYSQL_BACKENDS)
-def test_mariadb_zero_dates_are_undated_and_day_zero_counts_on_the_first(db_url):
+@AGGREGATE
+def test_mariadb_zero_dates_are_undated_and_day_zero_counts_on_the_first(db_url, aggregate):
     adopted_table(db_url)
+    make_aggregate(db_url, aggregate, "before the writes")
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     n = tokens()
     dated = [("claude", now - age, next(n)) for age in AGES]
@@ -185,11 +209,13 @@ def test_mariadb_zero_dates_are_undated_and_day_zero_counts_on_the_first(db_url)
     undated = [("undated-null", None, next(n)), ("undated-zero", SQL("'0000-00-00 00:00:00'"), next(n))]
     loose = "SET SESSION sql_mode = ''"
     insert(db_url, [(p, t, total) for p, t, total in dated] + day_zero + undated, session=loose)
+    make_aggregate(db_url, aggregate, "after the writes")
     engine = make_engine(db_url)
     check_dashboard(engine, [*dated, ("day-zero", first, day_zero[0][2])], [total for _, _, total in undated], now)
     engine.dispose()
     result = verify(db_url)
     assert "2 rows have a created_at that gives no time" in result.stdout + result.stderr
+    assert ("ok    hourly usage aggregate matches the events" in result.stdout) == (aggregate != "none"), result.stdout
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

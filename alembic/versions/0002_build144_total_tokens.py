@@ -28,6 +28,7 @@ from autopack.migrations.build144.plan import Plan, offline_plan, plan_from_tabl
 from autopack.migrations.build144.preflight_checks import refuse_what_would_go_wrong
 from autopack.migrations.build144.report import failures_in_one_sentence, report
 from autopack.migrations.build144.table_inspection import update_hooks
+from autopack.migrations.build144.usage_aggregate import drop_usage_aggregate, drop_usage_aggregate_in_script
 from autopack.migrations.build144.usage_table import (
     SPLITS,
     TABLE,
@@ -76,11 +77,13 @@ def upgrade() -> None:
 def downgrade() -> None:
     if context.is_offline_mode():  # a script for a DBA, written for a database at 0002
         plan = offline_plan(context.get_context().dialect.name, options_of_this_run())
+        drop_usage_aggregate_in_script(plan.dialect)
         offline_script(plan, "downgrade", change_schema=lambda: old_schema(plan, copy_from=build144_table()))
         return
     bind = op.get_bind()
     plan = plan_from_table(bind, options_of_this_run())  # 1. find the state
     refuse_what_would_go_wrong(bind, plan, "downgrade")  # ... and what the round trip could not give back
+    drop_usage_aggregate(bind)  # the dashboard's hourly aggregate: its triggers read total_tokens
     keep_history(bind, plan, say=False)
     hooks = update_hooks(bind)  # read before: after a failure the transaction takes no more queries
     with failures_in_one_sentence(plan, hooks, "downgrade"):

@@ -101,6 +101,30 @@ def run_restore_set_aside() -> int:
     return 0
 
 
+def run_usage_aggregate(action: str) -> int:
+    from autopack import usage_hourly
+
+    def work(connection: Connection) -> str:
+        if action == "drop":
+            dropped = usage_hourly.drop(connection)
+            return (
+                f"Dropped {usage_hourly.TABLE} and its triggers; the dashboard reads the events."
+                if dropped
+                else f"There was no {usage_hourly.TABLE}: nothing to drop."
+            )
+        buckets = (usage_hourly.create if action == "create" else usage_hourly.rebuild)(connection)
+        made = "Made and filled" if action == "create" else "Refilled"
+        return f"{made} {usage_hourly.TABLE} from {TABLE}: {buckets} hourly buckets; the dashboard reads it."
+
+    stopped = "the aggregate's change is one transaction (MariaDB: the table and triggers stay, refill them): re-run it"
+    try:
+        print(in_committed_batches(f"usage-aggregate {action}", work, stopped))
+    except usage_hourly.AggregateError as refused:  # the run would be wrong here: nothing was changed
+        print(f"error: {refused}", file=sys.stderr)
+        return CHECK_FAILED
+    return PASSED
+
+
 def in_committed_batches(command: str, work, stopped: str):
     """``work(connection)`` on DATABASE_URL with the migration's timeouts, committing as it goes: on a server in
     autocommit, with the lock timeout for the session; a transaction pooler refused (many transactions)."""
@@ -231,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--downgrade", action="store_true", help="plan 'downgrade -1' instead of 'upgrade head'")
     plan.add_argument("--online", action="store_true", help="plan the run with -x online=true")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (docs/runbook.md: its keys)")
+    aggregate = commands.add_parser(
+        "usage-aggregate",
+        help="the hourly aggregate the dashboard reads: create (and fill) it, rebuild it from the events, or drop it",
+    )
+    aggregate.add_argument("action", choices=("create", "rebuild", "drop"))
     backup = commands.add_parser("backup", help="copy the SQLite database on DATABASE_URL with SQLite's backup API")
     backup.add_argument("--to", type=Path, help="destination file (default: the database's path + .backup)")
     args = parser.parse_args(argv)
@@ -243,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_repair_totals()
         if args.command == "restore-set-aside":
             return run_restore_set_aside()
+        if args.command == "usage-aggregate":
+            return run_usage_aggregate(args.action)
         return run_verify(args.json) if args.command == "verify" else run_backup(args.to)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)

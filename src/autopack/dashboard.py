@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import run_token_cap
+from autopack.dashboard_source import period_source, undated_source
 from autopack.event_time import dated_since, group_key, undated
 from autopack.exact_sums import read_sums, sum_columns
 from autopack.usage_recorder import LlmUsageEvent, as_naive_utc, utcnow
@@ -57,10 +58,19 @@ def _sums(dialect: str) -> list:
     return [*sums, func.count().label("events")]
 
 
+def _source_sums(source, dialect: str) -> list:
+    """The sums of a ``dashboard_source`` row source: the same labels as ``_sums``."""
+    c = source.c
+    sums = sum_columns(
+        dialect, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, total_tokens=c.total_tokens
+    )
+    return [*sums, func.coalesce(func.sum(c.events), 0).label("events")]
+
+
 def _row(row, *keys: str) -> dict:
     """A result row as the response's fields: its keys, its exact sums and its count of events."""
     mapping = row._mapping
-    return {**{key: mapping[key] for key in keys}, **read_sums(mapping, TOKENS), "events": mapping["events"]}
+    return {**{key: mapping[key] for key in keys}, **read_sums(mapping, TOKENS), "events": int(mapping["events"])}
 
 
 def percent_of_cap(total_tokens: int, cap_tokens: int) -> float:
@@ -84,12 +94,17 @@ def usage_by_provider(
     cap = run_token_cap() if cap_tokens is None else cap_tokens
     e = LlmUsageEvent
     dialect = dialect_of(db)
-    query = (
-        select(e.provider, *_sums(dialect))
-        .where(in_period(db, period, now))
-        .group_by(group_key(e.provider, dialect))
-        .order_by(e.provider)
-    )
+    source = period_source(db, period_start(period, now))
+    if source is not None:  # the hourly aggregate, and the events of the period's first hour
+        query = select(source.c.provider, *_source_sums(source, dialect)).group_by(source.c.provider)
+        query = query.order_by(source.c.provider)
+    else:
+        query = (
+            select(e.provider, *_sums(dialect))
+            .where(in_period(db, period, now))
+            .group_by(group_key(e.provider, dialect))
+            .order_by(e.provider)
+        )
     rows = [_row(row, "provider") for row in db.execute(query)]
     return [
         {**row, "period": period, "cap_tokens": cap, "percent_of_cap": percent_of_cap(row["total_tokens"], cap)}
@@ -100,6 +115,11 @@ def usage_by_provider(
 def usage_by_model(db: Session, period: str, now: datetime | None = None) -> list[dict]:
     e = LlmUsageEvent
     dialect = dialect_of(db)
+    source = period_source(db, period_start(period, now))
+    if source is not None:
+        c = source.c
+        query = select(c.provider, c.model, *_source_sums(source, dialect)).group_by(c.provider, c.model)
+        return [_row(row, "provider", "model") for row in db.execute(query.order_by(c.provider, c.model))]
     query = (
         select(e.provider, e.model, *_sums(dialect))
         .where(in_period(db, period, now))
@@ -112,5 +132,8 @@ def usage_by_model(db: Session, period: str, now: datetime | None = None) -> lis
 def undated_usage(db: Session) -> dict:
     """The sums of every undated row (``event_time.undated``): in no period, so shown apart, never dropped."""
     e = LlmUsageEvent
+    source = undated_source(db)
+    if source is not None:  # the aggregate's bucket of undated rows
+        return _row(db.execute(select(*_source_sums(source, dialect_of(db)))).one())
     query = select(*_sums(dialect_of(db))).where(undated(e.created_at, dialect_of(db)))
     return _row(db.execute(query).one())

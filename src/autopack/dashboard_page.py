@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from autopack.api_key import require_api_key
 from autopack.dashboard import PERIOD_DAYS, dialect_of, in_period, known_period, period_start
 from autopack.dashboard_schemas import ERROR_RESPONSES
+from autopack.dashboard_source import EPOCH, period_source, undated_source
 from autopack.database import get_db
 from autopack.event_time import group_key, undated, utc_day
 from autopack.exact_sums import read_sums, sum_columns
@@ -95,8 +96,21 @@ def _shares(dialect: str) -> list:
     return [*sums, func.count().label("events")]
 
 
+def _source_shares(source, dialect: str) -> list:
+    """``_shares`` of a ``dashboard_source`` row source."""
+    c = source.c
+    sums = sum_columns(
+        dialect,
+        total_tokens=c.total_tokens,
+        exact_split_tokens=c.exact_split_tokens,
+        total_only_tokens=c.total_tokens - c.exact_split_tokens,
+        total_only_events=c.total_only_events,
+    )
+    return [*sums, func.coalesce(func.sum(c.events), 0).label("events")]
+
+
 def _read(row) -> dict:
-    return {**read_sums(row._mapping, SHARES), "events": row.events}
+    return {**read_sums(row._mapping, SHARES), "events": int(row.events)}
 
 
 def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> UsageBreakdown:
@@ -107,17 +121,30 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
     end = start + timedelta(days=PERIOD_DAYS[period])  # naive UTC, whatever ``now`` was given as
     e = LlmUsageEvent
     dialect = dialect_of(db)
-    shares = _shares(dialect)
-    where = in_period(db, period, end)
-    by_provider = select(e.provider, *shares).where(where).group_by(group_key(e.provider, dialect))
-    rows = db.execute(by_provider.order_by(e.provider))
-    providers = [ProviderShares(provider=row.provider, **_read(row)) for row in rows]
-    day = utc_day(e.created_at, dialect)
+    source = period_source(db, start)
+    if source is not None:  # the hourly aggregate, and the events of the period's first hour
+        shares = _source_shares(source, dialect)
+        by_provider = select(source.c.provider, *shares).group_by(source.c.provider).order_by(source.c.provider)
+        day = source.c.day
+        by_day_query = select(day.label("day"), *shares).group_by(day)
+    else:
+        shares = _shares(dialect)
+        where = in_period(db, period, end)
+        by_provider = select(e.provider, *shares).where(where).group_by(group_key(e.provider, dialect))
+        by_provider = by_provider.order_by(e.provider)
+        day = utc_day(e.created_at, dialect)
+        by_day_query = select(day.label("day"), *shares).where(where).group_by(day)
+    providers = [ProviderShares(provider=row.provider, **_read(row)) for row in db.execute(by_provider)]
     empty = dict.fromkeys(TokenShares.model_fields, 0)
     by_day: dict[date, dict] = {}
-    for row in db.execute(select(day.label("day"), *shares).where(where).group_by(day)):
+    for row in db.execute(by_day_query):
         # a writer whose clock runs ahead of this server's: counted today, as in every total, never dropped
-        bucket = by_day.setdefault(min(date.fromisoformat(str(row.day)[:10]), end.date()), dict(empty))
+        on = (
+            (EPOCH + timedelta(days=int(row.day))).date()
+            if source is not None
+            else date.fromisoformat(str(row.day)[:10])
+        )
+        bucket = by_day.setdefault(min(on, end.date()), dict(empty))
         for field, value in _read(row).items():
             bucket[field] += value
     days = [
@@ -125,7 +152,11 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
         for d in (start.date() + timedelta(days=i) for i in range((end.date() - start.date()).days + 1))
     ]
     overall = TokenShares(**{field: sum(getattr(p, field) for p in providers) for field in TokenShares.model_fields})
-    undated_row = db.execute(select(*shares).where(undated(e.created_at, dialect))).one()
+    held = undated_source(db)
+    if held is not None:  # the aggregate's bucket of undated rows
+        undated_row = db.execute(select(*_source_shares(held, dialect))).one()
+    else:
+        undated_row = db.execute(select(*shares).where(undated(e.created_at, dialect))).one()
     return UsageBreakdown(
         period=period,
         start=start.replace(tzinfo=UTC),

@@ -80,27 +80,40 @@ def _sqlite_text(start: datetime) -> str:
     return start.isoformat(sep=" ", timespec="microseconds")
 
 
-def dated_since(created_at: ColumnElement, dialect: str, start: datetime) -> ColumnElement[bool]:
-    """Rows whose instant is at or after ``start`` (naive UTC); never an undated row."""
+def dated_since(
+    created_at: ColumnElement, dialect: str, start: datetime, until: datetime | None = None
+) -> ColumnElement[bool]:
+    """Rows whose instant is at or after ``start`` (naive UTC), and before ``until`` if given; never an undated
+    row."""
     if dialect == "sqlite":
         number = sa.type_coerce(created_at, sa.Float)
         as_text = sa.type_coerce(created_at, sa.String)
         unix = (start - datetime(1970, 1, 1)).total_seconds()
         julian = unix / 86400 + UNIX_EPOCH_JULIAN_DAY
+        end = unix_end = None if until is None else (until - datetime(1970, 1, 1)).total_seconds()
+        if unix_end is not None:
+            end = unix_end / 86400 + UNIX_EPOCH_JULIAN_DAY
+        first_text = (start - timedelta(days=1)).date().isoformat()
         # the index ranges that can hold a row of the period, one per form (SQLite orders numbers before text);
-        # text may carry an offset of up to a day, so its range starts a day early
+        # text may carry an offset of up to a day, so its range starts a day early (and ends a day late)
         ranges = sa.or_(
-            number.between(julian - 1, JULIAN_DAY_LIMIT),
-            number.between(unix - 1, UNIX_SECONDS_LIMIT),
-            number.between((unix - 1) * 1000, 1e300),
-            as_text >= (start - timedelta(days=1)).date().isoformat(),
+            number.between(julian - 1, JULIAN_DAY_LIMIT if end is None else min(end + 1, JULIAN_DAY_LIMIT)),
+            number.between(unix - 1, UNIX_SECONDS_LIMIT if unix_end is None else unix_end + 1),
+            number.between((unix - 1) * 1000, 1e300 if unix_end is None else (unix_end + 1) * 1000),
+            as_text >= first_text
+            if until is None
+            else as_text.between(first_text, (until + timedelta(days=2)).date().isoformat()),
             as_text.between(str(int(unix) - 1), "2"),  # Unix seconds or milliseconds written as text
             as_text.between(" ", "/"),  # text led by spaces (a bound that stays text in a DATETIME column)
         )
-        return sa.and_(ranges, _sqlite_instant(created_at) >= sa.func.julianday(_sqlite_text(start)))
+        instant = _sqlite_instant(created_at)
+        since = sa.and_(ranges, instant >= sa.func.julianday(_sqlite_text(start)))
+        return since if until is None else sa.and_(since, instant < sa.func.julianday(_sqlite_text(until)))
+    before = [] if until is None else [created_at < until]
     if dialect == "postgresql":
-        return sa.and_(created_at >= start, sa.func.isfinite(created_at))
-    return created_at >= start  # MariaDB: a zero date sorts first, a date with day 00 just before the month's 1st
+        return sa.and_(created_at >= start, sa.func.isfinite(created_at), *before)
+    # MariaDB: a zero date sorts first, a date with day 00 just before the month's 1st
+    return sa.and_(created_at >= start, *before)
 
 
 def undated(created_at: ColumnElement, dialect: str) -> ColumnElement[bool]:
@@ -136,3 +149,13 @@ def utc_day(created_at: ColumnElement, dialect: str) -> ColumnElement:
         first_of_month = sa.func.timestampadd(sa.text("MONTH"), months, first_of_year)
         return sa.func.date(sa.func.timestampadd(sa.text("DAY"), days, first_of_month))
     return sa.func.date(created_at)
+
+
+def utc_day_number(created_at: ColumnElement, dialect: str) -> ColumnElement[int]:
+    """``utc_day`` as days since 1970-01-01 (the hourly aggregate's ``day``)."""
+    day = utc_day(created_at, dialect)
+    if dialect == "sqlite":
+        return sa.cast(sa.func.julianday(day) - UNIX_EPOCH_JULIAN_DAY, sa.Integer)
+    if dialect == "postgresql":
+        return day - sa.literal_column("DATE '1970-01-01'")
+    return sa.func.datediff(day, sa.literal_column("'1970-01-01'"))

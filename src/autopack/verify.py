@@ -15,6 +15,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from autopack import usage_hourly
 from autopack.migrations.build144 import doctor_index, fill_trigger, holdover, logical_replication
 from autopack.migrations.build144.backfill_rule import lost_usage_warning, survey, undated_warning
 from autopack.migrations.build144.messages import refusal
@@ -164,6 +165,9 @@ def verify(connection: Connection) -> Verification:
                 f"'{RESTORE}' (or re-run 'alembic downgrade -1' to finish the downgrade)",
             )
         )
+    if usage_hourly.installed(connection):  # the dashboard's aggregate: exact, and its triggers in place
+        wrong = usage_hourly.check(connection)
+        checks.append(Check("hourly usage aggregate matches the events", not wrong, wrong))
     warnings = [lost_usage_warning(found.lost)] if found.lost else []
     if dated and found.undated:
         warnings.append(undated_warning(found.undated))

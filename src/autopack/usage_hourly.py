@@ -1,0 +1,346 @@
+"""The hourly usage aggregate: what the dashboard reads so that its cost follows hours and models, not events.
+
+``llm_usage_hourly`` holds, per UTC hour, provider and model, the sums the dashboard shows (events, prompt,
+completion and total tokens, exact-split tokens, total-only events), with one more key, the UTC day the
+breakdown counts the row on (the hour's day, except MariaDB's ``2026-12-00``: ordered just before the 1st, so in
+the hour before it, and counted on the 1st, as ``event_time.utc_day`` says). Undated rows (``event_time``) sit in
+the hour ``UNDATED``. Database triggers keep it exact for every writer (the recorder, pre-BUILD-144 code, deletes,
+repair-totals, restore-set-aside, a finish-online): AFTER INSERT / UPDATE / DELETE on ``llm_usage_events``, each
+an atomic upsert of the row's sums (minus the old row's on UPDATE and DELETE), in the writer's transaction.
+
+It is derived data, not BUILD-144's schema: ``autopack usage-aggregate create`` makes and fills it (``rebuild``
+refills it, ``drop`` removes it), ``verify`` compares it with the events, and BUILD-144's downgrade drops it
+(its triggers read ``total_tokens``). Without it the dashboard reads the events, as before.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.dialects import mysql, sqlite
+
+from autopack.event_time import _sqlite_instant, utc_day
+
+TABLE = "llm_usage_hourly"
+EVENTS = "llm_usage_events"
+TRIGGERS = {op: f"{TABLE}_on_{op.lower()}" for op in ("INSERT", "UPDATE", "DELETE")}
+PG_FUNCTION = f"{TABLE}_keep"
+UNDATED = -(2**62)  # the hour and day of undated rows: far before any instant an engine can hold
+KEYS = ("hour", "day", "provider_null", "provider", "model_null", "model")
+SUMS = ("events", "prompt_tokens", "completion_tokens", "total_tokens", "exact_split_tokens", "total_only_events")
+WATCHED = ("created_at", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def sum_values(row: str) -> list[str]:
+    """The row's contribution to each of ``SUMS`` (``row`` is ``NEW.``, ``OLD.`` or empty), in the dashboard's
+    rules: NULL splits count 0; a row is exact-split when both splits are there, else total-only."""
+    exact = f"{row}prompt_tokens IS NOT NULL AND {row}completion_tokens IS NOT NULL"
+    return [
+        "1",
+        f"COALESCE({row}prompt_tokens, 0)",
+        f"COALESCE({row}completion_tokens, 0)",
+        f"{row}total_tokens",
+        f"CASE WHEN {exact} THEN {row}total_tokens ELSE 0 END",
+        f"CASE WHEN {exact} THEN 0 ELSE 1 END",
+    ]
+
+
+def _compiled(expression: sa.ColumnElement, dialect) -> str:
+    return str(expression.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def hour_and_day(dialect: str, row: str, created_at_type: str = "") -> tuple[str, str]:
+    """SQL for the row's UTC hour and day (since 1970-01-01), ``UNDATED`` for both when its instant is unknown:
+    the same instant ``event_time`` places the row by, on each engine."""
+    c = f"{row}created_at"
+    if dialect == "sqlite":  # Unix seconds (SQLite's millisecond precision), read as the dashboard reads them
+        seconds = (
+            f"CAST(strftime('%s', {_compiled(_sqlite_instant(sa.literal_column(c)), sqlite.dialect())}) AS INTEGER)"
+        )
+        floor = "CASE WHEN s IS NULL THEN {u} ELSE (s - ((s % {n}) + {n}) % {n}) / {n} END"
+        return seconds, floor  # the caller names ``seconds`` s and formats ``floor`` with n = 3600, 86400
+    if dialect == "postgresql":  # extract(epoch) is exact (numeric), UTC for timestamp and timestamptz alike
+        known = f"{c} IS NOT NULL AND isfinite({c})"
+        return tuple(
+            f"CASE WHEN {known} THEN floor(extract(epoch FROM {c}) / {n})::bigint ELSE {UNDATED} END"
+            for n in (3600, 86400)
+        )
+    undated = f"{c} IS NULL OR {c} < '1000-01-01'"
+    day = f"DATEDIFF({_compiled(utc_day(sa.literal_column(c), 'mariadb'), mysql.dialect())}, '1970-01-01')"
+    if created_at_type.lower().startswith("timestamp"):  # an instant: read without the session's time zone
+        return (
+            f"CASE WHEN {undated} THEN {UNDATED} ELSE FLOOR(UNIX_TIMESTAMP({c}) / 3600) END",
+            f"CASE WHEN {undated} THEN {UNDATED} ELSE FLOOR(UNIX_TIMESTAMP({c}) / 86400) END",
+        )
+    return (
+        f"CASE WHEN {undated} THEN {UNDATED} WHEN MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 THEN {day} * 24 - 1 "
+        f"ELSE FLOOR(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {c}) / 3600000000) END",
+        f"CASE WHEN {undated} THEN {UNDATED} ELSE {day} END",
+    )
+
+
+def row_values(dialect: str, row: str, created_at_type: str = "", sign: str = "") -> tuple[list[str], str]:
+    """The six keys and the row's sums (each times ``sign``) as SQL, and what they are read FROM: one row
+    (``NEW.``/``OLD.``) in a trigger, or with ``row=''`` every row of the events table."""
+    key_values = [
+        f"CASE WHEN {row}provider IS NULL THEN 1 ELSE 0 END",
+        f"COALESCE({row}provider, '')",
+        f"CASE WHEN {row}model IS NULL THEN 1 ELSE 0 END",
+        f"COALESCE({row}model, '')",
+    ]
+    sums = [f"{sign}({value})" if sign else value for value in sum_values(row)]
+    if dialect == "sqlite":  # the instant is read once per row
+        seconds, floor = hour_and_day(dialect, row)
+        hour, day = (floor.format(u=UNDATED, n=n) for n in (3600, 86400))
+        source = f"(SELECT {seconds} AS s) AS t" if row else f"(SELECT *, {seconds} AS s FROM {EVENTS}) AS t"
+        return [hour, day, *key_values, *sums], f" FROM {source}"
+    hour, day = hour_and_day(dialect, row, created_at_type)
+    return [hour, day, *key_values, *sums], "" if row else f" FROM {EVENTS}"
+
+
+def upsert(dialect: str, row: str, created_at_type: str, sign: str) -> str:
+    """One trigger step: add the row's sums (times ``sign``) to its bucket, making the bucket if it is new."""
+    columns = ", ".join([*KEYS, *SUMS])
+    values, source = row_values(dialect, row, created_at_type, sign)
+    select = f"SELECT {', '.join(values)}{source}"
+    if dialect == "mysql":
+        added = ", ".join(f"{name} = {name} + VALUES({name})" for name in SUMS)
+        return f"INSERT INTO {TABLE} ({columns}) {select} ON DUPLICATE KEY UPDATE {added}"
+    added = ", ".join(f"{name} = {TABLE}.{name} + excluded.{name}" for name in SUMS)
+    conflict = ", ".join(conflict_keys(dialect))
+    where = " WHERE true" if dialect == "sqlite" else ""  # SQLite: an upsert's SELECT needs a WHERE to parse
+    return f"INSERT INTO {TABLE} ({columns}) {select}{where} ON CONFLICT ({conflict}) DO UPDATE SET {added}"
+
+
+def conflict_keys(dialect: str) -> list[str]:
+    if dialect == "postgresql":  # a btree entry holds at most ~2.7 kB: long names are keyed by their md5
+        return ["hour", "day", "provider_null", "md5(provider)", "model_null", "md5(model)"]
+    return list(KEYS)
+
+
+def dialect_name(connection: Connection) -> str:
+    name = connection.dialect.name
+    return "mysql" if name in ("mysql", "mariadb") else name
+
+
+def created_at_type(connection: Connection) -> str:
+    if dialect_name(connection) != "mysql":
+        return ""
+    return connection.exec_driver_sql(
+        "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        f"AND TABLE_NAME = '{EVENTS}' AND COLUMN_NAME = 'created_at'"
+    ).scalar_one()
+
+
+def table_ddl(connection: Connection) -> list[str]:
+    dialect = dialect_name(connection)
+    name_type = "TEXT" if dialect != "mysql" else name_column_type(connection)
+    big = "BIGINT"
+    columns = [
+        f"hour {big} NOT NULL",
+        f"day {big} NOT NULL",
+        "provider_null SMALLINT NOT NULL",
+        f"provider {name_type} NOT NULL",
+        "model_null SMALLINT NOT NULL",
+        f"model {name_type} NOT NULL",
+        *(f"{name} {big} NOT NULL" for name in SUMS),
+    ]
+    statements = [f"CREATE TABLE {TABLE} ({', '.join(columns)})"]
+    statements.append(f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} ({', '.join(conflict_keys(dialect))})")
+    return statements
+
+
+def name_column_type(connection: Connection) -> str:
+    """MariaDB: the provider/model type and collation of the events table (so that names group as they do
+    there), refused in one sentence when it cannot be in a unique key (TEXT)."""
+    rows = connection.exec_driver_sql(
+        "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+        f"DATABASE() AND TABLE_NAME = '{EVENTS}' AND COLUMN_NAME IN ('provider', 'model')"
+    ).all()
+    types = {(column_type.lower(), collation) for _, column_type, collation in rows}
+    widest = max(
+        types, key=lambda t: int(t[0].partition("(")[2].rstrip(")") or 0) if t[0].startswith("varchar") else 10**6
+    )
+    if not widest[0].startswith("varchar"):
+        raise AggregateError(
+            f"{EVENTS}.provider or model is {widest[0]}, which a unique key cannot hold: make them VARCHAR(255) "
+            "to use the hourly aggregate (the dashboard reads the events meanwhile)"
+        )
+    return f"{widest[0]} COLLATE {widest[1]}" if widest[1] else widest[0]
+
+
+def trigger_ddl(connection: Connection) -> list[str]:
+    dialect = dialect_name(connection)
+    kind = created_at_type(connection)
+    add_new, take_old = (upsert(dialect, "NEW.", kind, ""), upsert(dialect, "OLD.", kind, "-"))
+    if dialect == "postgresql":
+        body = (
+            f"BEGIN IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
+            f"IF TG_OP <> 'DELETE' THEN {add_new}; END IF; RETURN NULL; END"
+        )
+        watched = ", ".join(WATCHED)
+        return [
+            f"CREATE FUNCTION {PG_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$ {body} $$",
+            f"CREATE TRIGGER {TRIGGERS['INSERT']} AFTER INSERT ON {EVENTS} FOR EACH ROW EXECUTE FUNCTION "
+            f"{PG_FUNCTION}()",
+            f"CREATE TRIGGER {TRIGGERS['UPDATE']} AFTER UPDATE OF {watched} ON {EVENTS} FOR EACH ROW EXECUTE "
+            f"FUNCTION {PG_FUNCTION}()",
+            f"CREATE TRIGGER {TRIGGERS['DELETE']} AFTER DELETE ON {EVENTS} FOR EACH ROW EXECUTE FUNCTION "
+            f"{PG_FUNCTION}()",
+        ]
+    bodies = {"INSERT": [add_new], "UPDATE": [take_old, add_new], "DELETE": [take_old]}
+    of = {"INSERT": "", "DELETE": "", "UPDATE": f" OF {', '.join(WATCHED)}" if dialect == "sqlite" else ""}
+    statements = []
+    for op, steps in bodies.items():
+        if dialect == "sqlite":
+            body = "".join(f"{step}; " for step in steps)
+            statements.append(f"CREATE TRIGGER {TRIGGERS[op]} AFTER {op}{of[op]} ON {EVENTS} BEGIN {body}END")
+        else:
+            body = " ".join(f"{step};" for step in steps)
+            statements.append(f"CREATE TRIGGER {TRIGGERS[op]} AFTER {op} ON {EVENTS} FOR EACH ROW BEGIN {body} END")
+    return statements
+
+
+def fill_sql(connection: Connection) -> str:
+    """Every bucket from the events, in one INSERT ... SELECT ... GROUP BY (the table is empty before it)."""
+    values, source = row_values(dialect_name(connection), "", created_at_type(connection))
+    keys = [f"k{i}" for i in range(len(KEYS))]
+    named = [f"{value} AS {name}" for value, name in zip(values, [*keys, *SUMS], strict=True)]
+    summed = [f"SUM({name})" for name in SUMS]
+    return (
+        f"INSERT INTO {TABLE} ({', '.join([*KEYS, *SUMS])}) SELECT {', '.join([*keys, *summed])} "
+        f"FROM (SELECT {', '.join(named)}{source}) AS per_row GROUP BY {', '.join(keys)}"
+    )
+
+
+class AggregateError(Exception):
+    """The aggregate cannot be made here: one sentence saying why and what to do."""
+
+
+def installed(connection: Connection) -> bool:
+    return sa.inspect(connection).has_table(TABLE)
+
+
+def drop_ddl(dialect: str) -> list[str]:
+    """Every statement IF EXISTS: the triggers, PostgreSQL's function, the table (``dialect``: SQLAlchemy's name)."""
+    postgres = dialect == "postgresql"
+    statements = [
+        f"DROP TRIGGER IF EXISTS {name}" + (f" ON {EVENTS}" if postgres else "") for name in TRIGGERS.values()
+    ]
+    if postgres:
+        statements.append(f"DROP FUNCTION IF EXISTS {PG_FUNCTION}()")
+    return [*statements, f"DROP TABLE IF EXISTS {TABLE}"]
+
+
+@contextmanager
+def one_transaction(connection: Connection) -> Iterator[None]:
+    """The work in one transaction: SQLite's (BEGIN EXCLUSIVE, opened by the engine), or on a server, whose
+    command connection is in autocommit, an explicit one."""
+    if dialect_name(connection) == "sqlite":
+        yield
+        connection.commit()
+        return
+    connection.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+
+
+def refill(connection: Connection) -> int:
+    """Empty the aggregate and fill it from the events, writers held off meanwhile; the number of buckets."""
+    if dialect_name(connection) == "postgresql":  # writers wait (reads go on) until the refill commits
+        connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE MODE")
+    connection.exec_driver_sql(f"DELETE FROM {TABLE}")  # MariaDB: the fill's locking read holds writers off
+    connection.exec_driver_sql(fill_sql(connection))
+    return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {TABLE}").scalar_one()
+
+
+def create(connection: Connection) -> int:
+    """Make the aggregate, its triggers, and fill it; the number of buckets."""
+    columns = {c["name"] for c in sa.inspect(connection).get_columns(EVENTS)}
+    if "total_tokens" not in columns:
+        raise AggregateError(f"{EVENTS} has no total_tokens (before BUILD-144): run 'autopack upgrade head' first")
+    if installed(connection):
+        raise AggregateError(f"{TABLE} is there already: 'autopack usage-aggregate rebuild' refills it")
+    schema = [*table_ddl(connection), *trigger_ddl(connection)]
+    if dialect_name(connection) == "mysql":  # DDL commits at once: make it, then fill it in one transaction
+        for statement in schema:
+            connection.exec_driver_sql(statement)
+        with one_transaction(connection):
+            return refill(connection)
+    with one_transaction(connection):
+        if dialect_name(connection) == "postgresql":
+            connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE ROW EXCLUSIVE MODE")
+        for statement in schema:
+            connection.exec_driver_sql(statement)
+        return refill(connection)
+
+
+def rebuild(connection: Connection) -> int:
+    if not installed(connection):
+        raise AggregateError(f"there is no {TABLE}: 'autopack usage-aggregate create' makes it")
+    with one_transaction(connection):
+        return refill(connection)
+
+
+def drop(connection: Connection) -> bool:
+    """Drop the aggregate and its triggers; whether there was one."""
+    was = installed(connection)
+    with one_transaction(connection):
+        for statement in drop_ddl(connection.dialect.name):
+            connection.exec_driver_sql(statement)
+    return was
+
+
+def bucket_sums(connection: Connection, select: str) -> dict[tuple, tuple]:
+    found: dict[tuple, tuple] = {}
+    for row in connection.exec_driver_sql(select):
+        key, sums = tuple(row[: len(KEYS)]), tuple(int(v) for v in row[len(KEYS) :])
+        if any(sums):
+            found[key] = sums
+    return found
+
+
+def differences(connection: Connection) -> list[tuple]:
+    """The buckets whose sums differ between the aggregate and the events (empty: it is exact)."""
+    keys = ", ".join(KEYS)
+    held = bucket_sums(
+        connection, f"SELECT {keys}, {', '.join(f'SUM({n})' for n in SUMS)} FROM {TABLE} GROUP BY {keys}"
+    )
+    insert = fill_sql(connection)
+    counted = bucket_sums(connection, insert[insert.index(") SELECT") + 2 :])
+    return sorted(key for key in held.keys() | counted.keys() if held.get(key) != counted.get(key))
+
+
+def missing_triggers(connection: Connection) -> list[str]:
+    """The aggregate's triggers that are not there (or, on PostgreSQL, disabled)."""
+    dialect = dialect_name(connection)
+    if dialect == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+    elif dialect == "postgresql":
+        query = f"SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('{EVENTS}') AND tgenabled <> 'D'"
+    else:
+        query = "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+    there = set(connection.exec_driver_sql(query).scalars())
+    return [name for name in TRIGGERS.values() if name not in there]
+
+
+def check(connection: Connection) -> str:
+    """Empty when the aggregate is exact and kept; else one sentence saying what is wrong and the fix."""
+    missing = missing_triggers(connection)
+    wrong = differences(connection)
+    if not missing and not wrong:
+        return ""
+    said = []
+    if missing:
+        said.append(f"trigger {', '.join(missing)} missing or disabled")
+    if wrong:
+        hour = wrong[0][0]
+        first = "undated rows" if hour == UNDATED else f"hour {hour} (since 1970, UTC)"
+        said.append(f"{len(wrong)} buckets differ from the events, the first at {first}")
+    fix = "'autopack usage-aggregate drop', then 'create'" if missing else "'autopack usage-aggregate rebuild'"
+    return f"{'; '.join(said)}: run {fix}"

@@ -1,0 +1,226 @@
+"""The dashboard's hourly aggregate stays exact for every writer, on every engine, and its commands do what they say.
+
+Rows are seeded at 0001 by the old model, upgraded by the real CLI (the backfill runs), the aggregate is made by
+``autopack usage-aggregate create``, and then every kind of writer changes the table: the recorder (exact and
+total-only), old code inserting and updating rows directly, ``repair-totals``, rows moved between hours and
+providers, deletes. After each, the aggregate equals the events bucket by bucket (``verify``), and every dashboard
+answer read through it equals the same answer read from the events alone, for windows starting mid-hour and on
+the hour. The property test's sibling: random writers and deletes, then the same two equalities.
+"""
+
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+
+from autopack import usage_hourly
+from autopack.dashboard import PERIOD_DAYS, undated_usage, usage_by_model, usage_by_provider
+from autopack.dashboard_page import usage_breakdown
+from autopack.database import make_engine
+from autopack.usage_recorder import UsageEventData, record_usage
+from legacy import old_model
+from support import alembic, autopack_command, columns_of, execute, table_names, verify
+
+NOW = datetime(2026, 12, 5, 10, 30, 15, 250000)  # mid-hour
+ON_THE_HOUR = datetime(2026, 12, 5, 11, 0, 0)
+
+
+def answers(engine, now: datetime, through_aggregate: bool) -> dict:
+    """Every dashboard answer for every period at ``now``, read through the aggregate or from the events."""
+    found = {}
+    with Session(engine) as db:
+        db.info["has_aggregate"] = through_aggregate and usage_hourly.installed(db.connection())
+        for period in PERIOD_DAYS:
+            found[period] = (
+                usage_by_provider(db, period, now, cap_tokens=1000),
+                usage_by_model(db, period, now),
+                usage_breakdown(db, period, now).model_dump(),
+            )
+        found["undated"] = undated_usage(db)
+    return found
+
+
+def assert_exact(url, engine) -> None:
+    """The aggregate equals the events (``verify``'s check passes) and the dashboard reads the same through it."""
+    result = verify(url)
+    assert "ok    hourly usage aggregate matches the events" in result.stdout, result.stdout + result.stderr
+    for now in (NOW, ON_THE_HOUR):
+        through = answers(engine, now, through_aggregate=True)
+        assert through == answers(engine, now, through_aggregate=False)
+    assert through["month"][0], "the month holds rows: an empty answer would prove nothing"
+
+
+def seeded_at_0001(url) -> None:
+    """The old model's table at 0001 with rows an old Autopack wrote (splits, no total), spread over 40 days."""
+    old = old_model(splits_nullable=False, total_tokens=False)
+    engine = sa.create_engine(url)
+    old.create_all(engine)
+    rows = [
+        {
+            "provider": ("openai", "anthropic", "google")[i % 3],
+            "model": f"m{i % 4}",
+            "role": "builder",
+            "prompt_tokens": 100 + i,
+            "completion_tokens": 7 * i,
+            "created_at": NOW - timedelta(hours=7 * i, minutes=i),
+            "is_doctor_call": False,
+        }
+        for i in range(140)
+    ]
+    with engine.begin() as connection:
+        connection.execute(old.tables["llm_usage_events"].insert(), rows)
+    engine.dispose()
+    alembic(url, "stamp", "0001")
+
+
+def test_every_writer_keeps_the_aggregate_exact(db_url):
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")  # the backfill fills every total
+    made = autopack_command(db_url, "usage-aggregate create")
+    assert made.returncode == 0, made.stderr
+    assert "hourly buckets" in made.stdout
+    engine = make_engine(db_url)
+    assert_exact(db_url, engine)
+
+    with Session(engine) as db:  # the recorder: exact splits and total-only, at the window's edges and inside
+        for i, at in enumerate([NOW - timedelta(days=1), NOW - timedelta(days=1, microseconds=-1), NOW, ON_THE_HOUR]):
+            record_usage(
+                db, UsageEventData("openai", "m1", role="r", prompt_tokens=i, completion_tokens=5, created_at=at)
+            )
+            record_usage(db, UsageEventData("mistral", "big", role="r", total_tokens=1000 + i, created_at=at))
+    assert_exact(db_url, engine)
+
+    old_code = [  # pre-BUILD-144 code writes rows directly: splits, no total; then changes splits (stale totals)
+        "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, created_at, "
+        "is_doctor_call) VALUES ('openai', 'm0', 'r', 11, 22, '2026-12-04 23:59:59', false)",
+        "UPDATE llm_usage_events SET prompt_tokens = prompt_tokens + 1000 WHERE provider = 'google'",
+    ]
+    execute(db_url, *old_code)
+    assert_exact(db_url, engine)
+    repaired = autopack_command(db_url, "repair-totals")  # updates every stale total, in batches
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert_exact(db_url, engine)
+
+    moves = [  # rows moved to another hour, provider and model; splits set to NULL (total-only); deletes
+        "UPDATE llm_usage_events SET created_at = '2026-11-20 05:00:00', provider = 'anthropic' WHERE id % 9 = 0",
+        "UPDATE llm_usage_events SET model = 'renamed', prompt_tokens = NULL, completion_tokens = NULL "
+        "WHERE id % 7 = 1",
+        "DELETE FROM llm_usage_events WHERE id % 5 = 2",
+    ]
+    execute(db_url, *moves)
+    assert_exact(db_url, engine)
+    engine.dispose()
+
+
+def test_verify_finds_a_stale_aggregate_and_rebuild_repairs_it(db_url):
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    execute(
+        db_url,
+        "DROP TRIGGER llm_usage_hourly_on_delete"
+        + (" ON llm_usage_events" if db_url.get_backend_name() == "postgresql" else ""),
+    )
+    execute(db_url, "DELETE FROM llm_usage_events WHERE id < 10")  # not seen by the aggregate now
+    result = verify(db_url)
+    assert result.returncode == 1
+    assert "FAIL  hourly usage aggregate matches the events" in result.stdout
+    assert "trigger llm_usage_hourly_on_delete missing or disabled" in result.stdout
+    assert "buckets differ from the events" in result.stdout
+    assert "run 'autopack usage-aggregate drop', then 'create'" in result.stdout
+    assert autopack_command(db_url, "usage-aggregate drop").returncode == 0
+    assert usage_hourly.TABLE not in table_names(db_url)
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    engine = make_engine(db_url)
+    assert_exact(db_url, engine)
+    execute(db_url, "UPDATE llm_usage_hourly SET total_tokens = total_tokens + 1")  # the aggregate itself edited
+    assert "FAIL  hourly usage aggregate matches the events" in verify(db_url).stdout
+    rebuilt = autopack_command(db_url, "usage-aggregate rebuild")
+    assert rebuilt.returncode == 0 and "Refilled" in rebuilt.stdout
+    assert_exact(db_url, engine)
+    engine.dispose()
+
+
+def test_the_downgrade_drops_the_aggregate_and_old_code_writes_after_it(db_url):
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    down = alembic(db_url, "downgrade", "-1")
+    assert "Dropped the dashboard's llm_usage_hourly and its triggers" in down.stderr
+    assert usage_hourly.TABLE not in table_names(db_url)
+    assert "total_tokens" not in columns_of(db_url)
+    execute(  # pre-BUILD-144 code writes again: no trigger of ours is left to fail on the missing total_tokens
+        db_url,
+        "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, created_at, "
+        "is_doctor_call) VALUES ('openai', 'm0', 'r', 1, 2, '2026-12-05 10:00:00', false)",
+        "UPDATE llm_usage_events SET prompt_tokens = 3 WHERE prompt_tokens = 1",
+        "DELETE FROM llm_usage_events WHERE prompt_tokens = 3",
+    )
+    alembic(db_url, "upgrade", "head")
+    assert "hourly usage aggregate" not in verify(db_url).stdout  # the dashboard reads the events meanwhile
+    refused = autopack_command(db_url, "usage-aggregate rebuild")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error: there is no llm_usage_hourly: 'autopack usage-aggregate create' makes it"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_aggregate_is_refused_before_build144(db_url):
+    seeded_at_0001(db_url)
+    refused = autopack_command(db_url, "usage-aggregate create")
+    assert refused.returncode == 1
+    assert "has no total_tokens (before BUILD-144): run 'autopack upgrade head' first" in refused.stderr
+    assert usage_hourly.TABLE not in table_names(db_url)
+
+
+HOURS = 24 * 32
+instants = st.builds(
+    lambda hour, second: NOW - timedelta(hours=hour) + timedelta(seconds=second),
+    st.integers(min_value=-2, max_value=HOURS),
+    st.sampled_from([0, 1, -1, 0.000001, 1800, 3599.999999]),  # on, just after and just before an hour
+)
+splits = st.none() | st.integers(min_value=0, max_value=10**6)
+write = st.tuples(
+    st.sampled_from(["insert", "insert", "update", "move", "delete"]),
+    st.sampled_from(["openai", "anthropic", "google"]),
+    instants,
+    splits,
+    splits,
+    st.integers(min_value=0, max_value=10**6),
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(write, min_size=1, max_size=40), now=instants)
+def test_random_writers_and_deletes_leave_the_aggregate_equal_to_the_events(new_database, writes, now):
+    url = new_database()
+    alembic(url, "upgrade", "head")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        usage_hourly.create(connection)
+    events = sa.table(
+        "llm_usage_events",
+        *(sa.column(n) for n in ("id", "provider", "model", "role", "prompt_tokens", "completion_tokens")),
+        sa.column("total_tokens"),
+        sa.column("created_at"),
+        sa.column("is_doctor_call"),
+    )
+    with engine.begin() as connection:
+        for i, (kind, provider, at, prompt, completion, total) in enumerate(writes):
+            row = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+            target = events.c.id == (i * 7) % (i + 1) + 1
+            if kind == "insert":
+                values = {"provider": provider, "model": "m", "role": "r", "is_doctor_call": False, **row}
+                connection.execute(events.insert().values(created_at=at, **values))
+            elif kind == "update":
+                connection.execute(events.update().where(target).values(**row))
+            elif kind == "move":
+                connection.execute(events.update().where(target).values(created_at=at, provider=provider))
+            else:
+                connection.execute(events.delete().where(target))
+        assert usage_hourly.differences(connection) == []
+    assert answers(engine, now, through_aggregate=True) == answers(engine, now, through_aggregate=False)
+    engine.dispose()
