@@ -1,16 +1,19 @@
-"""Benchmark: the dashboard's queries, placing each row by its instant (``event_time``), against the raw GROUP BY.
+"""Benchmark: the dashboard's two requests through the app against one raw GROUP BY over the events.
 
-For each engine it builds a table at head with N rows spread evenly over the last 60 days (Autopack's own
-``created_at`` form, 4 providers, 12 models, a third total-only), then, alternating and repeating, measures:
+For each engine and size it builds a table at head with N rows spread evenly over the last 60 days (4 providers,
+12 models, a third total-only, seeded by one INSERT ... SELECT), makes the hourly aggregate (``autopack
+usage-aggregate create``, timed), then, alternating and repeating, measures per period (day, week, month):
 
-- ``raw``: the floor, the plain ``WHERE created_at >= :start GROUP BY`` per provider and per model that the
-  dashboard ran before it read ``created_at`` in every form (no undated line, no exact sums);
-- ``usage``: what ``GET /dashboard/usage`` runs now: ``usage_by_provider``, ``usage_by_model`` and ``undated_usage``;
-- ``http``: the whole request ``GET /dashboard/usage`` through the app (TestClient), database warm.
+- ``raw``: the floor, one plain ``SELECT provider, SUM(...), COUNT(*) WHERE created_at >= :start GROUP BY
+  provider`` over the events (the same sums, no instant rules, no undated line, no exact sums);
+- ``usage``: the whole request ``GET /dashboard/usage`` through the app (TestClient), database warm;
+- ``breakdown``: the whole request ``GET /dashboard/usage/breakdown``;
+- with ``--events``, the same two requests reading the events alone (``events-usage``, ``events-breakdown``),
+  as the dashboard does without the aggregate.
 
-per period (day, week, month). It prints medians in ms and the ratios usage / raw and http / raw.
+It prints medians in ms and the ratios request / raw.
 
-    python benchmarks/bench_dashboard.py --rows 1000000 --repeats 7
+    python benchmarks/bench_dashboard.py --rows 100000,1000000,10000000 --repeats 7
     BENCH_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres BENCH_MYSQL=mysql://root@127.0.0.1:3306 \\
         python benchmarks/bench_dashboard.py --engines sqlite,postgresql,mariadb
 """
@@ -18,6 +21,7 @@ per period (day, week, month). It prints medians in ms and the ratios usage / ra
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,19 +39,21 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from app_client import app_client  # noqa: E402
 
-from autopack.dashboard import PERIOD_DAYS, period_start, undated_usage, usage_by_model, usage_by_provider  # noqa: E402
+from autopack.dashboard import PERIOD_DAYS, period_start  # noqa: E402
 from autopack.database import make_engine, with_driver  # noqa: E402
 from autopack.usage_recorder import utcnow  # noqa: E402
 from support import alembic  # noqa: E402
 
-RAW = {
-    grouping: (
-        f"SELECT {grouping}, SUM(COALESCE(prompt_tokens, 0)), SUM(COALESCE(completion_tokens, 0)), "
-        f"SUM(total_tokens), COUNT(*) FROM llm_usage_events WHERE created_at >= :start GROUP BY {grouping} "
-        f"ORDER BY {grouping}"
-    )
-    for grouping in ("provider", "provider, model")
-}
+RAW = (
+    "SELECT provider, SUM(COALESCE(prompt_tokens, 0)), SUM(COALESCE(completion_tokens, 0)), SUM(total_tokens), "
+    "COUNT(*) FROM llm_usage_events WHERE created_at >= :start GROUP BY provider ORDER BY provider"
+)
+COLUMNS = "provider, model, role, prompt_tokens, completion_tokens, total_tokens, created_at, is_doctor_call"
+ROW = (  # row i of N, SQL over an integer i: the provider, model, splits, total and age the benchmark has always used
+    "CONCAT('provider-', i % 4), CONCAT('model-', i % 12), 'builder', CASE WHEN i % 3 = 0 THEN NULL ELSE "
+    "1000 + i % 97 END, CASE WHEN i % 3 = 0 THEN NULL ELSE 200 + i % 13 END, CASE WHEN i % 3 = 0 THEN 5000 ELSE "
+    "1200 + i % 97 + i % 13 END"
+)
 
 
 def database(engine_name: str) -> str:
@@ -64,40 +70,40 @@ def database(engine_name: str) -> str:
 
 def seed(url: str, rows: int) -> None:
     alembic(url, "upgrade", "head")
-    now = utcnow()
-    step = timedelta(days=60) / rows
     engine = make_engine(url)
-    batch = 50_000
+    now, seconds = utcnow(), timedelta(days=60).total_seconds()
     with engine.begin() as connection:
-        for first in range(0, rows, batch):
-            values = []
-            for i in range(first, min(rows, first + batch)):
-                total_only = i % 3 == 0
-                values.append(
-                    {
-                        "provider": f"provider-{i % 4}",
-                        "model": f"model-{i % 12}",
-                        "prompt": None if total_only else 1000 + i % 97,
-                        "completion": None if total_only else 200 + i % 13,
-                        "total": 5000 if total_only else 1200 + i % 97 + i % 13,
-                        "at": now - step * i,
-                    }
-                )
-            connection.execute(
-                text(
-                    "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
-                    "total_tokens, created_at, is_doctor_call) VALUES (:provider, :model, 'builder', :prompt, "
-                    ":completion, :total, :at, false)"
-                ),
-                values,
-            )
         if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("ANALYZE")
-        else:
-            connection.exec_driver_sql(
-                "ANALYZE llm_usage_events" if engine.dialect.name == "postgresql" else "ANALYZE TABLE llm_usage_events"
+            ago = f"'-' || (i * {seconds} / {rows}) || ' seconds'"
+            at = f"strftime('%Y-%m-%d %H:%M:%f', '{now.isoformat(sep=' ')}', {ago})"
+            row = ROW.replace("CONCAT('provider-', i % 4)", "'provider-' || (i % 4)").replace(
+                "CONCAT('model-', i % 12)", "'model-' || (i % 12)"
             )
+            source = f"WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {rows - 1}) "
+            connection.exec_driver_sql(f"INSERT INTO llm_usage_events ({COLUMNS}) {source}SELECT {row}, {at}, 0 FROM s")
+            connection.exec_driver_sql("ANALYZE")
+        elif engine.dialect.name == "postgresql":
+            at = f"TIMESTAMP '{now}' - i * INTERVAL '{seconds / rows} seconds'"
+            connection.exec_driver_sql(
+                f"INSERT INTO llm_usage_events ({COLUMNS}) SELECT {ROW}, {at}, false "
+                f"FROM generate_series(0, {rows - 1}) AS i".replace("%", "%%")  # the driver's own placeholders
+            )
+            connection.exec_driver_sql("ANALYZE llm_usage_events")
+        else:
+            at = f"TIMESTAMP'{now}' - INTERVAL FLOOR(seq * {seconds * 1e6 / rows}) MICROSECOND"
+            connection.exec_driver_sql(
+                f"INSERT INTO llm_usage_events ({COLUMNS}) SELECT {ROW.replace('i %', 'seq %')}, {at}, false "
+                f"FROM seq_0_to_{rows - 1}".replace("%", "%%")
+            )
+            connection.exec_driver_sql("ANALYZE TABLE llm_usage_events")
     engine.dispose()
+
+
+def make_aggregate(url: str) -> float:
+    started = time.perf_counter()
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "autopack", "usage-aggregate", "create"], env=env, check=True)
+    return time.perf_counter() - started
 
 
 def timed(action) -> float:
@@ -106,7 +112,7 @@ def timed(action) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def measure(url: str, repeats: int) -> dict[tuple[str, str], list[float]]:
+def measure(url: str, repeats: int, events: bool) -> dict[tuple[str, str], list[float]]:
     engine = make_engine(url)
     times: dict[tuple[str, str], list[float]] = {}
     with app_client(engine) as client, Session(engine) as db:
@@ -115,40 +121,74 @@ def measure(url: str, repeats: int) -> dict[tuple[str, str], list[float]]:
                 start = period_start(period)
 
                 def raw(start=start):
-                    for sql in RAW.values():
-                        db.execute(text(sql), {"start": start}).all()
+                    db.execute(text(RAW), {"start": start}).all()
+                    db.rollback()
 
-                def usage(period=period):
-                    usage_by_provider(db, period, cap_tokens=0)
-                    usage_by_model(db, period)
-                    undated_usage(db)
+                def request(path, period=period):
+                    answer = client.get(f"/dashboard/usage{path}?period={period}")
+                    assert answer.status_code == 200, answer.text
 
-                def http(period=period):
-                    assert client.get(f"/dashboard/usage?period={period}").status_code == 200
-
-                for name, action in (("raw", raw), ("usage", usage), ("http", http)):
+                actions = [("raw", raw), ("usage", lambda: request("")), ("breakdown", lambda: request("/breakdown"))]
+                if events:
+                    actions += [
+                        ("events-usage", lambda: without(request, "")),
+                        ("events-breakdown", lambda: without(request, "/breakdown")),
+                    ]
+                for name, action in actions:
                     times.setdefault((period, name), []).append(timed(action))
-                db.rollback()
     engine.dispose()
     return times
 
 
+def without(request, path: str) -> None:
+    """The request as the dashboard answers it with no aggregate (its sessions told there is none)."""
+    import autopack.dashboard_source as source
+
+    kept = source.has_aggregate
+    source.has_aggregate = lambda db: False
+    try:
+        request(path)
+    finally:
+        source.has_aggregate = kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", default="100000,1000000")
     parser.add_argument("--engines", default="sqlite")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--events", action="store_true", help="also time the requests without the aggregate")
     args = parser.parse_args()
+    names = ["raw", "usage", "breakdown"] + (["events-usage", "events-breakdown"] if args.events else [])
     for engine_name in args.engines.split(","):
-        url = database(engine_name)
-        started = time.perf_counter()
-        seed(url, args.rows)
-        print(f"{engine_name}: {args.rows:,} rows seeded in {time.perf_counter() - started:.0f} s", flush=True)
-        times = measure(url, args.repeats)
-        print(f"{'period':<7} {'raw ms':>8} {'usage ms':>9} {'http ms':>8} {'usage/raw':>10} {'http/raw':>9}")
-        for period in PERIOD_DAYS:
-            raw, usage, http = (statistics.median(times[(period, n)]) for n in ("raw", "usage", "http"))
-            print(f"{period:<7} {raw:8.1f} {usage:9.1f} {http:8.1f} {usage / raw:10.2f} {http / raw:9.2f}")
+        for rows in (int(n) for n in args.rows.split(",")):
+            url = database(engine_name)
+            started = time.perf_counter()
+            seed(url, rows)
+            seeded = time.perf_counter() - started
+            made = make_aggregate(url)
+            print(f"{engine_name}: {rows:,} rows seeded in {seeded:.0f} s; aggregate made in {made:.1f} s", flush=True)
+            times = measure(url, args.repeats, args.events)
+            print(f"{'period':<7} " + " ".join(f"{n + ' ms':>18}" for n in names) + "  usage/raw breakdown/raw")
+            for period in PERIOD_DAYS:
+                medians = {n: statistics.median(times[(period, n)]) for n in names}
+                ratios = f"{medians['usage'] / medians['raw']:10.3f} {medians['breakdown'] / medians['raw']:13.3f}"
+                print(f"{period:<7} " + " ".join(f"{medians[n]:18.1f}" for n in names) + f"  {ratios}", flush=True)
+            drop(engine_name, url)
+
+
+def drop(engine_name: str, url: str) -> None:
+    if engine_name == "sqlite":
+        os.remove(make_url(url).database)
+        return
+    server = make_url(url)
+    admin = create_engine(
+        with_driver(server.set(database="postgres" if engine_name == "postgresql" else None)),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {server.database}")
+    admin.dispose()
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def usage_by_provider(
     source = period_source(db, period_start(period, now))
     if source is not None:  # the hourly aggregate, and the events of the period's first hour
         query = select(source.c.provider, *_source_sums(source, dialect)).group_by(source.c.provider)
-        query = query.order_by(source.c.provider)
+        query = query.having(func.sum(source.c.events) != 0).order_by(source.c.provider)
     else:
         query = (
             select(e.provider, *_sums(dialect))
@@ -119,6 +119,7 @@ def usage_by_model(db: Session, period: str, now: datetime | None = None) -> lis
     if source is not None:
         c = source.c
         query = select(c.provider, c.model, *_source_sums(source, dialect)).group_by(c.provider, c.model)
+        query = query.having(func.sum(c.events) != 0)
         return [_row(row, "provider", "model") for row in db.execute(query.order_by(c.provider, c.model))]
     query = (
         select(e.provider, e.model, *_sums(dialect))

@@ -124,9 +124,11 @@ def usage_breakdown(db: Session, period: str, now: datetime | None = None) -> Us
     source = period_source(db, start)
     if source is not None:  # the hourly aggregate, and the events of the period's first hour
         shares = _source_shares(source, dialect)
-        by_provider = select(source.c.provider, *shares).group_by(source.c.provider).order_by(source.c.provider)
+        some = func.sum(source.c.events) != 0  # a group whose rows all left is none
+        by_provider = select(source.c.provider, *shares).group_by(source.c.provider).having(some)
+        by_provider = by_provider.order_by(source.c.provider)
         day = source.c.day
-        by_day_query = select(day.label("day"), *shares).group_by(day)
+        by_day_query = select(day.label("day"), *shares).group_by(day).having(some)
     else:
         shares = _shares(dialect)
         where = in_period(db, period, end)

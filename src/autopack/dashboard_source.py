@@ -7,23 +7,36 @@ dashboard summed the events alone. Without the aggregate (``autopack usage-aggre
 by BUILD-144's downgrade) ``period_source`` is ``None`` and the dashboard reads the events, exactly as before.
 """
 
+import logging
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from autopack import usage_hourly
-from autopack.event_time import dated_since, undated, utc_day_number
+from autopack.event_time import dated_since, utc_day_number
 from autopack.usage_recorder import LlmUsageEvent
 
 EPOCH = datetime(1970, 1, 1)
-HOURLY = sa.table(usage_hourly.TABLE, *(sa.column(name) for name in (*usage_hourly.KEYS, *usage_hourly.SUMS)))
+log = logging.getLogger("uvicorn.error")
+COLUMNS = (*usage_hourly.KEYS, *usage_hourly.SUMS)
+BUCKETS = sa.table(usage_hourly.TABLE, *(sa.column(name) for name in COLUMNS))
+PENDING = sa.table(usage_hourly.PENDING, *(sa.column(name) for name in COLUMNS))
 
 
 def has_aggregate(db: Session) -> bool:
-    """Whether the aggregate is there, asked once per session (a request)."""
+    """Whether the aggregate is there, asked once per session (a request); past ``COMPACT_AT`` pending rows, one
+    batch of them is folded into the buckets first, in a transaction of its own (a fold that cannot run, on a
+    read-only replica say, is skipped: the sums read are exact either way)."""
     if "has_aggregate" not in db.info:
-        db.info["has_aggregate"] = usage_hourly.installed(db.connection())
+        connection = db.connection()
+        there = db.info["has_aggregate"] = usage_hourly.installed(connection)
+        if there and usage_hourly.pending_rows(connection) > usage_hourly.COMPACT_AT:
+            try:
+                with db.get_bind().connect() as own:
+                    usage_hourly.compact(own, once=True)
+            except sa.exc.SQLAlchemyError as error:
+                log.debug("the hourly aggregate's pending rows were not folded: %s", error)
     return db.info["has_aggregate"]
 
 
@@ -48,44 +61,38 @@ def _events_columns(dialect: str) -> list:
     ]
 
 
-def _hourly_columns() -> list:
-    h = HOURLY.c
+def _held_columns(table: sa.TableClause) -> list:
+    h = table.c
     return [
         sa.case((h.provider_null == 1, sa.null()), else_=h.provider).label("provider"),
         sa.case((h.model_null == 1, sa.null()), else_=h.model).label("model"),
+        h.day.label("day"),
         *(getattr(h, name).label(name) for name in usage_hourly.SUMS),
     ]
 
 
 def period_source(db: Session, start: datetime) -> sa.Subquery | None:
-    """Every dated row from ``start`` on, as (provider, model, day, sums) rows: the aggregate's buckets of the
-    whole hours and the events of the first, partial one. ``None`` without the aggregate."""
+    """Every dated row from ``start`` on, as (provider, model, day, sums) rows: the buckets and pending rows of
+    the whole hours and the events of the first, partial one. ``None`` without the aggregate. A group's
+    ``SUM(events)`` is its number of events: a group whose rows all left sums to 0 (``HAVING`` it is not)."""
     if not has_aggregate(db):
         return None
     dialect = db.get_bind().dialect.name
     hour = first_whole_hour(start)
     until = EPOCH + timedelta(hours=hour)
     e = LlmUsageEvent
-    edge = sa.select(
-        *_events_columns(dialect)[:2], utc_day_number(e.created_at, dialect).label("day"), *_events_columns(dialect)[2:]
-    ).where(dated_since(e.created_at, dialect, start, until))
-    whole = sa.select(*_hourly_columns()[:2], HOURLY.c.day.label("day"), *_hourly_columns()[2:]).where(
-        HOURLY.c.hour >= hour,
-        HOURLY.c.events != 0,  # a bucket whose rows all left is no group
-    )
-    return sa.union_all(whole, edge).subquery("in_period")
+    columns = _events_columns(dialect)
+    edge = sa.select(*columns[:2], utc_day_number(e.created_at, dialect).label("day"), *columns[2:])
+    edge = edge.where(dated_since(e.created_at, dialect, start, until))
+    held = [sa.select(*_held_columns(table)).where(table.c.hour >= hour) for table in (BUCKETS, PENDING)]
+    return sa.union_all(*held, edge).subquery("in_period")
 
 
 def undated_source(db: Session) -> sa.Subquery | None:
-    """The undated rows' sums as one row source (the aggregate's undated bucket); ``None`` without it."""
+    """The undated rows' sums as row source (buckets and pending rows of hour ``UNDATED``); ``None`` without it."""
     if not has_aggregate(db):
         return None
-    return sa.select(*_hourly_columns()).where(HOURLY.c.hour == usage_hourly.UNDATED).subquery("undated_rows")
-
-
-def undated_events(db: Session) -> sa.Subquery:
-    """The same, from the events (no aggregate)."""
-    dialect = db.get_bind().dialect.name
-    return (
-        sa.select(*_events_columns(dialect)).where(undated(LlmUsageEvent.created_at, dialect)).subquery("undated_rows")
-    )
+    held = [
+        sa.select(*_held_columns(table)).where(table.c.hour == usage_hourly.UNDATED) for table in (BUCKETS, PENDING)
+    ]
+    return sa.union_all(*held).subquery("undated_rows")

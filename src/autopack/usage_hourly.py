@@ -4,9 +4,15 @@
 completion and total tokens, exact-split tokens, total-only events), with one more key, the UTC day the
 breakdown counts the row on (the hour's day, except MariaDB's ``2026-12-00``: ordered just before the 1st, so in
 the hour before it, and counted on the 1st, as ``event_time.utc_day`` says). Undated rows (``event_time``) sit in
-the hour ``UNDATED``. Database triggers keep it exact for every writer (the recorder, pre-BUILD-144 code, deletes,
-repair-totals, restore-set-aside, a finish-online): AFTER INSERT / UPDATE / DELETE on ``llm_usage_events``, each
-an atomic upsert of the row's sums (minus the old row's on UPDATE and DELETE), in the writer's transaction.
+the hour ``UNDATED``.
+
+Database triggers keep it exact for every writer (the recorder, pre-BUILD-144 code, deletes, repair-totals,
+restore-set-aside, finish-online): AFTER INSERT / UPDATE / DELETE on ``llm_usage_events``, each *appends* the
+row's sums (the old row's negated on UPDATE and DELETE) to ``llm_usage_hourly_pending``, in the writer's
+transaction. Appending, never updating a shared bucket row, is what keeps writers apart: an upsert of hot bucket
+rows makes transactions that write several events deadlock one another (measured: 302 of 2,400 three-row
+transactions on MariaDB, 53 on PostgreSQL). ``compact`` folds pending rows into the buckets (the dashboard does
+it as it reads, past ``COMPACT_AT`` rows); readers add both, so the sums are exact before and after.
 
 It is derived data, not BUILD-144's schema: ``autopack usage-aggregate create`` makes and fills it (``rebuild``
 refills it, ``drop`` removes it), ``verify`` compares it with the events, and BUILD-144's downgrade drops it
@@ -23,6 +29,9 @@ from sqlalchemy.dialects import mysql, sqlite
 from autopack.event_time import _sqlite_instant, utc_day
 
 TABLE = "llm_usage_hourly"
+PENDING = f"{TABLE}_pending"
+COMPACT_AT = 1000  # pending rows past which the dashboard folds them into the buckets as it reads
+COMPACT_BATCH = 20_000  # pending rows folded per transaction
 EVENTS = "llm_usage_events"
 TRIGGERS = {op: f"{TABLE}_on_{op.lower()}" for op in ("INSERT", "UPDATE", "DELETE")}
 PG_FUNCTION = f"{TABLE}_keep"
@@ -99,18 +108,22 @@ def row_values(dialect: str, row: str, created_at_type: str = "", sign: str = ""
     return [hour, day, *key_values, *sums], "" if row else f" FROM {EVENTS}"
 
 
-def upsert(dialect: str, row: str, created_at_type: str, sign: str) -> str:
-    """One trigger step: add the row's sums (times ``sign``) to its bucket, making the bucket if it is new."""
-    columns = ", ".join([*KEYS, *SUMS])
+def append(dialect: str, row: str, created_at_type: str, sign: str) -> str:
+    """One trigger step: append the row's sums (times ``sign``) to the pending rows."""
     values, source = row_values(dialect, row, created_at_type, sign)
-    select = f"SELECT {', '.join(values)}{source}"
+    return f"INSERT INTO {PENDING} ({', '.join([*KEYS, *SUMS])}) SELECT {', '.join(values)}{source}"
+
+
+def upsert_statement(dialect: str) -> str:
+    """Add one bucket's sums (bound by name) to the buckets, making the bucket if it is new."""
+    columns = ", ".join([*KEYS, *SUMS])
+    values = ", ".join(f":{name}" for name in (*KEYS, *SUMS))
     if dialect == "mysql":
         added = ", ".join(f"{name} = {name} + VALUES({name})" for name in SUMS)
-        return f"INSERT INTO {TABLE} ({columns}) {select} ON DUPLICATE KEY UPDATE {added}"
+        return f"INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE {added}"
     added = ", ".join(f"{name} = {TABLE}.{name} + excluded.{name}" for name in SUMS)
     conflict = ", ".join(conflict_keys(dialect))
-    where = " WHERE true" if dialect == "sqlite" else ""  # SQLite: an upsert's SELECT needs a WHERE to parse
-    return f"INSERT INTO {TABLE} ({columns}) {select}{where} ON CONFLICT ({conflict}) DO UPDATE SET {added}"
+    return f"INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON CONFLICT ({conflict}) DO UPDATE SET {added}"
 
 
 def conflict_keys(dialect: str) -> list[str]:
@@ -136,19 +149,25 @@ def created_at_type(connection: Connection) -> str:
 def table_ddl(connection: Connection) -> list[str]:
     dialect = dialect_name(connection)
     name_type = "TEXT" if dialect != "mysql" else name_column_type(connection)
-    big = "BIGINT"
     columns = [
-        f"hour {big} NOT NULL",
-        f"day {big} NOT NULL",
+        "hour BIGINT NOT NULL",
+        "day BIGINT NOT NULL",
         "provider_null SMALLINT NOT NULL",
         f"provider {name_type} NOT NULL",
         "model_null SMALLINT NOT NULL",
         f"model {name_type} NOT NULL",
-        *(f"{name} {big} NOT NULL" for name in SUMS),
+        *(f"{name} BIGINT NOT NULL" for name in SUMS),
     ]
-    statements = [f"CREATE TABLE {TABLE} ({', '.join(columns)})"]
-    statements.append(f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} ({', '.join(conflict_keys(dialect))})")
-    return statements
+    key = {
+        "sqlite": "id INTEGER PRIMARY KEY",
+        "postgresql": "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "mysql": "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+    }[dialect]
+    return [
+        f"CREATE TABLE {TABLE} ({', '.join(columns)})",
+        f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} ({', '.join(conflict_keys(dialect))})",
+        f"CREATE TABLE {PENDING} ({', '.join([key, *columns])})",
+    ]
 
 
 def name_column_type(connection: Connection) -> str:
@@ -173,7 +192,7 @@ def name_column_type(connection: Connection) -> str:
 def trigger_ddl(connection: Connection) -> list[str]:
     dialect = dialect_name(connection)
     kind = created_at_type(connection)
-    add_new, take_old = (upsert(dialect, "NEW.", kind, ""), upsert(dialect, "OLD.", kind, "-"))
+    add_new, take_old = (append(dialect, "NEW.", kind, ""), append(dialect, "OLD.", kind, "-"))
     if dialect == "postgresql":
         body = (
             f"BEGIN IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
@@ -230,7 +249,7 @@ def drop_ddl(dialect: str) -> list[str]:
     ]
     if postgres:
         statements.append(f"DROP FUNCTION IF EXISTS {PG_FUNCTION}()")
-    return [*statements, f"DROP TABLE IF EXISTS {TABLE}"]
+    return [*statements, f"DROP TABLE IF EXISTS {PENDING}", f"DROP TABLE IF EXISTS {TABLE}"]
 
 
 @contextmanager
@@ -254,6 +273,7 @@ def refill(connection: Connection) -> int:
     """Empty the aggregate and fill it from the events, writers held off meanwhile; the number of buckets."""
     if dialect_name(connection) == "postgresql":  # writers wait (reads go on) until the refill commits
         connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE MODE")
+    connection.exec_driver_sql(f"DELETE FROM {PENDING}")
     connection.exec_driver_sql(f"DELETE FROM {TABLE}")  # MariaDB: the fill's locking read holds writers off
     connection.exec_driver_sql(fill_sql(connection))
     return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {TABLE}").scalar_one()
@@ -306,14 +326,69 @@ def bucket_sums(connection: Connection, select: str) -> dict[tuple, tuple]:
 
 
 def differences(connection: Connection) -> list[tuple]:
-    """The buckets whose sums differ between the aggregate and the events (empty: it is exact)."""
-    keys = ", ".join(KEYS)
-    held = bucket_sums(
-        connection, f"SELECT {keys}, {', '.join(f'SUM({n})' for n in SUMS)} FROM {TABLE} GROUP BY {keys}"
-    )
+    """The buckets whose sums differ between the aggregate (buckets and pending rows) and the events (empty: it
+    is exact)."""
+    keys, columns = ", ".join(KEYS), ", ".join([*KEYS, *SUMS])
+    both = f"SELECT {columns} FROM {TABLE} UNION ALL SELECT {columns} FROM {PENDING}"
+    summed = ", ".join(f"SUM({n})" for n in SUMS)
+    held = bucket_sums(connection, f"SELECT {keys}, {summed} FROM ({both}) AS held GROUP BY {keys}")
     insert = fill_sql(connection)
     counted = bucket_sums(connection, insert[insert.index(") SELECT") + 2 :])
     return sorted(key for key in held.keys() | counted.keys() if held.get(key) != counted.get(key))
+
+
+def pending_rows(connection: Connection) -> int:
+    return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {PENDING}").scalar_one()
+
+
+def compact(connection: Connection, batch: int = COMPACT_BATCH, once: bool = False) -> int:
+    """Fold pending rows into the buckets, ``batch`` rows per transaction (one transaction with ``once``); the
+    rows folded. Exactly the rows read are folded and deleted (by id), so a writer's row that commits meanwhile
+    waits for the next fold. Another compaction running: this one folds nothing."""
+    dialect = dialect_name(connection)
+    if connection.in_transaction():  # an engine that begins as it connects (the application's): its own first
+        connection.commit()
+    if dialect == "mysql":  # no gap locks: a writer appending a pending row never waits for the fold
+        connection = connection.execution_options(isolation_level="READ COMMITTED")
+    folded = 0
+    columns = ", ".join([*KEYS, *SUMS])
+    while True:
+        with connection.begin():
+            if not took_the_compaction_lock(connection, dialect):
+                return folded
+            try:
+                lock = "" if dialect == "sqlite" else " FOR UPDATE"
+                rows = connection.exec_driver_sql(
+                    f"SELECT id, {columns} FROM {PENDING} ORDER BY id LIMIT {batch}{lock}"
+                ).all()
+                sums: dict[tuple, list[int]] = {}
+                for row in rows:
+                    bucket = sums.setdefault(tuple(row[1 : 1 + len(KEYS)]), [0] * len(SUMS))
+                    for i, value in enumerate(row[1 + len(KEYS) :]):
+                        bucket[i] += int(value)
+                if sums:
+                    names = [*KEYS, *SUMS]
+                    values = [dict(zip(names, [*key, *added], strict=True)) for key, added in sums.items()]
+                    connection.execute(sa.text(upsert_statement(dialect)), values)
+                    ids = [row[0] for row in rows]
+                    for first in range(0, len(ids), 1000):
+                        chunk = ", ".join(str(i) for i in ids[first : first + 1000])
+                        connection.exec_driver_sql(f"DELETE FROM {PENDING} WHERE id IN ({chunk})")
+            finally:
+                if dialect == "mysql":
+                    connection.exec_driver_sql(f"DO RELEASE_LOCK('{TABLE}_compact')")
+        folded += len(rows)
+        if once or len(rows) < batch:
+            return folded
+
+
+def took_the_compaction_lock(connection: Connection, dialect: str) -> bool:
+    """One compaction at a time (SQLite: its write lock is the lock); never waits for another."""
+    if dialect == "postgresql":
+        return connection.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock(hashtext('{TABLE}_compact'))").scalar()
+    if dialect == "mysql":
+        return connection.exec_driver_sql(f"SELECT GET_LOCK('{TABLE}_compact', 0)").scalar() == 1
+    return True
 
 
 def missing_triggers(connection: Connection) -> list[str]:

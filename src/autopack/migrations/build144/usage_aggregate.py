@@ -28,4 +28,7 @@ def drop_usage_aggregate(bind: sa.Connection) -> None:
 def drop_usage_aggregate_in_script(dialect: str) -> None:
     """The same in an offline script: every statement is IF EXISTS, so it runs whether or not there is one."""
     for statement in usage_hourly.drop_ddl(dialect):
-        op.execute(statement)
+        # derived data the downgrade must not leave behind (its triggers read total_tokens): squawk's warning
+        # about clients of a dropped table or function does not apply
+        rule = "ban-drop-table" if statement.startswith("DROP TABLE") else "ban-drop-function"
+        op.execute(f"-- squawk-ignore {rule}\n{statement}" if "TRIGGER" not in statement else statement)
