@@ -345,3 +345,19 @@ def test_a_read_only_database_is_read_exactly_without_folding(db_url):
         assert usage_hourly.pending_rows(connection) == usage_hourly.COMPACT_AT + 1
     assert answers(engine, NOW, through_aggregate=True) == expected
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_truncate_empties_the_aggregate_on_postgres(db_url):
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    execute(db_url, "TRUNCATE llm_usage_events")
+    many_old_code_rows(db_url, 5)
+    result = verify(db_url)
+    assert "ok    hourly usage aggregate matches the events" in result.stdout, result.stdout
+    engine = make_engine(db_url)
+    with engine.connect() as connection:
+        held = connection.exec_driver_sql("SELECT COUNT(*) FROM llm_usage_hourly").scalar()
+    assert held == 0  # the 140 seeded rows' buckets went with them
+    engine.dispose()

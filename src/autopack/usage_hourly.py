@@ -33,7 +33,7 @@ PENDING = f"{TABLE}_pending"
 COMPACT_AT = 1000  # pending rows past which the dashboard folds them into the buckets as it reads
 COMPACT_BATCH = 20_000  # pending rows folded per transaction
 EVENTS = "llm_usage_events"
-TRIGGERS = {op: f"{TABLE}_on_{op.lower()}" for op in ("INSERT", "UPDATE", "DELETE")}
+TRIGGERS = {op: f"{TABLE}_on_{op.lower()}" for op in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")}
 PG_FUNCTION = f"{TABLE}_keep"
 UNDATED = -(2**62)  # the hour and day of undated rows: far before any instant an engine can hold
 KEYS = ("hour", "day", "provider_null", "provider", "model_null", "model")
@@ -195,7 +195,8 @@ def trigger_ddl(connection: Connection) -> list[str]:
     add_new, take_old = (append(dialect, "NEW.", kind, ""), append(dialect, "OLD.", kind, "-"))
     if dialect == "postgresql":
         body = (
-            f"BEGIN IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
+            f"BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {PENDING}; DELETE FROM {TABLE}; RETURN NULL; END IF; "
+            f"IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
             f"IF TG_OP <> 'DELETE' THEN {add_new}; END IF; RETURN NULL; END"
         )
         watched = ", ".join(WATCHED)
@@ -207,6 +208,8 @@ def trigger_ddl(connection: Connection) -> list[str]:
             f"FUNCTION {PG_FUNCTION}()",
             f"CREATE TRIGGER {TRIGGERS['DELETE']} AFTER DELETE ON {EVENTS} FOR EACH ROW EXECUTE FUNCTION "
             f"{PG_FUNCTION}()",
+            f"CREATE TRIGGER {TRIGGERS['TRUNCATE']} AFTER TRUNCATE ON {EVENTS} FOR EACH STATEMENT EXECUTE "
+            f"FUNCTION {PG_FUNCTION}()",
         ]
     bodies = {"INSERT": [add_new], "UPDATE": [take_old, add_new], "DELETE": [take_old]}
     of = {"INSERT": "", "DELETE": "", "UPDATE": f" OF {', '.join(WATCHED)}" if dialect == "sqlite" else ""}
@@ -245,7 +248,7 @@ def drop_ddl(dialect: str) -> list[str]:
     """Every statement IF EXISTS: the triggers, PostgreSQL's function, the table (``dialect``: SQLAlchemy's name)."""
     postgres = dialect == "postgresql"
     statements = [
-        f"DROP TRIGGER IF EXISTS {name}" + (f" ON {EVENTS}" if postgres else "") for name in TRIGGERS.values()
+        f"DROP TRIGGER IF EXISTS {name}" + (f" ON {EVENTS}" if postgres else "") for name in triggers(dialect)
     ]
     if postgres:
         statements.append(f"DROP FUNCTION IF EXISTS {PG_FUNCTION}()")
@@ -401,7 +404,12 @@ def missing_triggers(connection: Connection) -> list[str]:
     else:
         query = "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
     there = set(connection.exec_driver_sql(query).scalars())
-    return [name for name in TRIGGERS.values() if name not in there]
+    return [name for name in triggers(dialect) if name not in there]
+
+
+def triggers(dialect: str) -> list[str]:
+    """The aggregate's triggers on this engine (a TRUNCATE trigger only where one exists: PostgreSQL)."""
+    return [name for op, name in TRIGGERS.items() if op != "TRUNCATE" or dialect == "postgresql"]
 
 
 def check(connection: Connection) -> str:
