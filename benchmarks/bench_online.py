@@ -170,6 +170,8 @@ def replica_catch_up_s(conninfo: str) -> float:
         target = connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         start = time.perf_counter()
         while not connection.execute(query, (target,)).fetchone()[0]:
+            if not connection.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]:
+                raise SystemExit("the replica is not streaming (no row in pg_stat_replication): see replica.log")
             if time.perf_counter() - start > CATCH_UP_TIMEOUT_S:
                 raise SystemExit(f"the replica did not replay up to {target} in {CATCH_UP_TIMEOUT_S} s")
             time.sleep(INTERVAL_S)

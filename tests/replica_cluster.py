@@ -68,7 +68,9 @@ def start_replica(bin_dir: Path, folder: Path, ports: tuple[int, int]) -> Path:
     primary's, copied by pg_basebackup, with the port changed)."""
     replica = folder / "replica"
     basebackup = (str(bin_dir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(ports[0]), "-U", "postgres")
-    as_postgres(*basebackup, "-D", str(replica), "-R", "-X", "stream")
+    # a physical slot keeps every WAL segment the replica has not received: without one, a big copy on the primary
+    # can recycle segments the replica still needs and leave it stopped for good ("already been removed")
+    as_postgres(*basebackup, "-D", str(replica), "-R", "-X", "stream", "-C", "-S", "replica")
     conf = (replica / "postgresql.conf").read_text().replace(f"port = {ports[0]}", f"port = {ports[1]}")
     (replica / "postgresql.conf").write_text(conf)
     as_postgres(str(bin_dir / "pg_ctl"), "-D", str(replica), "-l", str(folder / "replica.log"), "-w", "start")

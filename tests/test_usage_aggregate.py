@@ -48,6 +48,7 @@ def answers(engine, now: datetime, through_aggregate: bool) -> dict:
     found = {}
     with Session(engine) as db:
         db.info["has_aggregate"] = through_aggregate and usage_hourly.installed(db.connection())
+        db.info["collations"] = usage_hourly.name_collations(db.connection())
         for period in PERIOD_DAYS:
             found[period] = (
                 usage_by_provider(db, period, now, cap_tokens=1000),
@@ -361,3 +362,153 @@ def test_truncate_empties_the_aggregate_on_postgres(db_url):
         held = connection.exec_driver_sql("SELECT COUNT(*) FROM llm_usage_hourly").scalar()
     assert held == 0  # the 140 seeded rows' buckets went with them
     engine.dispose()
+
+
+def two_cases_of_one_name(url) -> None:
+    execute(
+        url,
+        "INSERT INTO llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, total_tokens, "
+        "created_at, is_doctor_call) VALUES ('OpenAI', 'GPT', 'r', 1, 1, 2, '2026-12-05 07:00:00', false), "
+        "('openai', 'gpt', 'r', 2, 2, 4, '2026-12-05 08:00:00', false), "
+        "('OPENAI', 'Gpt', 'r', 3, 3, 6, '2026-12-05 10:10:00', false)",  # in the window's first, partial hour
+    )
+
+
+CASE_INSENSITIVE = {
+    "postgresql": [
+        "CREATE COLLATION IF NOT EXISTS ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        "ALTER TABLE llm_usage_events ALTER provider TYPE varchar COLLATE ci, ALTER model TYPE varchar COLLATE ci",
+    ],
+    "mariadb": [
+        "ALTER TABLE llm_usage_events MODIFY provider varchar(64) COLLATE utf8mb4_general_ci NOT NULL, "
+        "MODIFY model varchar(255) COLLATE utf8mb4_bin NOT NULL"
+    ],
+}
+
+
+def test_names_group_as_the_events_collation_groups_them(db_url):
+    """'OpenAI' and 'openai' are one provider where the column's collation says so (SQLite NOCASE, a PostgreSQL
+    non-deterministic collation, MariaDB general_ci), and the model stays case-sensitive where its column is."""
+    engine_name = db_url.get_backend_name()
+    if engine_name == "sqlite":
+        old = old_model(splits_nullable=False, total_tokens=False)
+        for name in ("provider", "model"):
+            old.tables["llm_usage_events"].c[name].type = sa.String(collation="NOCASE")
+        engine = sa.create_engine(db_url)
+        old.create_all(engine)
+        engine.dispose()
+        alembic(db_url, "stamp", "0001")
+        alembic(db_url, "upgrade", "head")
+    else:
+        alembic(db_url, "upgrade", "head")
+        execute(db_url, *CASE_INSENSITIVE["postgresql" if engine_name == "postgresql" else "mariadb"])
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    two_cases_of_one_name(db_url)
+    engine = make_engine(db_url)
+    assert_exact(db_url, engine)
+    providers = answers(engine, NOW, through_aggregate=True)["week"][0]
+    assert [(p["provider"].lower(), p["total_tokens"], p["events"]) for p in providers] == [("openai", 12, 3)]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_roles_granted_only_the_events_write_and_read_through_the_aggregate(db_url):
+    """The trigger runs as the aggregate's owner in the table's schema: a writer needs no grant on it and its
+    search_path does not matter; the events' grants are copied, so a dashboard role reads it."""
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")
+    suffix = db_url.database[-12:]
+    writer, reader = f"w_{suffix}", f"r_{suffix}"
+    execute(
+        db_url,
+        f"CREATE ROLE {writer} LOGIN",
+        f"CREATE ROLE {reader} LOGIN",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON llm_usage_events TO {writer}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {writer}",
+        f"GRANT SELECT ON llm_usage_events TO {reader}",
+    )
+    try:
+        assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+        execute(
+            db_url.set(username=writer),
+            "SET search_path = pg_catalog",
+            "INSERT INTO public.llm_usage_events (provider, model, role, prompt_tokens, completion_tokens, "
+            "total_tokens, created_at, is_doctor_call) VALUES ('openai', 'm1', 'r', 5, 6, 11, "
+            "'2026-12-05 09:00:00', false)",
+            "UPDATE public.llm_usage_events SET prompt_tokens = 50 WHERE prompt_tokens = 5",
+            "DELETE FROM public.llm_usage_events WHERE id = 1",
+        )
+        execute(db_url, "ALTER TABLE llm_usage_events ALTER total_tokens TYPE bigint")  # still alterable
+        engine = make_engine(db_url.set(username=reader))
+        with Session(engine) as db:
+            assert usage_hourly.unreadable(db.connection()) == ""
+        assert_exact(db_url, engine)
+        engine.dispose()
+    finally:
+        execute(db_url, f"DROP OWNED BY {writer}, {reader}", f"DROP ROLE {writer}", f"DROP ROLE {reader}")
+
+
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS)
+def test_row_level_security_keeps_the_dashboard_on_the_events(db_url):
+    seeded_at_0001(db_url)
+    alembic(db_url, "upgrade", "head")
+    execute(db_url, "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY")
+    refused = autopack_command(db_url, "usage-aggregate create")
+    assert refused.returncode == 1
+    assert "has row-level security: one aggregate would show every role the usage its policies hide" in refused.stderr
+    execute(db_url, "ALTER TABLE llm_usage_events DISABLE ROW LEVEL SECURITY")
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    execute(db_url, "ALTER TABLE llm_usage_events ENABLE ROW LEVEL SECURITY")  # enabled after it was made
+    engine = make_engine(db_url)
+    with Session(engine) as db:
+        assert "row-level security" in usage_hourly.unreadable(db.connection())
+        from autopack.dashboard_source import has_aggregate
+
+        assert has_aggregate(db) is False
+    engine.dispose()
+
+
+HUGE = 2**62
+
+
+@pytest.mark.parametrize("backend", [*POSTGRES_BACKENDS, *MYSQL_BACKENDS])
+def test_bucket_sums_past_2_63_are_exact_on_the_servers(db_url):
+    alembic(db_url, "upgrade", "head")
+    execute(
+        db_url,
+        "ALTER TABLE llm_usage_events "
+        + (
+            "ALTER total_tokens TYPE bigint"
+            if db_url.get_backend_name() == "postgresql"
+            else "MODIFY total_tokens BIGINT NOT NULL DEFAULT 0"
+        ),
+    )
+    insert = (
+        "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call) "
+        f"VALUES ('big', 'm', 'r', {HUGE}, '2026-12-05 05:00:00', false), ('big', 'm', 'r', {HUGE}, "
+        "'2026-12-05 05:30:00', false)"
+    )
+    execute(db_url, insert)
+    assert autopack_command(db_url, "usage-aggregate create").returncode == 0
+    execute(db_url, insert)  # through the triggers, then folded
+    engine = make_engine(db_url)
+    with engine.connect() as connection:
+        usage_hourly.compact(connection)
+    assert_exact(db_url, engine)
+    assert answers(engine, NOW, through_aggregate=True)["day"][0][0]["total_tokens"] == 4 * HUGE
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_bucket_past_2_63_on_sqlite_is_one_sentence(db_url):
+    alembic(db_url, "upgrade", "head")
+    execute(
+        db_url,
+        "INSERT INTO llm_usage_events (provider, model, role, total_tokens, created_at, is_doctor_call) "
+        f"VALUES ('big', 'm', 'r', {HUGE}, '2026-12-05 05:00:00', 0), ('big', 'm', 'r', {HUGE}, "
+        "'2026-12-05 05:30:00', 0)",
+    )
+    refused = autopack_command(db_url, "usage-aggregate create")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"error: {usage_hourly.SQLITE_OVERFLOW}"
+    assert usage_hourly.TABLE not in table_names(db_url)  # one transaction: nothing made

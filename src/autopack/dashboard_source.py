@@ -25,19 +25,42 @@ PENDING = sa.table(usage_hourly.PENDING, *(sa.column(name) for name in COLUMNS))
 
 
 def has_aggregate(db: Session) -> bool:
-    """Whether the aggregate is there, asked once per session (a request); past ``COMPACT_AT`` pending rows, one
-    batch of them is folded into the buckets first, in a transaction of its own (a fold that cannot run, on a
-    read-only replica say, is skipped: the sums read are exact either way)."""
+    """Whether the dashboard reads the aggregate, decided once per session (a request): it is there and this
+    connection may read it, and (PostgreSQL) the events have no row-level security. Past ``COMPACT_AT`` pending
+    rows, one batch of them is folded into the buckets first, in a transaction of its own (a fold that cannot run,
+    on a read-only replica say, is skipped: the sums read are exact either way)."""
     if "has_aggregate" not in db.info:
         connection = db.connection()
-        there = db.info["has_aggregate"] = usage_hourly.installed(connection)
-        if there and usage_hourly.pending_rows(connection) > usage_hourly.COMPACT_AT:
-            try:
-                with db.get_bind().connect() as own:
-                    usage_hourly.compact(own, once=True)
-            except sa.exc.SQLAlchemyError as error:
-                log.debug("the hourly aggregate's pending rows were not folded: %s", error)
+        usable = db.info["has_aggregate"] = usage_hourly.installed(connection) and readable(db)
+        if usable:
+            db.info["collations"] = usage_hourly.name_collations(connection)
+            if usage_hourly.pending_rows(connection) > usage_hourly.COMPACT_AT:
+                fold(db)
     return db.info["has_aggregate"]
+
+
+def readable(db: Session) -> bool:
+    """The aggregate there but not readable here (no SELECT granted, row-level security on the events): the
+    events are read instead, and the reason logged once per process."""
+    reason = usage_hourly.unreadable(db.connection())
+    if reason and reason not in SAID:
+        SAID.add(reason)
+        log.warning("The dashboard reads llm_usage_events, not the hourly aggregate: %s", reason)
+    return not reason
+
+
+def fold(db: Session) -> None:
+    try:
+        with db.get_bind().connect() as own:
+            usage_hourly.compact(own, once=True)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        if reason not in SAID:
+            SAID.add(reason)
+            log.warning("The hourly aggregate's pending rows were not folded (the sums stay exact): %s", reason)
+
+
+SAID: set[str] = set()
 
 
 def first_whole_hour(start: datetime) -> int:
@@ -46,12 +69,20 @@ def first_whole_hour(start: datetime) -> int:
     return (start - EPOCH) // timedelta(hours=1) + 1
 
 
-def _events_columns(dialect: str) -> list:
+def _named(expression, collation: str | None, name: str):
+    """``expression COLLATE collation`` labelled ``name``: both sides of the union group and sort names as the
+    events table does."""
+    if collation:
+        expression = expression.op("COLLATE")(sa.literal_column(collation))
+    return expression.label(name)
+
+
+def _events_columns(dialect: str, collations: dict[str, str]) -> list:
     e = LlmUsageEvent
     exact = sa.and_(e.prompt_tokens.is_not(None), e.completion_tokens.is_not(None))
     return [
-        e.provider.label("provider"),
-        e.model.label("model"),
+        _named(e.provider, collations.get("provider"), "provider"),
+        _named(e.model, collations.get("model"), "model"),
         sa.literal(1).label("events"),
         sa.func.coalesce(e.prompt_tokens, 0).label("prompt_tokens"),
         sa.func.coalesce(e.completion_tokens, 0).label("completion_tokens"),
@@ -61,11 +92,11 @@ def _events_columns(dialect: str) -> list:
     ]
 
 
-def _held_columns(table: sa.TableClause) -> list:
+def _held_columns(table: sa.TableClause, collations: dict[str, str]) -> list:
     h = table.c
     return [
-        sa.case((h.provider_null == 1, sa.null()), else_=h.provider).label("provider"),
-        sa.case((h.model_null == 1, sa.null()), else_=h.model).label("model"),
+        _named(sa.case((h.provider_null == 1, sa.null()), else_=h.provider), collations.get("provider"), "provider"),
+        _named(sa.case((h.model_null == 1, sa.null()), else_=h.model), collations.get("model"), "model"),
         h.day.label("day"),
         *(getattr(h, name).label(name) for name in usage_hourly.SUMS),
     ]
@@ -81,10 +112,11 @@ def period_source(db: Session, start: datetime) -> sa.Subquery | None:
     hour = first_whole_hour(start)
     until = EPOCH + timedelta(hours=hour)
     e = LlmUsageEvent
-    columns = _events_columns(dialect)
+    collations = db.info["collations"]
+    columns = _events_columns(dialect, collations)
     edge = sa.select(*columns[:2], utc_day_number(e.created_at, dialect).label("day"), *columns[2:])
     edge = edge.where(dated_since(e.created_at, dialect, start, until))
-    held = [sa.select(*_held_columns(table)).where(table.c.hour >= hour) for table in (BUCKETS, PENDING)]
+    held = [sa.select(*_held_columns(t, collations)).where(t.c.hour >= hour) for t in (BUCKETS, PENDING)]
     return sa.union_all(*held, edge).subquery("in_period")
 
 
@@ -93,6 +125,7 @@ def undated_source(db: Session) -> sa.Subquery | None:
     if not has_aggregate(db):
         return None
     held = [
-        sa.select(*_held_columns(table)).where(table.c.hour == usage_hourly.UNDATED) for table in (BUCKETS, PENDING)
+        sa.select(*_held_columns(table, db.info["collations"])).where(table.c.hour == usage_hourly.UNDATED)
+        for table in (BUCKETS, PENDING)
     ]
     return sa.union_all(*held).subquery("undated_rows")

@@ -19,6 +19,7 @@ refills it, ``drop`` removes it), ``verify`` compares it with the events, and BU
 (its triggers read ``total_tokens``). Without it the dashboard reads the events, as before.
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -89,14 +90,19 @@ def hour_and_day(dialect: str, row: str, created_at_type: str = "") -> tuple[str
     )
 
 
-def row_values(dialect: str, row: str, created_at_type: str = "", sign: str = "") -> tuple[list[str], str]:
+def row_values(
+    dialect: str, row: str, created_at_type: str = "", sign: str = "", binary: dict[str, str] | None = None
+) -> tuple[list[str], str]:
     """The six keys and the row's sums (each times ``sign``) as SQL, and what they are read FROM: one row
-    (``NEW.``/``OLD.``) in a trigger, or with ``row=''`` every row of the events table."""
+    (``NEW.``/``OLD.``) in a trigger, or with ``row=''`` every row of the events table. Names are kept exactly as
+    written (``binary``: the COLLATE that groups them byte for byte, for a GROUP BY); the dashboard groups them by
+    the events' own collation as it reads."""
+    as_written = binary or {}
     key_values = [
         f"CASE WHEN {row}provider IS NULL THEN 1 ELSE 0 END",
-        f"COALESCE({row}provider, '')",
+        f"COALESCE({row}provider, ''){as_written.get('provider', '')}",
         f"CASE WHEN {row}model IS NULL THEN 1 ELSE 0 END",
-        f"COALESCE({row}model, '')",
+        f"COALESCE({row}model, ''){as_written.get('model', '')}",
     ]
     sums = [f"{sign}({value})" if sign else value for value in sum_values(row)]
     if dialect == "sqlite":  # the instant is read once per row
@@ -147,46 +153,104 @@ def created_at_type(connection: Connection) -> str:
 
 
 def table_ddl(connection: Connection) -> list[str]:
+    """The buckets (a unique key, sums wide enough for any total: NUMERIC / DECIMAL on the servers) and the
+    pending rows. Names are stored byte for byte (PostgreSQL ``COLLATE "C"``, MariaDB the column's ``_bin``)."""
     dialect = dialect_name(connection)
-    name_type = "TEXT" if dialect != "mysql" else name_column_type(connection)
-    columns = [
-        "hour BIGINT NOT NULL",
-        "day BIGINT NOT NULL",
-        "provider_null SMALLINT NOT NULL",
-        f"provider {name_type} NOT NULL",
-        "model_null SMALLINT NOT NULL",
-        f"model {name_type} NOT NULL",
-        *(f"{name} BIGINT NOT NULL" for name in SUMS),
-    ]
+    names = name_types(connection)
+    wide = {"sqlite": "INTEGER", "postgresql": "NUMERIC(39)", "mysql": "DECIMAL(65)"}[dialect]
+
+    def columns(sum_type: str) -> list[str]:
+        return [
+            "hour BIGINT NOT NULL",
+            "day BIGINT NOT NULL",
+            "provider_null SMALLINT NOT NULL",
+            f"provider {names['provider']} NOT NULL",
+            "model_null SMALLINT NOT NULL",
+            f"model {names['model']} NOT NULL",
+            *(f"{name} {sum_type} NOT NULL" for name in SUMS),
+        ]
+
     key = {
         "sqlite": "id INTEGER PRIMARY KEY",
         "postgresql": "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "mysql": "id BIGINT AUTO_INCREMENT PRIMARY KEY",
     }[dialect]
     return [
-        f"CREATE TABLE {TABLE} ({', '.join(columns)})",
+        f"CREATE TABLE {TABLE} ({', '.join(columns(wide))})",
         f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} ({', '.join(conflict_keys(dialect))})",
-        f"CREATE TABLE {PENDING} ({', '.join([key, *columns])})",
+        f"CREATE TABLE {PENDING} ({', '.join([key, *columns(wide if dialect != 'sqlite' else 'INTEGER')])})",
     ]
 
 
-def name_column_type(connection: Connection) -> str:
-    """MariaDB: the provider/model type and collation of the events table (so that names group as they do
-    there), refused in one sentence when it cannot be in a unique key (TEXT)."""
+def name_types(connection: Connection) -> dict[str, str]:
+    """The aggregate's provider and model types: text kept byte for byte."""
+    dialect = dialect_name(connection)
+    if dialect == "sqlite":
+        return dict.fromkeys(("provider", "model"), "TEXT")
+    if dialect == "postgresql":
+        return dict.fromkeys(("provider", "model"), 'TEXT COLLATE "C"')
+    return {
+        name: f"{column_type} CHARACTER SET {charset} COLLATE {charset}_bin"
+        for name, (column_type, charset) in mariadb_name_columns(connection).items()
+    }
+
+
+def binary_collations(connection: Connection) -> dict[str, str]:
+    """The COLLATE suffix that groups each name byte for byte in the fill (SQLite's ``COALESCE`` already does)."""
+    dialect = dialect_name(connection)
+    if dialect == "sqlite":
+        return {}
+    if dialect == "postgresql":
+        return dict.fromkeys(("provider", "model"), ' COLLATE "C"')
+    return {name: f" COLLATE {charset}_bin" for name, (_, charset) in mariadb_name_columns(connection).items()}
+
+
+def mariadb_name_columns(connection: Connection) -> dict[str, tuple[str, str]]:
+    """MariaDB: each of provider and model as (type, character set), refused in one sentence when it cannot be
+    in a unique key (TEXT)."""
     rows = connection.exec_driver_sql(
-        "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+        "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
         f"DATABASE() AND TABLE_NAME = '{EVENTS}' AND COLUMN_NAME IN ('provider', 'model')"
     ).all()
-    types = {(column_type.lower(), collation) for _, column_type, collation in rows}
-    widest = max(
-        types, key=lambda t: int(t[0].partition("(")[2].rstrip(")") or 0) if t[0].startswith("varchar") else 10**6
-    )
-    if not widest[0].startswith("varchar"):
-        raise AggregateError(
-            f"{EVENTS}.provider or model is {widest[0]}, which a unique key cannot hold: make them VARCHAR(255) "
-            "to use the hourly aggregate (the dashboard reads the events meanwhile)"
+    found = {name.lower(): (column_type.lower(), charset) for name, column_type, charset in rows}
+    for name, (column_type, _) in found.items():
+        if not column_type.startswith("varchar"):
+            raise AggregateError(
+                f"{EVENTS}.{name} is {column_type}, which a unique key cannot hold: make it VARCHAR(255) to use the "
+                "hourly aggregate (the dashboard reads the events meanwhile)"
+            )
+    return found
+
+
+def name_collations(connection: Connection) -> dict[str, str]:
+    """The collation the events table groups and sorts each name by, as SQL to put after COLLATE (empty: SQLite's
+    BINARY), so that the dashboard reads names through the aggregate as it reads them from the events."""
+    dialect = dialect_name(connection)
+    if dialect == "sqlite":
+        sql = (
+            connection.exec_driver_sql(
+                f"SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{EVENTS}'"
+            ).scalar()
+            or ""
         )
-    return f"{widest[0]} COLLATE {widest[1]}" if widest[1] else widest[0]
+        found = {}
+        for name in ("provider", "model"):
+            match = re.search(rf"""["`\[]?\b{name}\b["`\]]?\s[^,]*?\bCOLLATE\s+["'`]?(\w+)""", sql, re.IGNORECASE)
+            if match and match.group(1).upper() != "BINARY":
+                found[name] = match.group(1)
+        return found
+    if dialect == "postgresql":
+        rows = connection.exec_driver_sql(
+            "SELECT a.attname, format('%%I.%%I', n.nspname, c.collname) FROM pg_attribute a JOIN pg_collation c "
+            "ON c.oid = a.attcollation JOIN pg_namespace n ON n.oid = c.collnamespace "
+            f"WHERE a.attrelid = to_regclass('{EVENTS}') AND a.attname IN ('provider', 'model')"
+        ).all()
+        return dict(rows)
+    rows = connection.exec_driver_sql(
+        "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        f"AND TABLE_NAME = '{EVENTS}' AND COLUMN_NAME IN ('provider', 'model')"
+    ).all()
+    return {name.lower(): collation for name, collation in rows if collation}
 
 
 def trigger_ddl(connection: Connection) -> list[str]:
@@ -194,17 +258,25 @@ def trigger_ddl(connection: Connection) -> list[str]:
     kind = created_at_type(connection)
     add_new, take_old = (append(dialect, "NEW.", kind, ""), append(dialect, "OLD.", kind, "-"))
     if dialect == "postgresql":
+        old_row, new_row = (", ".join(f"{row}.{name}" for name in WATCHED) for row in ("OLD", "NEW"))
         body = (
             f"BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {PENDING}; DELETE FROM {TABLE}; RETURN NULL; END IF; "
+            f"IF TG_OP = 'UPDATE' AND ({old_row}) IS NOT DISTINCT FROM ({new_row}) THEN RETURN NULL; END IF; "
             f"IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
             f"IF TG_OP <> 'DELETE' THEN {add_new}; END IF; RETURN NULL; END"
         )
-        watched = ", ".join(WATCHED)
+        # run as the aggregate's owner, in the events table's schema: a writer needs no grant on the aggregate and
+        # its search_path does not matter; no UPDATE OF list, so the columns stay alterable (the body checks them)
+        schema = connection.exec_driver_sql(
+            f"SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.oid = to_regclass('{EVENTS}')"
+        ).scalar_one()
         return [
-            f"CREATE FUNCTION {PG_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$ {body} $$",
+            f"CREATE FUNCTION {PG_FUNCTION}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+            f"SET search_path = {schema}, pg_temp AS $$ {body} $$",
             f"CREATE TRIGGER {TRIGGERS['INSERT']} AFTER INSERT ON {EVENTS} FOR EACH ROW EXECUTE FUNCTION "
             f"{PG_FUNCTION}()",
-            f"CREATE TRIGGER {TRIGGERS['UPDATE']} AFTER UPDATE OF {watched} ON {EVENTS} FOR EACH ROW EXECUTE "
+            f"CREATE TRIGGER {TRIGGERS['UPDATE']} AFTER UPDATE ON {EVENTS} FOR EACH ROW EXECUTE "
             f"FUNCTION {PG_FUNCTION}()",
             f"CREATE TRIGGER {TRIGGERS['DELETE']} AFTER DELETE ON {EVENTS} FOR EACH ROW EXECUTE FUNCTION "
             f"{PG_FUNCTION}()",
@@ -220,13 +292,17 @@ def trigger_ddl(connection: Connection) -> list[str]:
             statements.append(f"CREATE TRIGGER {TRIGGERS[op]} AFTER {op}{of[op]} ON {EVENTS} BEGIN {body}END")
         else:
             body = " ".join(f"{step};" for step in steps)
+            if op == "UPDATE":  # MariaDB has no UPDATE OF: an update of other columns appends nothing
+                same = " AND ".join(f"OLD.{name} <=> NEW.{name}" for name in WATCHED)
+                body = f"IF NOT ({same}) THEN {body} END IF;"
             statements.append(f"CREATE TRIGGER {TRIGGERS[op]} AFTER {op} ON {EVENTS} FOR EACH ROW BEGIN {body} END")
     return statements
 
 
 def fill_sql(connection: Connection) -> str:
     """Every bucket from the events, in one INSERT ... SELECT ... GROUP BY (the table is empty before it)."""
-    values, source = row_values(dialect_name(connection), "", created_at_type(connection))
+    binary = binary_collations(connection)
+    values, source = row_values(dialect_name(connection), "", created_at_type(connection), binary=binary)
     keys = [f"k{i}" for i in range(len(KEYS))]
     named = [f"{value} AS {name}" for value, name in zip(values, [*keys, *SUMS], strict=True)]
     summed = [f"SUM({name})" for name in SUMS]
@@ -238,6 +314,23 @@ def fill_sql(connection: Connection) -> str:
 
 class AggregateError(Exception):
     """The aggregate cannot be made here: one sentence saying why and what to do."""
+
+
+SQLITE_OVERFLOW = (
+    "a bucket's sum passes 2^63 tokens, more than SQLite's integers hold: 'autopack usage-aggregate drop' (the "
+    "dashboard then reads the events, whose sums are exact at any size)"
+)
+
+
+@contextmanager
+def sums_that_fit() -> Iterator[None]:
+    """SQLite's "integer overflow" (a bucket past 2^63) as one sentence."""
+    try:
+        yield
+    except sa.exc.OperationalError as error:
+        if "integer overflow" in str(error.orig):
+            raise AggregateError(SQLITE_OVERFLOW) from None
+        raise
 
 
 def installed(connection: Connection) -> bool:
@@ -263,6 +356,8 @@ def one_transaction(connection: Connection) -> Iterator[None]:
         yield
         connection.commit()
         return
+    if dialect_name(connection) == "mysql":  # whatever the session's level: the refill's locks need gap locks
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     connection.exec_driver_sql("BEGIN")
     try:
         yield
@@ -276,6 +371,9 @@ def refill(connection: Connection) -> int:
     """Empty the aggregate and fill it from the events, writers held off meanwhile; the number of buckets."""
     if dialect_name(connection) == "postgresql":  # writers wait (reads go on) until the refill commits
         connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE MODE")
+    elif dialect_name(connection) == "mysql":  # (REPEATABLE READ, set by one_transaction) the events share-locked
+        # first, gaps included: a writer waits before its row and its pending row, never between them
+        connection.exec_driver_sql(f"SELECT COUNT(*) FROM {EVENTS} LOCK IN SHARE MODE")
     connection.exec_driver_sql(f"DELETE FROM {PENDING}")
     connection.exec_driver_sql(f"DELETE FROM {TABLE}")  # MariaDB: the fill's locking read holds writers off
     connection.exec_driver_sql(fill_sql(connection))
@@ -289,13 +387,18 @@ def create(connection: Connection) -> int:
         raise AggregateError(f"{EVENTS} has no total_tokens (before BUILD-144): run 'autopack upgrade head' first")
     if installed(connection):
         raise AggregateError(f"{TABLE} is there already: 'autopack usage-aggregate rebuild' refills it")
-    schema = [*table_ddl(connection), *trigger_ddl(connection)]
+    if row_security(connection):
+        raise AggregateError(
+            f"{EVENTS} has row-level security: one aggregate would show every role the usage its policies hide; "
+            "the dashboard reads the events (each role sees its own rows)"
+        )
+    schema = [*table_ddl(connection), *trigger_ddl(connection), *copied_grants(connection)]
     if dialect_name(connection) == "mysql":  # DDL commits at once: make it, then fill it in one transaction
         for statement in schema:
             connection.exec_driver_sql(statement)
         with one_transaction(connection):
             return refill(connection)
-    with one_transaction(connection):
+    with sums_that_fit(), one_transaction(connection):
         if dialect_name(connection) == "postgresql":
             connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE ROW EXCLUSIVE MODE")
         for statement in schema:
@@ -303,10 +406,31 @@ def create(connection: Connection) -> int:
         return refill(connection)
 
 
+def row_security(connection: Connection) -> bool:
+    if dialect_name(connection) != "postgresql":
+        return False
+    query = f"SELECT COALESCE((SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('{EVENTS}')), false)"
+    return connection.exec_driver_sql(query).scalar()
+
+
+def copied_grants(connection: Connection) -> list[str]:
+    """PostgreSQL: each role's SELECT / INSERT / UPDATE / DELETE on the events, granted on the aggregate too, so
+    that a dashboard role reads (and folds) it as it read the events."""
+    if dialect_name(connection) != "postgresql":
+        return []
+    rows = connection.exec_driver_sql(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, a.privilege_type "
+        "FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+        f"WHERE c.oid = to_regclass('{EVENTS}') AND a.grantee <> c.relowner "
+        "AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE')"
+    ).all()
+    return [f"GRANT {privilege} ON {TABLE}, {PENDING} TO {grantee}" for grantee, privilege in rows]
+
+
 def rebuild(connection: Connection) -> int:
     if not installed(connection):
         raise AggregateError(f"there is no {TABLE}: 'autopack usage-aggregate create' makes it")
-    with one_transaction(connection):
+    with sums_that_fit(), one_transaction(connection):
         return refill(connection)
 
 
@@ -338,6 +462,28 @@ def differences(connection: Connection) -> list[tuple]:
     insert = fill_sql(connection)
     counted = bucket_sums(connection, insert[insert.index(") SELECT") + 2 :])
     return sorted(key for key in held.keys() | counted.keys() if held.get(key) != counted.get(key))
+
+
+def unreadable(connection: Connection) -> str:
+    """Why this connection cannot read the aggregate (empty: it can)."""
+    dialect = dialect_name(connection)
+    if dialect == "postgresql":
+        readable, secured = connection.exec_driver_sql(
+            f"SELECT COALESCE(has_table_privilege(to_regclass('{TABLE}'), 'SELECT') AND "
+            f"has_table_privilege(to_regclass('{PENDING}'), 'SELECT'), false), "
+            f"COALESCE((SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('{EVENTS}')), false)"
+        ).one()
+        if secured:
+            return f"{EVENTS} has row-level security (each role sees its own rows): 'autopack usage-aggregate drop'"
+        if not readable:
+            return f"this role may not read it: GRANT SELECT ON {TABLE}, {PENDING} TO it"
+        return ""
+    if dialect == "mysql":
+        try:
+            connection.exec_driver_sql(f"SELECT 1 FROM {TABLE}, {PENDING} LIMIT 0").all()
+        except sa.exc.DBAPIError as error:
+            return f"this user may not read it ({str(error.orig).splitlines()[0]}): GRANT SELECT ON {TABLE}, {PENDING}"
+    return ""
 
 
 def pending_rows(connection: Connection) -> int:
@@ -415,7 +561,11 @@ def triggers(dialect: str) -> list[str]:
 def check(connection: Connection) -> str:
     """Empty when the aggregate is exact and kept; else one sentence saying what is wrong and the fix."""
     missing = missing_triggers(connection)
-    wrong = differences(connection)
+    try:
+        with sums_that_fit():
+            wrong = differences(connection)
+    except AggregateError as error:
+        return str(error)
     if not missing and not wrong:
         return ""
     said = []
