@@ -20,8 +20,9 @@ from autopack.usage_recorder import LlmUsageEvent
 EPOCH = datetime(1970, 1, 1)
 log = logging.getLogger("uvicorn.error")
 COLUMNS = (*usage_hourly.KEYS, *usage_hourly.SUMS)
-BUCKETS = sa.table(usage_hourly.TABLE, *(sa.column(name) for name in COLUMNS))
-PENDING = sa.table(usage_hourly.PENDING, *(sa.column(name) for name in COLUMNS))
+PENDING = sa.table(usage_hourly.PENDING, *(sa.column(name) for name in (*COLUMNS, "other_forms")))
+BUCKETS = sa.table(usage_hourly.TABLE, *(sa.column(name) for name in (*COLUMNS, "other_forms")))
+DAILY = sa.table(usage_hourly.DAILY, *(sa.column(name) for name in (*usage_hourly.DAILY_KEYS, *usage_hourly.SUMS)))
 
 
 def has_aggregate(db: Session) -> bool:
@@ -103,21 +104,39 @@ def _held_columns(table: sa.TableClause, collations: dict[str, str]) -> list:
 
 
 def period_source(db: Session, start: datetime) -> sa.Subquery | None:
-    """Every dated row from ``start`` on, as (provider, model, day, sums) rows: the buckets and pending rows of
-    the whole hours and the events of the first, partial one. ``None`` without the aggregate. A group's
-    ``SUM(events)`` is its number of events: a group whose rows all left sums to 0 (``HAVING`` it is not)."""
+    """Every dated row from ``start`` on, as (provider, model, day, sums) rows: the events of the hour ``start``
+    is in, from ``start``; the hourly buckets of the whole hours before the first whole day; the daily buckets
+    from that day on; and every pending row from the first whole hour on. ``None`` without the aggregate. A
+    group's ``SUM(events)`` is its number of events: a group whose rows all left sums to 0 (``HAVING`` it is
+    not)."""
     if not has_aggregate(db):
         return None
     dialect = db.get_bind().dialect.name
     hour = first_whole_hour(start)
+    day = -(-hour // 24)  # the first whole day: its hours and all later ones are in the daily buckets
     until = EPOCH + timedelta(hours=hour)
     e = LlmUsageEvent
     collations = db.info["collations"]
     columns = _events_columns(dialect, collations)
     edge = sa.select(*columns[:2], utc_day_number(e.created_at, dialect).label("day"), *columns[2:])
-    edge = edge.where(dated_since(e.created_at, dialect, start, until))
-    held = [sa.select(*_held_columns(t, collations)).where(t.c.hour >= hour) for t in (BUCKETS, PENDING)]
-    return sa.union_all(*held, edge).subquery("in_period")
+    own_form_only = dialect == "sqlite" and not other_forms_in(db, hour - 1)
+    edge = edge.where(dated_since(e.created_at, dialect, start, until, own_form_only=own_form_only))
+    hourly = sa.select(*_held_columns(BUCKETS, collations)).where(BUCKETS.c.hour >= hour, BUCKETS.c.hour < day * 24)
+    daily = sa.select(*_held_columns(DAILY, collations)).where(DAILY.c.whole_day >= day)
+    pending = sa.select(*_held_columns(PENDING, collations)).where(PENDING.c.hour >= hour)
+    return sa.union_all(hourly, daily, pending, edge).subquery("in_period")
+
+
+def other_forms_in(db: Session, hour: int) -> bool:
+    """Whether an hour holds rows whose ``created_at`` is not in Autopack's own form (SQLite): then its rows are
+    looked for in every form's index range, a day wide; else in one range of a few seconds more than the hour."""
+    said = db.info.setdefault("other_forms", {})
+    if hour not in said:
+        held = sa.union_all(
+            *(sa.select(t.c.other_forms).where(t.c.hour == hour) for t in (BUCKETS, PENDING))
+        ).subquery()
+        said[hour] = bool(db.execute(sa.select(sa.func.coalesce(sa.func.sum(held.c.other_forms), 0))).scalar())
+    return said[hour]
 
 
 def undated_source(db: Session) -> sa.Subquery | None:

@@ -31,6 +31,7 @@ from autopack.event_time import _sqlite_instant, utc_day
 
 TABLE = "llm_usage_hourly"
 PENDING = f"{TABLE}_pending"
+TABLES = (TABLE, PENDING, "llm_usage_daily")
 COMPACT_AT = 1000  # pending rows past which the dashboard folds them into the buckets as it reads
 COMPACT_BATCH = 20_000  # pending rows folded per transaction
 EVENTS = "llm_usage_events"
@@ -39,11 +40,14 @@ PG_FUNCTION = f"{TABLE}_keep"
 UNDATED = -(2**62)  # the hour and day of undated rows: far before any instant an engine can hold
 KEYS = ("hour", "day", "provider_null", "provider", "model_null", "model")
 SUMS = ("events", "prompt_tokens", "completion_tokens", "total_tokens", "exact_split_tokens", "total_only_events")
+HELD = (*SUMS, "other_forms")  # and, for SQLite's reading of a window's first hour, rows not in Autopack's own form
+DAILY = "llm_usage_daily"  # the same sums per whole UTC day (the hours folded into it: hour // 24)
+DAILY_KEYS = ("whole_day", *KEYS[1:])
 WATCHED = ("created_at", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def sum_values(row: str) -> list[str]:
-    """The row's contribution to each of ``SUMS`` (``row`` is ``NEW.``, ``OLD.`` or empty), in the dashboard's
+def sum_values(row: str, dialect: str) -> list[str]:
+    """The row's contribution to each of ``HELD`` (``row`` is ``NEW.``, ``OLD.`` or empty), in the dashboard's
     rules: NULL splits count 0; a row is exact-split when both splits are there, else total-only."""
     exact = f"{row}prompt_tokens IS NOT NULL AND {row}completion_tokens IS NOT NULL"
     return [
@@ -53,7 +57,18 @@ def sum_values(row: str) -> list[str]:
         f"{row}total_tokens",
         f"CASE WHEN {exact} THEN {row}total_tokens ELSE 0 END",
         f"CASE WHEN {exact} THEN 0 ELSE 1 END",
+        f"CASE WHEN {own_form(row + 'created_at')} THEN 0 ELSE 1 END" if dialect == "sqlite" else "0",
     ]
+
+
+def own_form(c: str) -> str:
+    """SQLite: ``created_at`` is text in Autopack's own form (``2026-12-05 10:00:00[.ffffff]``), whose text order
+    is its time order, so a window's first hour is found by a narrow range of the index."""
+    digits = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+    return (
+        f"(typeof({c}) = 'text' AND {c} GLOB '{digits}*' AND (length({c}) = 19 OR (substr({c}, 20, 1) = '.' "
+        f"AND length({c}) > 20 AND NOT substr({c}, 21) GLOB '*[^0-9]*')))"
+    )
 
 
 def _compiled(expression: sa.ColumnElement, dialect) -> str:
@@ -104,7 +119,7 @@ def row_values(
         f"CASE WHEN {row}model IS NULL THEN 1 ELSE 0 END",
         f"COALESCE({row}model, ''){as_written.get('model', '')}",
     ]
-    sums = [f"{sign}({value})" if sign else value for value in sum_values(row)]
+    sums = [f"{sign}({value})" if sign else value for value in sum_values(row, dialect)]
     if dialect == "sqlite":  # the instant is read once per row
         seconds, floor = hour_and_day(dialect, row)
         hour, day = (floor.format(u=UNDATED, n=n) for n in (3600, 86400))
@@ -117,25 +132,25 @@ def row_values(
 def append(dialect: str, row: str, created_at_type: str, sign: str) -> str:
     """One trigger step: append the row's sums (times ``sign``) to the pending rows."""
     values, source = row_values(dialect, row, created_at_type, sign)
-    return f"INSERT INTO {PENDING} ({', '.join([*KEYS, *SUMS])}) SELECT {', '.join(values)}{source}"
+    return f"INSERT INTO {PENDING} ({', '.join([*KEYS, *HELD])}) SELECT {', '.join(values)}{source}"
 
 
-def upsert_statement(dialect: str) -> str:
-    """Add one bucket's sums (bound by name) to the buckets, making the bucket if it is new."""
-    columns = ", ".join([*KEYS, *SUMS])
-    values = ", ".join(f":{name}" for name in (*KEYS, *SUMS))
+def upsert_statement(dialect: str, table: str = TABLE, keys: tuple[str, ...] = KEYS) -> str:
+    """Add one bucket's sums (bound by name) to ``table``'s buckets, making the bucket if it is new."""
+    columns = ", ".join([*keys, *HELD])
+    values = ", ".join(f":{name}" for name in (*keys, *HELD))
     if dialect == "mysql":
-        added = ", ".join(f"{name} = {name} + VALUES({name})" for name in SUMS)
-        return f"INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE {added}"
-    added = ", ".join(f"{name} = {TABLE}.{name} + excluded.{name}" for name in SUMS)
-    conflict = ", ".join(conflict_keys(dialect))
-    return f"INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON CONFLICT ({conflict}) DO UPDATE SET {added}"
+        added = ", ".join(f"{name} = {name} + VALUES({name})" for name in HELD)
+        return f"INSERT INTO {table} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE {added}"
+    added = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in HELD)
+    conflict = ", ".join(conflict_keys(dialect, keys))
+    return f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({conflict}) DO UPDATE SET {added}"
 
 
-def conflict_keys(dialect: str) -> list[str]:
+def conflict_keys(dialect: str, keys: tuple[str, ...] = KEYS) -> list[str]:
     if dialect == "postgresql":  # a btree entry holds at most ~2.7 kB: long names are keyed by their md5
-        return ["hour", "day", "provider_null", "md5(provider)", "model_null", "md5(model)"]
-    return list(KEYS)
+        return [f"md5({key})" if key in ("provider", "model") else key for key in keys]
+    return list(keys)
 
 
 def dialect_name(connection: Connection) -> str:
@@ -159,15 +174,15 @@ def table_ddl(connection: Connection) -> list[str]:
     names = name_types(connection)
     wide = {"sqlite": "INTEGER", "postgresql": "NUMERIC(39)", "mysql": "DECIMAL(65)"}[dialect]
 
-    def columns(sum_type: str) -> list[str]:
+    def columns(sum_type: str, first: str = "hour") -> list[str]:
         return [
-            "hour BIGINT NOT NULL",
+            f"{first} BIGINT NOT NULL",
             "day BIGINT NOT NULL",
             "provider_null SMALLINT NOT NULL",
             f"provider {names['provider']} NOT NULL",
             "model_null SMALLINT NOT NULL",
             f"model {names['model']} NOT NULL",
-            *(f"{name} {sum_type} NOT NULL" for name in SUMS),
+            *(f"{name} {sum_type} NOT NULL" for name in HELD),
         ]
 
     key = {
@@ -178,6 +193,8 @@ def table_ddl(connection: Connection) -> list[str]:
     return [
         f"CREATE TABLE {TABLE} ({', '.join(columns(wide))})",
         f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} ({', '.join(conflict_keys(dialect))})",
+        f"CREATE TABLE {DAILY} ({', '.join(columns(wide, 'whole_day'))})",
+        f"CREATE UNIQUE INDEX {DAILY}_key ON {DAILY} ({', '.join(conflict_keys(dialect, DAILY_KEYS))})",
         f"CREATE TABLE {PENDING} ({', '.join([key, *columns(wide if dialect != 'sqlite' else 'INTEGER')])})",
     ]
 
@@ -260,7 +277,8 @@ def trigger_ddl(connection: Connection) -> list[str]:
     if dialect == "postgresql":
         old_row, new_row = (", ".join(f"{row}.{name}" for name in WATCHED) for row in ("OLD", "NEW"))
         body = (
-            f"BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {PENDING}; DELETE FROM {TABLE}; RETURN NULL; END IF; "
+            f"BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {PENDING}; DELETE FROM {TABLE}; DELETE FROM {DAILY}; "
+            "RETURN NULL; END IF; "
             f"IF TG_OP = 'UPDATE' AND ({old_row}) IS NOT DISTINCT FROM ({new_row}) THEN RETURN NULL; END IF; "
             f"IF TG_OP <> 'INSERT' THEN {take_old}; END IF; "
             f"IF TG_OP <> 'DELETE' THEN {add_new}; END IF; RETURN NULL; END"
@@ -300,15 +318,34 @@ def trigger_ddl(connection: Connection) -> list[str]:
 
 
 def fill_sql(connection: Connection) -> str:
-    """Every bucket from the events, in one INSERT ... SELECT ... GROUP BY (the table is empty before it)."""
+    """Every hourly bucket from the events, in one INSERT ... SELECT ... GROUP BY (the table is empty before it)."""
     binary = binary_collations(connection)
     values, source = row_values(dialect_name(connection), "", created_at_type(connection), binary=binary)
     keys = [f"k{i}" for i in range(len(KEYS))]
-    named = [f"{value} AS {name}" for value, name in zip(values, [*keys, *SUMS], strict=True)]
-    summed = [f"SUM({name})" for name in SUMS]
+    named = [f"{value} AS {name}" for value, name in zip(values, [*keys, *HELD], strict=True)]
+    summed = [f"SUM({name})" for name in HELD]
     return (
-        f"INSERT INTO {TABLE} ({', '.join([*KEYS, *SUMS])}) SELECT {', '.join([*keys, *summed])} "
+        f"INSERT INTO {TABLE} ({', '.join([*KEYS, *HELD])}) SELECT {', '.join([*keys, *summed])} "
         f"FROM (SELECT {', '.join(named)}{source}) AS per_row GROUP BY {', '.join(keys)}"
+    )
+
+
+def whole_day_of(dialect: str, hour: str) -> str:
+    """SQL for ``hour // 24`` (floor division, also before 1970)."""
+    if dialect == "sqlite":
+        return f"(({hour}) - ((({hour}) % 24) + 24) % 24) / 24"
+    if dialect == "postgresql":
+        return f"floor(({hour}) / 24.0)::bigint"
+    return f"FLOOR(({hour}) / 24)"
+
+
+def daily_fill_sql(dialect: str) -> str:
+    """The daily buckets from the hourly ones (undated rows have no day)."""
+    rest = ", ".join(KEYS[1:])
+    summed = ", ".join(f"SUM({name})" for name in HELD)
+    return (
+        f"INSERT INTO {DAILY} ({', '.join([*DAILY_KEYS, *HELD])}) SELECT {whole_day_of(dialect, 'hour')} AS "
+        f"whole_day, {rest}, {summed} FROM {TABLE} WHERE hour <> {UNDATED} GROUP BY 1, {rest}"
     )
 
 
@@ -345,7 +382,7 @@ def drop_ddl(dialect: str) -> list[str]:
     ]
     if postgres:
         statements.append(f"DROP FUNCTION IF EXISTS {PG_FUNCTION}()")
-    return [*statements, f"DROP TABLE IF EXISTS {PENDING}", f"DROP TABLE IF EXISTS {TABLE}"]
+    return [*statements, *(f"DROP TABLE IF EXISTS {table}" for table in (PENDING, DAILY, TABLE))]
 
 
 @contextmanager
@@ -375,8 +412,10 @@ def refill(connection: Connection) -> int:
         # first, gaps included: a writer waits before its row and its pending row, never between them
         connection.exec_driver_sql(f"SELECT COUNT(*) FROM {EVENTS} LOCK IN SHARE MODE")
     connection.exec_driver_sql(f"DELETE FROM {PENDING}")
+    connection.exec_driver_sql(f"DELETE FROM {DAILY}")
     connection.exec_driver_sql(f"DELETE FROM {TABLE}")  # MariaDB: the fill's locking read holds writers off
     connection.exec_driver_sql(fill_sql(connection))
+    connection.exec_driver_sql(daily_fill_sql(dialect_name(connection)))
     return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {TABLE}").scalar_one()
 
 
@@ -424,7 +463,7 @@ def copied_grants(connection: Connection) -> list[str]:
         f"WHERE c.oid = to_regclass('{EVENTS}') AND a.grantee <> c.relowner "
         "AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE')"
     ).all()
-    return [f"GRANT {privilege} ON {TABLE}, {PENDING} TO {grantee}" for grantee, privilege in rows]
+    return [f"GRANT {privilege} ON {', '.join(TABLES)} TO {grantee}" for grantee, privilege in rows]
 
 
 def rebuild(connection: Connection) -> int:
@@ -453,15 +492,21 @@ def bucket_sums(connection: Connection, select: str) -> dict[tuple, tuple]:
 
 
 def differences(connection: Connection) -> list[tuple]:
-    """The buckets whose sums differ between the aggregate (buckets and pending rows) and the events (empty: it
-    is exact)."""
-    keys, columns = ", ".join(KEYS), ", ".join([*KEYS, *SUMS])
+    """The buckets whose sums differ between the aggregate (hourly buckets and pending rows) and the events, and
+    the days whose daily bucket differs from its hourly ones (empty: it is exact)."""
+    keys, columns = ", ".join(KEYS), ", ".join([*KEYS, *HELD])
     both = f"SELECT {columns} FROM {TABLE} UNION ALL SELECT {columns} FROM {PENDING}"
-    summed = ", ".join(f"SUM({n})" for n in SUMS)
+    summed = ", ".join(f"SUM({n})" for n in HELD)
     held = bucket_sums(connection, f"SELECT {keys}, {summed} FROM ({both}) AS held GROUP BY {keys}")
     insert = fill_sql(connection)
     counted = bucket_sums(connection, insert[insert.index(") SELECT") + 2 :])
-    return sorted(key for key in held.keys() | counted.keys() if held.get(key) != counted.get(key))
+    wrong = [key for key in held.keys() | counted.keys() if held.get(key) != counted.get(key)]
+    daily_keys = ", ".join(DAILY_KEYS)
+    days = bucket_sums(connection, f"SELECT {daily_keys}, {summed} FROM {DAILY} GROUP BY {daily_keys}")
+    insert = daily_fill_sql(dialect_name(connection))
+    rolled = bucket_sums(connection, insert[insert.index(") SELECT") + 2 :])
+    wrong += [("day", *key) for key in days.keys() | rolled.keys() if days.get(key) != rolled.get(key)]
+    return sorted(wrong, key=str)
 
 
 def unreadable(connection: Connection) -> str:
@@ -470,19 +515,21 @@ def unreadable(connection: Connection) -> str:
     if dialect == "postgresql":
         readable, secured = connection.exec_driver_sql(
             f"SELECT COALESCE(has_table_privilege(to_regclass('{TABLE}'), 'SELECT') AND "
-            f"has_table_privilege(to_regclass('{PENDING}'), 'SELECT'), false), "
+            f"has_table_privilege(to_regclass('{PENDING}'), 'SELECT') AND "
+            f"has_table_privilege(to_regclass('{DAILY}'), 'SELECT'), false), "
             f"COALESCE((SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('{EVENTS}')), false)"
         ).one()
         if secured:
             return f"{EVENTS} has row-level security (each role sees its own rows): 'autopack usage-aggregate drop'"
         if not readable:
-            return f"this role may not read it: GRANT SELECT ON {TABLE}, {PENDING} TO it"
+            return f"this role may not read it: GRANT SELECT ON {', '.join(TABLES)} TO it"
         return ""
     if dialect == "mysql":
         try:
-            connection.exec_driver_sql(f"SELECT 1 FROM {TABLE}, {PENDING} LIMIT 0").all()
+            connection.exec_driver_sql(f"SELECT 1 FROM {', '.join(TABLES)} LIMIT 0").all()
         except sa.exc.DBAPIError as error:
-            return f"this user may not read it ({str(error.orig).splitlines()[0]}): GRANT SELECT ON {TABLE}, {PENDING}"
+            said = str(error.orig).splitlines()[0]
+            return f"this user may not read it ({said}): GRANT SELECT ON {', '.join(TABLES)}"
     return ""
 
 
@@ -500,7 +547,7 @@ def compact(connection: Connection, batch: int = COMPACT_BATCH, once: bool = Fal
     if dialect == "mysql":  # no gap locks: a writer appending a pending row never waits for the fold
         connection = connection.execution_options(isolation_level="READ COMMITTED")
     folded = 0
-    columns = ", ".join([*KEYS, *SUMS])
+    columns = ", ".join([*KEYS, *HELD])
     while True:
         with connection.begin():
             if not took_the_compaction_lock(connection, dialect):
@@ -510,25 +557,34 @@ def compact(connection: Connection, batch: int = COMPACT_BATCH, once: bool = Fal
                 rows = connection.exec_driver_sql(
                     f"SELECT id, {columns} FROM {PENDING} ORDER BY id LIMIT {batch}{lock}"
                 ).all()
-                sums: dict[tuple, list[int]] = {}
-                for row in rows:
-                    bucket = sums.setdefault(tuple(row[1 : 1 + len(KEYS)]), [0] * len(SUMS))
-                    for i, value in enumerate(row[1 + len(KEYS) :]):
-                        bucket[i] += int(value)
-                if sums:
-                    names = [*KEYS, *SUMS]
-                    values = [dict(zip(names, [*key, *added], strict=True)) for key, added in sums.items()]
-                    connection.execute(sa.text(upsert_statement(dialect)), values)
-                    ids = [row[0] for row in rows]
-                    for first in range(0, len(ids), 1000):
-                        chunk = ", ".join(str(i) for i in ids[first : first + 1000])
-                        connection.exec_driver_sql(f"DELETE FROM {PENDING} WHERE id IN ({chunk})")
+                hourly = summed_by_key(rows, lambda key: key)
+                daily = summed_by_key(rows, lambda key: (key[0] // 24, *key[1:]) if key[0] != UNDATED else None)
+                for table, keys, sums in ((TABLE, KEYS, hourly), (DAILY, DAILY_KEYS, daily)):
+                    if sums:
+                        values = [dict(zip([*keys, *HELD], [*key, *added], strict=True)) for key, added in sums.items()]
+                        connection.execute(sa.text(upsert_statement(dialect, table, keys)), values)
+                ids = [row[0] for row in rows]
+                for first in range(0, len(ids), 1000):
+                    chunk = ", ".join(str(i) for i in ids[first : first + 1000])
+                    connection.exec_driver_sql(f"DELETE FROM {PENDING} WHERE id IN ({chunk})")
             finally:
                 if dialect == "mysql":
                     connection.exec_driver_sql(f"DO RELEASE_LOCK('{TABLE}_compact')")
         folded += len(rows)
         if once or len(rows) < batch:
             return folded
+
+
+def summed_by_key(rows, bucket_of) -> dict[tuple, list[int]]:
+    """Pending rows (id, keys, sums) added up per ``bucket_of(keys)`` (``None``: in no bucket of this level)."""
+    sums: dict[tuple, list[int]] = {}
+    for row in rows:
+        key = bucket_of(tuple(row[1 : 1 + len(KEYS)]))
+        if key is not None:
+            bucket = sums.setdefault(key, [0] * len(HELD))
+            for i, value in enumerate(row[1 + len(KEYS) :]):
+                bucket[i] += int(value)
+    return sums
 
 
 def took_the_compaction_lock(connection: Connection, dialect: str) -> bool:
@@ -571,9 +627,13 @@ def check(connection: Connection) -> str:
     said = []
     if missing:
         said.append(f"trigger {', '.join(missing)} missing or disabled")
-    if wrong:
-        hour = wrong[0][0]
+    hours = [key for key in wrong if key[0] != "day"]
+    days = [key for key in wrong if key[0] == "day"]
+    if hours:
+        hour = hours[0][0]
         first = "undated rows" if hour == UNDATED else f"hour {hour} (since 1970, UTC)"
-        said.append(f"{len(wrong)} buckets differ from the events, the first at {first}")
+        said.append(f"{len(hours)} buckets differ from the events, the first at {first}")
+    if days:
+        said.append(f"{len(days)} daily buckets differ from their hours, the first on day {days[0][1]} (since 1970)")
     fix = "'autopack usage-aggregate drop', then 'create'" if missing else "'autopack usage-aggregate rebuild'"
     return f"{'; '.join(said)}: run {fix}"
