@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from autopack import usage_hourly
-from autopack.dashboard import PERIOD_DAYS, undated_usage, usage_by_model, usage_by_provider
+from autopack.dashboard import (
+    PERIOD_DAYS,
+    undated_usage,
+    usage_by_model,
+    usage_by_provider,
+    usage_by_provider_and_model,
+)
 from autopack.dashboard_page import usage_breakdown
 from autopack.database import make_engine
 from autopack.usage_recorder import UsageEventData, record_usage
@@ -55,6 +61,8 @@ def answers(engine, now: datetime, through_aggregate: bool) -> dict:
                 usage_by_model(db, period, now),
                 usage_breakdown(db, period, now).model_dump(),
             )
+            # the route's one statement gives the same two lists
+            assert usage_by_provider_and_model(db, period, now, cap_tokens=1000) == found[period][:2]
         found["undated"] = undated_usage(db)
     return found
 

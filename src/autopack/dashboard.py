@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import HTTPException, Query
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
 from autopack.config import run_token_cap
@@ -128,6 +128,35 @@ def usage_by_model(db: Session, period: str, now: datetime | None = None) -> lis
         .order_by(e.provider, e.model)
     )
     return [_row(row, "provider", "model") for row in db.execute(query)]
+
+
+def usage_by_provider_and_model(
+    db: Session, period: str, now: datetime | None = None, cap_tokens: int | None = None
+) -> tuple[list[dict], list[dict]]:
+    """``usage_by_provider`` and ``usage_by_model`` together: through the aggregate, one statement that reads the
+    period's rows once (a CTE) and groups them both ways; from the events, the two queries."""
+    start = period_start(period, now)
+    source = period_source(db, start, as_cte=True)
+    if source is None:
+        return usage_by_provider(db, period, now, cap_tokens), usage_by_model(db, period, now)
+    cap = run_token_cap() if cap_tokens is None else cap_tokens
+    c, sums = source.c, _source_sums(source, dialect_of(db))
+    some = func.sum(c.events) != 0
+    providers = select(literal(0).label("level"), c.provider, null().label("model"), *sums).group_by(c.provider)
+    models = select(literal(1).label("level"), c.provider, c.model, *sums).group_by(c.provider, c.model)
+    both = union_all(providers.having(some), models.having(some)).subquery("both")
+    rows = db.execute(select(both).order_by(both.c.level, both.c.provider, both.c.model)).all()
+    by_provider = [
+        {
+            **(row := _row(r, "provider")),
+            "period": period,
+            "cap_tokens": cap,
+            "percent_of_cap": percent_of_cap(row["total_tokens"], cap),
+        }
+        for r in rows
+        if r.level == 0
+    ]
+    return by_provider, [_row(r, "provider", "model") for r in rows if r.level == 1]
 
 
 def undated_usage(db: Session) -> dict:

@@ -103,7 +103,7 @@ def _held_columns(table: sa.TableClause, collations: dict[str, str]) -> list:
     ]
 
 
-def period_source(db: Session, start: datetime) -> sa.Subquery | None:
+def period_source(db: Session, start: datetime, as_cte: bool = False) -> sa.Subquery | sa.CTE | None:
     """Every dated row from ``start`` on, as (provider, model, day, sums) rows: the events of the hour ``start``
     is in, from ``start``; the hourly buckets of the whole hours before the first whole day; the daily buckets
     from that day on; and every pending row from the first whole hour on. ``None`` without the aggregate. A
@@ -124,7 +124,8 @@ def period_source(db: Session, start: datetime) -> sa.Subquery | None:
     hourly = sa.select(*_held_columns(BUCKETS, collations)).where(BUCKETS.c.hour >= hour, BUCKETS.c.hour < day * 24)
     daily = sa.select(*_held_columns(DAILY, collations)).where(DAILY.c.whole_day >= day)
     pending = sa.select(*_held_columns(PENDING, collations)).where(PENDING.c.hour >= hour)
-    return sa.union_all(hourly, daily, pending, edge).subquery("in_period")
+    rows = sa.union_all(hourly, daily, pending, edge)
+    return rows.cte("in_period") if as_cte else rows.subquery("in_period")
 
 
 def other_forms_in(db: Session, hour: int) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from autopack.api_key import LocalHostsWithoutKey, require_api_key
 from autopack.config import RunTokenCapError, run_token_cap
-from autopack.dashboard import known_period, undated_usage, usage_by_model, usage_by_provider
+from autopack.dashboard import known_period, undated_usage, usage_by_provider_and_model
 from autopack.dashboard_page import router as dashboard_page
 from autopack.dashboard_schemas import ERROR_RESPONSES, UsageResponse
 from autopack.database import get_db
@@ -46,11 +46,8 @@ def dashboard_usage(
     except RunTokenCapError as error:  # the operator's setting is wrong: say which, never a made-up cap
         log.error("%s", error)
         raise HTTPException(status_code=500, detail=str(error)) from None
-    return UsageResponse(
-        providers=usage_by_provider(db, period, cap_tokens=cap),
-        models=usage_by_model(db, period),
-        undated=undated_usage(db),
-    )
+    providers, models = usage_by_provider_and_model(db, period, cap_tokens=cap)
+    return UsageResponse(providers=providers, models=models, undated=undated_usage(db))
 
 
 app = FastAPI(title="Autopack usage dashboard")
