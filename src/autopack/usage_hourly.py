@@ -65,9 +65,10 @@ def own_form(c: str) -> str:
     """SQLite: ``created_at`` is text in Autopack's own form (``2026-12-05 10:00:00[.ffffff]``), whose text order
     is its time order, so a window's first hour is found by a narrow range of the index."""
     digits = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
-    return (
+    return (  # and names a real instant as written (not 24:30:00 or 02-31, which SQLite moves to another day)
         f"(typeof({c}) = 'text' AND {c} GLOB '{digits}*' AND (length({c}) = 19 OR (substr({c}, 20, 1) = '.' "
-        f"AND length({c}) > 20 AND NOT substr({c}, 21) GLOB '*[^0-9]*')))"
+        f"AND length({c}) > 20 AND NOT substr({c}, 21) GLOB '*[^0-9]*')) "
+        f"AND strftime('%Y-%m-%d %H:%M:%S', julianday({c})) = substr({c}, 1, 19))"
     )
 
 
@@ -98,8 +99,16 @@ def hour_and_day(dialect: str, row: str, created_at_type: str = "") -> tuple[str
             f"CASE WHEN {undated} THEN {UNDATED} ELSE FLOOR(UNIX_TIMESTAMP({c}) / 3600) END",
             f"CASE WHEN {undated} THEN {UNDATED} ELSE FLOOR(UNIX_TIMESTAMP({c}) / 86400) END",
         )
+    # a date MariaDB holds but no calendar has (month or day 00, or 2026-02-31 under ALLOW_INVALID_DATES) sorts
+    # just before the first real date after it: in the hour before that date's midnight
+    month_start = f"(MAKEDATE(YEAR({c}), 1) + INTERVAL (GREATEST(MONTH({c}), 1) - 1) MONTH)"
+    after = (
+        f"CASE WHEN MONTH({c}) = 0 THEN MAKEDATE(YEAR({c}), 1) WHEN DAYOFMONTH({c}) = 0 THEN {month_start} "
+        f"ELSE {month_start} + INTERVAL 1 MONTH END"
+    )
+    unreal = f"MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 OR DAYOFMONTH({c}) > DAYOFMONTH(LAST_DAY({month_start}))"
     return (
-        f"CASE WHEN {undated} THEN {UNDATED} WHEN MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 THEN {day} * 24 - 1 "
+        f"CASE WHEN {undated} THEN {UNDATED} WHEN {unreal} THEN DATEDIFF({after}, '1970-01-01') * 24 - 1 "
         f"ELSE FLOOR(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {c}) / 3600000000) END",
         f"CASE WHEN {undated} THEN {UNDATED} ELSE {day} END",
     )
@@ -275,7 +284,13 @@ def trigger_ddl(connection: Connection) -> list[str]:
     kind = created_at_type(connection)
     add_new, take_old = (append(dialect, "NEW.", kind, ""), append(dialect, "OLD.", kind, "-"))
     if dialect == "postgresql":
-        old_row, new_row = (", ".join(f"{row}.{name}" for name in WATCHED) for row in ("OLD", "NEW"))
+        old_row, new_row = (  # names byte for byte: a rename in case only is a change under any collation
+            ", ".join(
+                f'{row}.{name}::text COLLATE "C"' if name in ("provider", "model") else f"{row}.{name}"
+                for name in WATCHED
+            )
+            for row in ("OLD", "NEW")
+        )
         body = (
             f"BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {PENDING}; DELETE FROM {TABLE}; DELETE FROM {DAILY}; "
             "RETURN NULL; END IF; "
@@ -311,7 +326,12 @@ def trigger_ddl(connection: Connection) -> list[str]:
         else:
             body = " ".join(f"{step};" for step in steps)
             if op == "UPDATE":  # MariaDB has no UPDATE OF: an update of other columns appends nothing
-                same = " AND ".join(f"OLD.{name} <=> NEW.{name}" for name in WATCHED)
+                same = " AND ".join(
+                    f"BINARY OLD.{name} <=> BINARY NEW.{name}"
+                    if name in ("provider", "model")
+                    else f"OLD.{name} <=> NEW.{name}"
+                    for name in WATCHED
+                )
                 body = f"IF NOT ({same}) THEN {body} END IF;"
             statements.append(f"CREATE TRIGGER {TRIGGERS[op]} AFTER {op} ON {EVENTS} FOR EACH ROW BEGIN {body} END")
     return statements
@@ -393,27 +413,35 @@ def one_transaction(connection: Connection) -> Iterator[None]:
         yield
         connection.commit()
         return
-    if dialect_name(connection) == "mysql":  # whatever the session's level: the refill's locks need gap locks
-        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    connection.exec_driver_sql("BEGIN")
+    mariadb = dialect_name(connection) == "mysql"
+    if mariadb:  # the tables locked whole, all at once: a writer waits before its statement, never inside it
+        # (row locks taken by a scan made writers of several rows deadlock with it), readers of the aggregate too
+        connection.exec_driver_sql("SET autocommit = 0")
+        locked = ", ".join([f"{EVENTS} READ", *(f"{table} WRITE" for table in TABLES)])
+        connection.exec_driver_sql(f"LOCK TABLES {locked}")
+    else:
+        connection.exec_driver_sql("BEGIN")
     try:
         yield
     except BaseException:
         connection.exec_driver_sql("ROLLBACK")
+        if mariadb:
+            connection.exec_driver_sql("UNLOCK TABLES")
+            connection.exec_driver_sql("SET autocommit = 1")
         raise
     connection.exec_driver_sql("COMMIT")
+    if mariadb:
+        connection.exec_driver_sql("UNLOCK TABLES")
+        connection.exec_driver_sql("SET autocommit = 1")
 
 
 def refill(connection: Connection) -> int:
     """Empty the aggregate and fill it from the events, writers held off meanwhile; the number of buckets."""
     if dialect_name(connection) == "postgresql":  # writers wait (reads go on) until the refill commits
         connection.exec_driver_sql(f"LOCK TABLE {EVENTS} IN SHARE MODE")
-    elif dialect_name(connection) == "mysql":  # (REPEATABLE READ, set by one_transaction) the events share-locked
-        # first, gaps included: a writer waits before its row and its pending row, never between them
-        connection.exec_driver_sql(f"SELECT COUNT(*) FROM {EVENTS} LOCK IN SHARE MODE")
     connection.exec_driver_sql(f"DELETE FROM {PENDING}")
     connection.exec_driver_sql(f"DELETE FROM {DAILY}")
-    connection.exec_driver_sql(f"DELETE FROM {TABLE}")  # MariaDB: the fill's locking read holds writers off
+    connection.exec_driver_sql(f"DELETE FROM {TABLE}")
     connection.exec_driver_sql(fill_sql(connection))
     connection.exec_driver_sql(daily_fill_sql(dialect_name(connection)))
     return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {TABLE}").scalar_one()
@@ -476,6 +504,10 @@ def rebuild(connection: Connection) -> int:
 def drop(connection: Connection) -> bool:
     """Drop the aggregate and its triggers; whether there was one."""
     was = installed(connection)
+    if dialect_name(connection) == "mysql":  # each DDL statement commits at once (and no LOCK TABLES around it)
+        for statement in drop_ddl(connection.dialect.name):
+            connection.exec_driver_sql(statement)
+        return was
     with one_transaction(connection):
         for statement in drop_ddl(connection.dialect.name):
             connection.exec_driver_sql(statement)
